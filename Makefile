@@ -1,0 +1,50 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Each creates the virtual environment and installs what it needs on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.PHONY: run test lint typecheck unit bench tui stress clean install install-dev
+
+run: $(VENV)/.installed
+	$(BIN)/roomchat serve $(ARGS)
+
+tui: $(VENV)/.installed
+	$(BIN)/roomchat tui $(ARGS)
+
+stress: $(VENV)/.installed
+	$(BIN)/roomchat stress $(ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest $(ARGS)
+
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest $(ARGS)
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/run.py $(ARGS)
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Python 3.11+ is required; fail early with a clear message otherwise.
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "roomchat needs Python 3.11 or newer (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(VENV)/.installed $@
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
