@@ -20,6 +20,7 @@ import collections
 import contextlib
 from collections.abc import Callable
 from types import TracebackType
+from typing import cast
 
 from roomchat.protocol import (
     BadLine,
@@ -108,8 +109,8 @@ class _ClientProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         for item in self._decoder.feed(data):

@@ -44,20 +44,20 @@ class _Event(msgspec.Struct, frozen=True, gc=False, tag_field="_et"):
 # --- commands (client -> server) -------------------------------------------------
 
 
-class JoinRoom(_Command, tag="join_room"):
+class JoinRoom(_Command, frozen=True, tag="join_room"):
     room: str = msgspec.field(name="r")
 
 
-class LeaveRoom(_Command, tag="leave_room"):
+class LeaveRoom(_Command, frozen=True, tag="leave_room"):
     room: str = msgspec.field(name="r")
 
 
-class SendMessage(_Command, tag="send_message"):
+class SendMessage(_Command, frozen=True, tag="send_message"):
     room: str = msgspec.field(name="r")
     content: str = msgspec.field(name="c")
 
 
-class Quit(_Command, tag="quit"):
+class Quit(_Command, frozen=True, tag="quit"):
     pass
 
 
@@ -71,13 +71,13 @@ class RoomDetail(msgspec.Struct, frozen=True, gc=False):
     description: str = msgspec.field(name="d")
 
 
-class LoginSuccessful(_Event, tag="login_successful"):
+class LoginSuccessful(_Event, frozen=True, tag="login_successful"):
     session_id: str = msgspec.field(name="s")
     user_id: str = msgspec.field(name="u")
     rooms: tuple[RoomDetail, ...] = msgspec.field(name="rs")
 
 
-class UserJoinedRoom(_Event, tag="user_joined_room"):
+class UserJoinedRoom(_Event, frozen=True, tag="user_joined_room"):
     room: str = msgspec.field(name="r")
     users: tuple[str, ...] = msgspec.field(name="us")
 
@@ -85,13 +85,13 @@ class UserJoinedRoom(_Event, tag="user_joined_room"):
 ParticipationStatus = Literal["joined", "left"]
 
 
-class RoomParticipation(_Event, tag="room_participation"):
+class RoomParticipation(_Event, frozen=True, tag="room_participation"):
     room: str = msgspec.field(name="r")
     user_id: str = msgspec.field(name="u")
     status: ParticipationStatus = msgspec.field(name="s")
 
 
-class UserMessage(_Event, tag="user_message"):
+class UserMessage(_Event, frozen=True, tag="user_message"):
     room: str = msgspec.field(name="r")
     user_id: str = msgspec.field(name="u")
     content: str = msgspec.field(name="c")
@@ -102,4 +102,9 @@ Event = LoginSuccessful | UserJoinedRoom | RoomParticipation | UserMessage
 Message = Command | Event
 
 COMMAND_TYPES: tuple[type[Command], ...] = (JoinRoom, LeaveRoom, SendMessage, Quit)
-EVENT_TYPES: tuple[type[Event], ...] = (LoginSuccessful, UserJoinedRoom, RoomParticipation, UserMessage)
+EVENT_TYPES: tuple[type[Event], ...] = (
+    LoginSuccessful,
+    UserJoinedRoom,
+    RoomParticipation,
+    UserMessage,
+)

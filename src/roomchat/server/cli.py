@@ -1,0 +1,107 @@
+"""``roomchat serve``: flags, with ``ROOMCHAT_*`` environment variables as defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH
+from roomchat.server.app import ServerStartError, serve
+from roomchat.server.config import DEFAULT_MAX_PENDING_OUTPUT, RoomsFileError, ServerConfig
+
+__all__ = ["command"]
+
+_LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+@click.command(name="serve")
+@click.option(
+    "--host",
+    envvar="ROOMCHAT_HOST",
+    default="0.0.0.0",
+    show_default=True,
+    show_envvar=True,
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    envvar="ROOMCHAT_PORT",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    show_envvar=True,
+    help="TCP port to listen on (0: any free port).",
+)
+@click.option(
+    "--rooms",
+    "rooms_path",
+    envvar="ROOMCHAT_ROOMS",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=True),
+    help='JSON file of rooms: [{"name": ..., "description": ...}, ...]. '
+    "[default: the rooms.json shipped in roomchat/server/resources]",
+)
+@click.option(
+    "--log-level",
+    envvar="ROOMCHAT_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    show_envvar=True,
+    help="Logging threshold (logs go to stderr).",
+)
+@click.option(
+    "--max-line-length",
+    envvar="ROOMCHAT_MAX_LINE_LENGTH",
+    default=DEFAULT_MAX_LINE_LENGTH,
+    show_default=True,
+    type=click.IntRange(min=64),
+    show_envvar=True,
+    help="Longest command line accepted, in bytes; a longer line closes the session.",
+)
+@click.option(
+    "--max-pending-output",
+    envvar="ROOMCHAT_MAX_PENDING_OUTPUT",
+    default=DEFAULT_MAX_PENDING_OUTPUT,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    show_envvar=True,
+    help="Unsent bytes a session may have before it is cut off as a slow consumer.",
+)
+def command(
+    host: str,
+    port: int,
+    rooms_path: Path | None,
+    log_level: str,
+    max_line_length: int,
+    max_pending_output: int,
+) -> None:
+    """Run the chat server until Ctrl-C or SIGTERM."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = ServerConfig(
+        host=host,
+        port=port,
+        rooms_path=rooms_path,
+        max_line_length=max_line_length,
+        max_pending_output=max_pending_output,
+    )
+    try:
+        _run(config)
+    except (RoomsFileError, ServerStartError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(config: ServerConfig) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (e.g. on Windows): plain asyncio works too
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

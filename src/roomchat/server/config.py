@@ -1,0 +1,85 @@
+"""Server configuration and the rooms file (docs/protocol.md, "Room file")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import msgspec
+
+from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH, RoomDetail
+
+__all__ = [
+    "DEFAULT_MAX_PENDING_OUTPUT",
+    "RoomsFileError",
+    "ServerConfig",
+    "default_rooms_path",
+    "load_rooms",
+    "parse_rooms",
+]
+
+#: Output a session may have waiting before it counts as a slow consumer and is cut
+#: off (Redis' client-output-buffer-limit and Centrifugo use the same idea).
+DEFAULT_MAX_PENDING_OUTPUT = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``roomchat serve`` can be told. One place; the CLI fills it in."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    #: None: the rooms file shipped inside the package.
+    rooms_path: Path | None = None
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+    max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT
+    #: How long shutdown waits for sessions to flush before dropping them.
+    shutdown_grace: float = 2.0
+    backlog: int = 4096
+
+
+class RoomsFileError(Exception):
+    """The rooms file is missing, unreadable or not a valid list of rooms."""
+
+
+class _RoomSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    name: str
+    description: str
+
+
+def default_rooms_path() -> Path:
+    """The rooms file packaged with roomchat (``roomchat/server/resources/rooms.json``)."""
+    return Path(str(resources.files("roomchat.server") / "resources" / "rooms.json"))
+
+
+def parse_rooms(data: bytes, source: str = "rooms file") -> tuple[RoomDetail, ...]:
+    """Validate a rooms file's contents: a JSON list of ``{"name", "description"}``."""
+    try:
+        specs = msgspec.json.decode(data, type=list[_RoomSpec])
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise RoomsFileError(f"{source}: not a valid rooms list: {exc}") from None
+    seen: set[str] = set()
+    for index, spec in enumerate(specs):
+        if not spec.name.strip():
+            raise RoomsFileError(f"{source}: room #{index + 1} has an empty name")
+        if spec.name in seen:
+            raise RoomsFileError(f"{source}: duplicate room name {spec.name!r}")
+        seen.add(spec.name)
+    if not specs:
+        raise RoomsFileError(f"{source}: the list of rooms is empty")
+    return tuple(RoomDetail(spec.name, spec.description) for spec in specs)
+
+
+def load_rooms(path: Path | None = None) -> tuple[RoomDetail, ...]:
+    """Read and validate the rooms file (the packaged one when ``path`` is None)."""
+    path = default_rooms_path() if path is None else path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RoomsFileError(f"rooms file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise RoomsFileError(f"rooms file {str(path)!r} is a directory") from None
+    except OSError as exc:
+        raise RoomsFileError(f"cannot read rooms file {str(path)!r}: {exc.strerror}") from None
+    return parse_rooms(data, f"rooms file {str(path)!r}")
