@@ -1,0 +1,176 @@
+"""``roomchat serve`` as a user runs it: a real subprocess, its exit status and stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from roomchat.client import connect
+from roomchat.protocol import UserJoinedRoom
+
+TIMEOUT = 20.0
+LISTENING = re.compile(rb"listening on [^ ]*?:(\d+) with (\d+) rooms")
+
+
+@dataclass
+class Served:
+    process: asyncio.subprocess.Process
+    port: int
+    rooms: int
+
+
+async def run_roomchat(*args: str) -> tuple[int, str]:
+    """Run ``roomchat ARGS`` to completion; return its exit status and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "roomchat",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(TIMEOUT):
+        _, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def start_serve(*args: str) -> Served:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "roomchat",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            line = await process.stderr.readline()
+            assert line, "server exited before listening"
+            match = LISTENING.search(line)
+            if match:
+                return Served(process, int(match.group(1)), int(match.group(2)))
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    srv = await start_serve()
+    try:
+        yield srv
+    finally:
+        if srv.process.returncode is None:
+            srv.process.kill()
+            await srv.process.wait()
+
+
+def assert_one_clean_line(stderr: str, *needles: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("roomchat: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_closes_sessions_and_exits_zero(served: Served, signum: int) -> None:
+    client = await connect("127.0.0.1", served.port, timeout=TIMEOUT)
+    await client.join("general")
+    assert isinstance(await client.next_event(TIMEOUT), UserJoinedRoom)
+    served.process.send_signal(signum)
+    async with asyncio.timeout(TIMEOUT):
+        await client.wait_closed()
+        status = await served.process.wait()
+    assert status == 0
+    assert served.rooms >= 20
+
+
+async def test_env_var_sets_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rooms = tmp_path / "rooms.json"
+    rooms.write_text('[{"name": "only", "description": "the one room"}]')
+    monkeypatch.setenv("ROOMCHAT_ROOMS", str(rooms))
+    srv = await start_serve()
+    try:
+        assert srv.rooms == 1
+        client = await connect("127.0.0.1", srv.port, timeout=TIMEOUT)
+        assert [r.name for r in client.rooms] == ["only"]
+        client.close()
+    finally:
+        srv.process.terminate()
+        assert await asyncio.wait_for(srv.process.wait(), TIMEOUT) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "does not exist"),
+        ("not json at all", "not a valid rooms list"),
+        ('{"name": "a", "description": "b"}', "not a valid rooms list"),
+        ('[{"name": "a"}]', "description"),
+        ('[{"name": "a", "description": "b"}, {"name": "a", "description": "c"}]', "duplicate"),
+        ('[{"name": "", "description": "b"}]', "empty name"),
+        ("[]", "empty"),
+    ],
+)
+async def test_bad_rooms_file_is_one_line_and_nonzero(
+    tmp_path: Path, content: str | None, needle: str
+) -> None:
+    rooms = tmp_path / "rooms.json"
+    if content is not None:
+        rooms.write_text(content)
+    status, stderr = await run_roomchat("serve", "--port", "0", "--rooms", str(rooms))
+    assert status != 0
+    assert_one_clean_line(stderr, needle)
+
+
+async def test_port_in_use_is_one_line_and_nonzero() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, stderr = await run_roomchat("serve", "--host", "127.0.0.1", "--port", str(port))
+    assert status != 0
+    assert_one_clean_line(stderr, f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--port", "not-a-number"],
+        ["serve", "--port", "70000"],
+        ["serve", "--no-such-flag"],
+        ["serve", "--log-level", "chatty"],
+        ["no-such-command"],
+    ],
+)
+async def test_bad_flag_is_one_line_and_nonzero(args: list[str]) -> None:
+    status, stderr = await run_roomchat(*args)
+    assert status == 2
+    assert_one_clean_line(stderr)
+
+
+async def test_help_lists_the_commands() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "roomchat", "--help", stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode == 0
+    for name in (b"serve", b"tui", b"stress"):
+        assert name in stdout
