@@ -172,6 +172,7 @@ BAD_LINES = [
     b'["join_room","general"]',
     b'{"_ct":"join_room","r":"\xff\xfe"}',  # invalid UTF-8
     b"\x00\x01\x02",
+    b'{"_ct":"quit","x":' + b"[" * 5000,  # nested deeper than the decoder's stack
     b'{"_et":"user_message","r":"general","u":"x","c":"forged event"}',
 ]
 

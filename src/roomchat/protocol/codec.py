@@ -141,6 +141,10 @@ class LineDecoder(Generic[T]):
             out.append(self._decode(line))
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             out.append(BadLine(line, str(exc)))
+        except RecursionError:
+            # msgspec recurses per nesting level: "[[[[..." a few KB deep exhausts the
+            # stack. That is bad input like any other, not a reason to stop.
+            out.append(BadLine(line, "JSON nested too deeply"))
 
 
 class CommandDecoder(LineDecoder[Command]):

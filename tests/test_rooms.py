@@ -1,0 +1,446 @@
+"""Room logic without sockets, and the rooms file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from roomchat.protocol import (
+    Event,
+    EventDecoder,
+    RoomDetail,
+    RoomParticipation,
+    UserJoinedRoom,
+    UserMessage,
+    encode,
+)
+from roomchat.server.config import RoomsFileError, default_rooms_path, load_rooms, parse_rooms
+from roomchat.server.rooms import (
+    AlreadyJoined,
+    ChatRoom,
+    NotJoined,
+    RoomError,
+    RoomManager,
+    UnknownRoom,
+    UserSessionHandle,
+)
+
+
+class FakeMember:
+    """Test double for a session: records the bytes a room hands it."""
+
+    def __init__(self, user_id: str) -> None:
+        self._user_id = user_id
+        self.received: list[bytes] = []
+
+    @property
+    def user_id(self) -> str:
+        return self._user_id
+
+    def deliver(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def events(self) -> list[Event]:
+        """Decode (and forget) everything received so far; each delivery is one line."""
+        out: list[Event] = []
+        for data in self.received:
+            assert data.endswith(b"\r\n") and data.count(b"\n") == 1, data
+            decoded = EventDecoder().feed(data)
+            assert len(decoded) == 1, decoded
+            item = decoded[0]
+            assert isinstance(item, UserJoinedRoom | RoomParticipation | UserMessage), item
+            out.append(item)
+        self.received.clear()
+        return out
+
+
+ROOM = "lobby"
+
+
+def make_room() -> ChatRoom:
+    return ChatRoom(RoomDetail(ROOM, "a room"))
+
+
+def joined(user: str) -> RoomParticipation:
+    return RoomParticipation(ROOM, user, "joined")
+
+
+def left(user: str) -> RoomParticipation:
+    return RoomParticipation(ROOM, user, "left")
+
+
+# --- joining ------------------------------------------------------------------------
+
+
+def test_joiner_gets_user_joined_room_then_own_joined() -> None:
+    room = make_room()
+    alice = FakeMember("alice")
+    handle = room.join(alice)
+    assert isinstance(handle, UserSessionHandle)
+    assert handle.room is room and handle.member is alice
+    assert alice.received == [
+        encode(UserJoinedRoom(ROOM, ("alice",))),
+        encode(RoomParticipation(ROOM, "alice", "joined")),
+    ]
+    assert alice in room
+    assert room.member_count == 1
+
+
+def test_existing_members_get_joined_and_users_order() -> None:
+    room = make_room()
+    alice, bob, carol = FakeMember("alice"), FakeMember("bob"), FakeMember("carol")
+    room.join(alice)
+    room.join(bob)
+    room.join(carol)
+    assert alice.events() == [
+        UserJoinedRoom(ROOM, ("alice",)),
+        joined("alice"),
+        joined("bob"),
+        joined("carol"),
+    ]
+    assert bob.events() == [UserJoinedRoom(ROOM, ("alice", "bob")), joined("bob"), joined("carol")]
+    assert carol.events() == [UserJoinedRoom(ROOM, ("alice", "bob", "carol")), joined("carol")]
+    assert room.users == ("alice", "bob", "carol")
+    assert room.member_count == 3
+
+
+def test_same_member_joining_twice_raises() -> None:
+    room = make_room()
+    alice = FakeMember("alice")
+    room.join(alice)
+    alice.received.clear()
+    with pytest.raises(AlreadyJoined):
+        room.join(alice)
+    assert alice.received == []
+    assert room.member_count == 1
+    assert room.users == ("alice",)
+
+
+# --- user registry ------------------------------------------------------------------
+
+
+def test_second_session_of_same_user_no_second_joined() -> None:
+    room = make_room()
+    first, bob, second = FakeMember("alice"), FakeMember("bob"), FakeMember("alice")
+    room.join(first)
+    room.join(bob)
+    first.events()
+    bob.events()
+    room.join(second)
+    assert second.events() == [UserJoinedRoom(ROOM, ("alice", "bob"))]
+    assert first.events() == []
+    assert bob.events() == []
+    assert room.users == ("alice", "bob")
+    assert room.member_count == 3
+
+
+def test_us_lists_user_once_with_two_sessions() -> None:
+    room = make_room()
+    room.join(FakeMember("alice"))
+    room.join(FakeMember("alice"))
+    carol = FakeMember("carol")
+    room.join(carol)
+    assert carol.events()[0] == UserJoinedRoom(ROOM, ("alice", "carol"))
+
+
+def test_left_only_when_last_session_leaves() -> None:
+    room = make_room()
+    first, second, bob = FakeMember("alice"), FakeMember("alice"), FakeMember("bob")
+    room.join(first)
+    room.join(second)
+    room.join(bob)
+    for member in (first, second, bob):
+        member.events()
+
+    room.leave(first)
+    assert first.events() == []
+    assert second.events() == []
+    assert bob.events() == []
+    assert room.users == ("alice", "bob")
+    assert first not in room and second in room
+
+    room.leave(second)
+    assert second.events() == []
+    assert first.events() == []
+    assert bob.events() == [left("alice")]
+    assert list(room.users) == ["bob"]
+    assert room.member_count == 1
+
+
+def test_user_rejoining_after_leaving_is_announced_again() -> None:
+    room = make_room()
+    alice, bob = FakeMember("alice"), FakeMember("bob")
+    room.join(alice)
+    room.join(bob)
+    room.leave(alice)
+    bob.events()
+    room.join(alice)
+    assert bob.events() == [joined("alice")]
+    assert room.users == ("bob", "alice")
+
+
+# --- leaving and broadcasting -------------------------------------------------------
+
+
+def test_leaver_receives_nothing_about_its_own_leave() -> None:
+    room = make_room()
+    alice, bob = FakeMember("alice"), FakeMember("bob")
+    room.join(alice)
+    room.join(bob)
+    alice.events()
+    bob.events()
+    room.leave(alice)
+    assert alice.received == []
+    assert bob.received == [encode(RoomParticipation(ROOM, "alice", "left"))]
+
+
+def test_leave_of_non_member_raises_not_joined() -> None:
+    room = make_room()
+    bob = FakeMember("bob")
+    room.join(bob)
+    bob.events()
+    with pytest.raises(NotJoined):
+        room.leave(FakeMember("alice"))
+    with pytest.raises(NotJoined):
+        room.leave(FakeMember("bob"))  # same user id, but a different session
+    assert bob.received == []
+    assert room.users == ("bob",)
+
+
+def test_broadcast_reaches_everyone_including_sender_in_order() -> None:
+    room = make_room()
+    alice, bob, carol = FakeMember("alice"), FakeMember("bob"), FakeMember("carol")
+    ha = room.join(alice)
+    hb = room.join(bob)
+    room.join(carol)
+    for member in (alice, bob, carol):
+        member.events()
+    ha.send_message("one")
+    hb.send_message("two")
+    ha.send_message("three")
+    expected = [
+        UserMessage(ROOM, "alice", "one"),
+        UserMessage(ROOM, "bob", "two"),
+        UserMessage(ROOM, "alice", "three"),
+    ]
+    for member in (alice, bob, carol):
+        assert member.events() == expected
+
+
+def test_broadcast_hands_same_bytes_to_every_member() -> None:
+    room = make_room()
+    alice, bob = FakeMember("alice"), FakeMember("bob")
+    room.join(alice)
+    room.join(bob)
+    alice.received.clear()
+    bob.received.clear()
+    room.broadcast(b"raw\r\n")
+    assert alice.received == [b"raw\r\n"]
+    assert bob.received == [b"raw\r\n"]
+
+
+def test_no_messages_after_leaving() -> None:
+    room = make_room()
+    alice, bob = FakeMember("alice"), FakeMember("bob")
+    room.join(alice)
+    hb = room.join(bob)
+    room.leave(alice)
+    alice.received.clear()
+    hb.send_message("hi")
+    assert alice.received == []
+
+
+TRICKY = [
+    "",
+    "plain",
+    'say "hi"',
+    "back\\slash \\n not a newline",
+    "héllo 👋",
+    "line\nbreak\r\n",
+    "tab\tnul\x00bell\x07esc\x1b del\x7f",
+    "\u2028\u2029 separators",
+    "</script>",
+    "日本語テキスト",
+    "emoji 👨‍👩‍👧‍👦 🏳️‍🌈",
+    '{"_et":"quit"}',
+]
+
+
+@pytest.mark.parametrize("content", TRICKY, ids=repr)
+@pytest.mark.parametrize(
+    ("room_name", "user_id"),
+    [("test", "test"), ('qu"ote', "back\\slash"), ("rüm 👋", "\x01ctl")],
+)
+def test_send_message_bytes_equal_encode(content: str, room_name: str, user_id: str) -> None:
+    room = ChatRoom(RoomDetail(room_name, "d"))
+    member = FakeMember(user_id)
+    handle = room.join(member)
+    member.received.clear()
+    handle.send_message(content)
+    assert member.received == [encode(UserMessage(room_name, user_id, content))]
+    assert EventDecoder().feed(member.received[0]) == [UserMessage(room_name, user_id, content)]
+
+
+# --- RoomManager --------------------------------------------------------------------
+
+DETAILS = (
+    RoomDetail("zeta", "last letter"),
+    RoomDetail("alpha", "first letter"),
+    RoomDetail("mid", "middle"),
+)
+
+
+def test_manager_rooms_in_file_order() -> None:
+    manager = RoomManager(iter(DETAILS))
+    assert manager.details == DETAILS
+    assert list(manager.rooms) == ["zeta", "alpha", "mid"]
+    for detail in DETAILS:
+        room = manager.rooms[detail.name]
+        assert room.name == detail.name
+        assert room.description == detail.description
+        assert room.users == ()
+
+
+def test_manager_unknown_room() -> None:
+    manager = RoomManager(DETAILS)
+    alice = FakeMember("alice")
+    with pytest.raises(UnknownRoom):
+        manager.join_room("nope", alice)
+    with pytest.raises(RoomError):
+        manager.join_room("ZETA", alice)
+    assert alice.received == []
+
+
+def test_manager_join_twice_raises_already_joined() -> None:
+    manager = RoomManager(DETAILS)
+    alice = FakeMember("alice")
+    manager.join_room("alpha", alice)
+    with pytest.raises(AlreadyJoined):
+        manager.join_room("alpha", alice)
+    # joining another room is fine
+    handle = manager.join_room("mid", alice)
+    assert handle.room is manager.rooms["mid"]
+
+
+def test_manager_join_routes_to_room() -> None:
+    manager = RoomManager(DETAILS)
+    alice = FakeMember("alice")
+    handle = manager.join_room("zeta", alice)
+    assert handle.room is manager.rooms["zeta"]
+    assert alice in manager.rooms["zeta"]
+    assert alice not in manager.rooms["alpha"]
+    assert alice.events() == [
+        UserJoinedRoom("zeta", ("alice",)),
+        RoomParticipation("zeta", "alice", "joined"),
+    ]
+
+
+def test_drop_user_session_handle_gives_back_membership() -> None:
+    manager = RoomManager(DETAILS)
+    alice, bob = FakeMember("alice"), FakeMember("bob")
+    handle = manager.join_room("alpha", alice)
+    manager.join_room("alpha", bob)
+    alice.events()
+    bob.events()
+    manager.drop_user_session_handle(handle)
+    assert alice not in manager.rooms["alpha"]
+    assert manager.rooms["alpha"].users == ("bob",)
+    assert alice.events() == []
+    assert bob.events() == [RoomParticipation("alpha", "alice", "left")]
+    # The membership was given back: dropping again is an error, joining again works.
+    with pytest.raises(NotJoined):
+        manager.drop_user_session_handle(handle)
+    manager.join_room("alpha", alice)
+    assert alice in manager.rooms["alpha"]
+
+
+# --- rooms file ---------------------------------------------------------------------
+
+
+def test_parse_rooms_valid() -> None:
+    data = (
+        b'[{"name": "b", "description": "bee"},'
+        b' {"name": "a", "description": "", "extra": 1},'
+        b' {"name": "r\xc3\xbcm", "description": "\xf0\x9f\x91\x8b"}]'
+    )
+    assert parse_rooms(data) == (
+        RoomDetail("b", "bee"),
+        RoomDetail("a", ""),
+        RoomDetail("rüm", "👋"),
+    )
+
+
+def test_load_rooms_valid_file(tmp_path: Path) -> None:
+    path = tmp_path / "rooms.json"
+    path.write_text('[{"name": "one", "description": "1"}, {"name": "two", "description": "2"}]')
+    assert load_rooms(path) == (RoomDetail("one", "1"), RoomDetail("two", "2"))
+
+
+def test_load_rooms_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.json"
+    with pytest.raises(RoomsFileError, match="does not exist") as info:
+        load_rooms(path)
+    assert "missing.json" in str(info.value)
+
+
+def test_load_rooms_directory(tmp_path: Path) -> None:
+    with pytest.raises(RoomsFileError, match="is a directory") as info:
+        load_rooms(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_load_rooms_invalid_json_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_bytes(b'[{"name": "a", ')
+    with pytest.raises(RoomsFileError) as info:
+        load_rooms(path)
+    message = str(info.value)
+    assert "broken.json" in message
+    assert "not a valid rooms list" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"not json at all", "malformed"),
+        (b"", "not a valid rooms list"),
+        (b'{"name": "a", "description": "b"}', "array"),
+        (b'[{"name": "a"}]', "description"),
+        (b'[{"description": "b"}]', "name"),
+        (b'[{"name": 5, "description": "b"}]', "name"),
+        (b'[{"name": "a", "description": null}]', "description"),
+        (b'["general"]', "object"),
+        (b"\xff\xfe", "not a valid rooms list"),
+        (
+            b'[{"name": "a", "description": "1"}, {"name": "a", "description": "2"}]',
+            "duplicate room name 'a'",
+        ),
+        (b'[{"name": "", "description": "b"}]', "room #1 has an empty name"),
+        (
+            b'[{"name": "ok", "description": "b"}, {"name": "  ", "description": "b"}]',
+            "room #2 has an empty name",
+        ),
+        (b"[]", "empty"),
+    ],
+)
+def test_parse_rooms_errors(data: bytes, fragment: str) -> None:
+    with pytest.raises(RoomsFileError) as info:
+        parse_rooms(data, source="my-rooms")
+    message = str(info.value)
+    assert message.startswith("my-rooms: ")
+    assert fragment in message
+
+
+def test_packaged_rooms_file_loads() -> None:
+    assert default_rooms_path().is_file()
+    rooms = load_rooms()
+    assert rooms == load_rooms(default_rooms_path())
+    assert len(rooms) >= 20
+    names = [room.name for room in rooms]
+    assert len(set(names)) == len(names)
+    for room in rooms:
+        assert room.name.strip()
+        assert room.description.strip()
+    manager = RoomManager(rooms)
+    assert list(manager.rooms) == names
