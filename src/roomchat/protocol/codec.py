@@ -29,6 +29,17 @@ DEFAULT_MAX_LINE_LENGTH = 64 * 1024
 _encoder = msgspec.json.Encoder()
 
 
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder_for(message_type: Any) -> msgspec.json.Decoder[Any]:
+    # msgspec decoders are stateless: one per message type serves every connection.
+    decoder = _decoders.get(message_type)
+    if decoder is None:
+        decoder = _decoders[message_type] = msgspec.json.Decoder(message_type)
+    return decoder
+
+
 def encode(message: Message) -> bytes:
     """Serialise one message as its wire line: the exact JSON of docs/protocol.md + CRLF."""
     return _encoder.encode(message) + b"\r\n"
@@ -69,7 +80,7 @@ class LineDecoder(Generic[T]):
     def __init__(self, message_type: Any, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         if max_line_length < 1:
             raise ValueError("max_line_length must be positive")
-        self._decode = msgspec.json.Decoder(message_type).decode
+        self._decode = _decoder_for(message_type).decode
         self._max = max_line_length
         self._partial = bytearray()
         self._discarding = False

@@ -105,6 +105,15 @@ def _format_address(sockname: object) -> str:
     return str(sockname)
 
 
+def _open_files_limit() -> str:
+    try:
+        import resource
+    except ImportError:
+        return "unknown"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+
+
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT or SIGTERM, then close every session and return."""
     server = await ChatServer.start(config)
@@ -113,11 +122,13 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     log.info(
-        "roomchat listening on %s with %d rooms (max line %d bytes, max pending output %d bytes)",
+        "roomchat listening on %s with %d rooms "
+        "(max line %d bytes, max pending output %d bytes, open-files limit %s)",
         ", ".join(server.addresses),
         len(server.rooms.details),
         config.max_line_length,
         config.max_pending_output,
+        _open_files_limit(),
     )
     try:
         await stop.wait()

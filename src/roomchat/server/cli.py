@@ -14,6 +14,8 @@ from roomchat.server.config import DEFAULT_MAX_PENDING_OUTPUT, RoomsFileError, S
 
 __all__ = ["command"]
 
+log = logging.getLogger("roomchat.server")
+
 _LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
@@ -92,10 +94,25 @@ def command(
         max_line_length=max_line_length,
         max_pending_output=max_pending_output,
     )
+    _raise_open_files_limit()
     try:
         _run(config)
     except (RoomsFileError, ServerStartError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _raise_open_files_limit() -> None:
+    # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
 
 
 def _run(config: ServerConfig) -> None:
