@@ -1,0 +1,238 @@
+"""The Textual app: owns the connection and the chat state, and switches pages.
+
+Network work runs in one async worker per session (connect, then read events); it
+reports back with messages, which the app applies to :class:`ChatState` and hands to
+the chat page to draw. Commands (join, leave, send) are written from the UI handlers:
+they do not wait on the network beyond the transport's flow control.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.worker import Worker, WorkerState
+
+from roomchat.client import ChatClient, ConnectionClosed, ProtocolViolation, connect, parse_address
+from roomchat.protocol import Event, LoginSuccessful
+from roomchat.tui.screens import ChatScreen, ConnectScreen
+from roomchat.tui.state import DEFAULT_HISTORY_LIMIT, ChatState
+
+__all__ = ["DEFAULT_ADDRESS", "RoomChatApp"]
+
+DEFAULT_ADDRESS = "localhost:8080"
+
+
+class SessionStarted(Message):
+    def __init__(self, client: ChatClient) -> None:
+        super().__init__()
+        self.client = client
+
+
+class ServerEvent(Message):
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+
+class SessionFailed(Message):
+    """Connecting failed: nothing was shown yet, so the connect page says why."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class SessionEnded(Message):
+    """An established session is over (server gone, or the connection broke)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the server"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class RoomChatApp(App[None]):
+    """``roomchat tui``: chat in rooms on any protocol v1 server."""
+
+    # Absolute, so that subclasses defined elsewhere (tests) find it too.
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "roomchat"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        default_address: str = DEFAULT_ADDRESS,
+        connect_timeout: float = 10.0,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.address = address
+        self.default_address = address or default_address
+        self.connect_timeout = connect_timeout
+        self.state = ChatState(history_limit=history_limit, clock=clock)
+        self.client: ChatClient | None = None
+
+    def get_default_screen(self) -> ConnectScreen:
+        return ConnectScreen(self, self.default_address)
+
+    def on_mount(self) -> None:
+        if self.address is not None:
+            self.connect_to(self.address)
+
+    # -- pages ---------------------------------------------------------------------
+    @property
+    def connect_screen(self) -> ConnectScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, ConnectScreen)
+        return screen
+
+    @property
+    def chat_screen(self) -> ChatScreen | None:
+        screen = self.screen_stack[-1]
+        return screen if isinstance(screen, ChatScreen) else None
+
+    # -- the network session (a worker) ---------------------------------------------
+    def connect_to(self, address: str) -> None:
+        try:
+            host, port = parse_address(address)
+        except ValueError as exc:
+            self.connect_screen.show_status(f"Bad address: {exc}", error=True)
+            return
+        self.connect_screen.show_status(f"Connecting to {host}:{port}…")
+        self._run_session(host, port)
+
+    @work(exclusive=True, group="session", exit_on_error=False)
+    async def _run_session(self, host: str, port: int) -> None:
+        try:
+            client = await connect(host, port, timeout=self.connect_timeout)
+        except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation) as exc:
+            self.post_message(
+                SessionFailed(f"Could not connect to {host}:{port}: {describe_error(exc)}")
+            )
+            return
+        try:
+            self.post_message(SessionStarted(client))
+            async for event in client:
+                self.post_message(ServerEvent(event))
+            self.post_message(SessionEnded(client.close_reason or "connection closed"))
+        finally:
+            # Also reached when the worker is cancelled: the app is closing.
+            client.close()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # A bug in the session worker must show in the UI, not as a traceback.
+        if event.worker.group == "session" and event.state == WorkerState.ERROR:
+            self.post_message(SessionEnded(f"internal error: {event.worker.error!r}"))
+
+    def on_session_started(self, message: SessionStarted) -> None:
+        self.client = message.client
+        self.handle_event(message.client.login)
+
+    def on_server_event(self, message: ServerEvent) -> None:
+        self.handle_event(message.event)
+
+    def on_session_failed(self, message: SessionFailed) -> None:
+        self.connect_screen.show_status(message.error, error=True)
+
+    def on_session_ended(self, message: SessionEnded) -> None:
+        self.client = None
+        self.state.reset()
+        while self.chat_screen is not None:
+            self.pop_screen()
+        notice = f"Lost the connection to the server ({message.reason})."
+        self.connect_screen.show_status(notice, error=True)
+        self.notify(notice, title="Disconnected", severity="error")
+
+    def handle_event(self, event: Event) -> None:
+        """Apply one server event to the state and redraw what it touched."""
+        update = self.state.apply(event)
+        if isinstance(event, LoginSuccessful):
+            while self.chat_screen is not None:
+                self.pop_screen()
+            self.push_screen(ChatScreen(self.state, self))
+            return
+        screen = self.chat_screen
+        if screen is not None:
+            screen.show_update(update)
+
+    # -- commands from the chat page ------------------------------------------------------
+    def _live_client(self) -> ChatClient | None:
+        client = self.client
+        if client is None or client.closed:
+            return None
+        return client
+
+    async def open_room(self, room: str) -> None:
+        if room not in self.state.rooms:
+            return
+        must_join = self.state.activate(room)
+        screen = self.chat_screen
+        if screen is not None:
+            screen.show_active_changed()
+        if must_join:
+            client = self._live_client()
+            try:
+                if client is None:
+                    raise ConnectionClosed("not connected")
+                await client.join(room)
+            except ConnectionClosed:
+                self.notify(f"Not connected: cannot join #{room}.", severity="error")
+
+    async def leave_active_room(self) -> None:
+        room = self.state.active
+        if room is None or not room.joined:
+            self.notify("No joined room is open.", severity="warning")
+            return
+        client = self._live_client()
+        try:
+            if client is None:
+                raise ConnectionClosed("not connected")
+            await client.leave(room.name)
+        except ConnectionClosed:
+            self.notify(f"Not connected: cannot leave #{room.name}.", severity="error")
+            return
+        self.state.mark_left(room.name)
+        screen = self.chat_screen
+        if screen is not None:
+            screen.show_active_changed()
+        self.notify(f"You left #{room.name}.")
+
+    async def send_message(self, text: str) -> bool:
+        """Send to the active room; False (with a visible notice) if it cannot be sent."""
+        room = self.state.active
+        if room is None:
+            self.notify("Open a room first: the message was not sent.", severity="warning")
+            return False
+        if not room.joined:
+            self.notify(f"Not in #{room.name} yet: the message was not sent.", severity="warning")
+            return False
+        client = self._live_client()
+        try:
+            if client is None:
+                raise ConnectionClosed("not connected")
+            await client.send(room.name, text)
+        except ConnectionClosed:
+            self.notify("Not connected: the message was not sent.", severity="error")
+            return False
+        return True
