@@ -88,8 +88,7 @@ async def test_join_send_and_see_own_message(server: ChatServer) -> None:
         assert "● general" in room_row(app, "general")
         assert f"@{me} (you)" in members_text(app)
         assert "Users (1)" in members_text(app)
-        await pilot.press("tab", "tab")
-        assert isinstance(app.focused, MessageInput)
+        assert isinstance(app.focused, MessageInput)  # opening a room focuses the box
         assert "send message" in str(chat(app).query_one(UsagePanel).render())
         await pilot.press(*"hello there", "enter")
         await wait_until(pilot, lambda: f"@{me}: hello there" in log_text(app), "own message")
@@ -97,6 +96,8 @@ async def test_join_send_and_see_own_message(server: ChatServer) -> None:
         assert app.focused.value == ""
         await pilot.press("escape")
         assert isinstance(app.focused, RoomList)
+        await pilot.press("tab", "tab")  # rooms -> messages -> message box
+        assert isinstance(app.focused, MessageInput)
 
 
 async def test_messages_from_another_user_show_and_count_as_unread(

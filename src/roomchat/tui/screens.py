@@ -169,6 +169,8 @@ class ChatScreen(Screen[None]):
     async def _room_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id is not None:
             await self._controller.open_room(event.option.id)
+            # Opening a room is nearly always followed by typing in it.
+            self.query_one(MessageInput).focus()
 
     @on(Input.Submitted, "#message-input")
     async def _message_submitted(self, event: Input.Submitted) -> None:

@@ -197,7 +197,8 @@ _USAGE: dict[str, list[tuple[str, str]]] = {
         ("Ctrl+C", "quit"),
     ],
     "log": [
-        ("↑/↓ PgUp/PgDn", "scroll"),
+        ("↑/↓", "scroll"),
+        ("PgUp/Dn", "page"),
         ("Esc", "back to rooms"),
         ("Tab", "next panel"),
         ("Ctrl+C", "quit"),
