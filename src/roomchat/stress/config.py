@@ -62,13 +62,15 @@ class RunConfig:
     connect_timeout: float = 10.0
     connect_batch: int = 500  # connections opened at once, per process
     drain_timeout: float = 10.0  # after the last send, how long to wait for deliveries
+    settle_timeout: float = 60.0  # steady: how long to wait for the join storm to pass
+    grace: float = 30.0  # how long a phase may overrun its plan before the run is abandoned
 
     def __post_init__(self) -> None:
         if self.rooms < 1 or not 1 <= self.rooms_per_user <= self.rooms:
             raise ValueError("need rooms >= 1 and 1 <= rooms-per-user <= rooms")
         if self.processes < 1 or self.connect_batch < 1:
             raise ValueError("processes and connect batch must be >= 1")
-        if self.payload < 0 or self.drain_timeout < 0:
+        if min(self.payload, self.drain_timeout, self.settle_timeout, self.grace) < 0:
             raise ValueError("payload and drain timeout must not be negative")
 
 

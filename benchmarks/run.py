@@ -1,0 +1,469 @@
+"""`make bench`: run roomchat's standard load scenarios and write a report.
+
+Starts `roomchat serve` pinned to one CPU (taskset), drives `roomchat stress steady`
+from the other CPU(s), reads the server's CPU time and RSS from /proc, and writes
+benchmarks/results/latest.json and latest.md. A fresh server is started for each step.
+
+    .venv/bin/python benchmarks/run.py                 # every scenario (~10 minutes)
+    .venv/bin/python benchmarks/run.py --quick         # shorter windows, fewer steps
+    .venv/bin/python benchmarks/run.py --only seed,ceiling
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BIN = Path(sys.executable).parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers")
+P99_LIMIT_MS = 50.0
+TOOL_LAG_LIMIT_MS = 50.0  # a load tool further behind its schedule measures itself
+
+# -- the server, and what /proc says about it ------------------------------------------------
+
+
+def raise_own_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pinned(cpus: str | None, argv: list[str]) -> list[str]:
+    if cpus is None or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", cpus, *argv]
+
+
+def proc_cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
+
+
+def proc_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Sampler(threading.Thread):
+    """Samples a process's CPU seconds and RSS every 20 ms, stamped with monotonic_ns."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[int, float, float, int]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                user, system = proc_cpu_seconds(self.pid)
+                self.samples.append((time.monotonic_ns(), user, system, proc_rss_bytes(self.pid)))
+            except OSError:
+                return
+            self.stopped.wait(0.02)
+
+    def at(self, t_ns: int) -> tuple[float, float, int]:
+        """User and system CPU seconds (interpolated), RSS (last sample before) at t_ns."""
+        before = [s for s in self.samples if s[0] <= t_ns] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= t_ns] or self.samples[-1:]
+        (t1, u1, s1, r1), (t2, u2, s2, _) = before[-1], after[0]
+        share = 0.0 if t2 == t1 else (t_ns - t1) / (t2 - t1)
+        return u1 + (u2 - u1) * share, s1 + (s2 - s1) * share, r1
+
+
+@dataclass
+class Server:
+    cpus: str | None
+    argv: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    addr: str = ""
+    log: Path | None = None
+
+    def start(self) -> None:
+        self.argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0"]
+        self.argv += ["--log-level", "info"]
+        fd, name = tempfile.mkstemp(prefix="roomchat-serve-", suffix=".log")
+        self.log = Path(name)
+        self.proc = subprocess.Popen(
+            pinned(self.cpus, self.argv),
+            stdout=subprocess.DEVNULL,
+            stderr=fd,
+            preexec_fn=raise_own_open_files,
+        )
+        os.close(fd)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if match := re.search(r"listening on (\S+:\d+)", self.log.read_text()):
+                self.addr = match.group(1)
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"roomchat serve did not start:\n{self.log.read_text()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> str:
+        """Stop the server; return its log lines that are warnings or errors (a few)."""
+        assert self.proc is not None and self.log is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        lines = [ln for ln in self.log.read_text().splitlines() if " INFO " not in ln]
+        self.log.unlink()
+        return "\n".join(lines[:5]) + (f"\n... {len(lines) - 5} more" if len(lines) > 5 else "")
+
+
+# -- one measured step -----------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    quick: bool
+    server_cpus: str | None
+    load_cpus: str | None
+    processes: int
+    profile: bool
+    output: Path
+
+
+def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -> dict[str, Any]:
+    """Start a server, run one `roomchat stress steady` against it, measure the server."""
+    server = Server(opts.server_cpus)
+    server.start()
+    sampler = Sampler(server.pid)
+    sampler.start()
+    baseline_rss = proc_rss_bytes(server.pid)
+    stress = [str(BIN / "roomchat"), "stress", "steady", "--addr", server.addr]
+    stress += [*stress_args, "--processes", str(opts.processes), "--json", "--quiet"]
+    command = pinned(opts.load_cpus, stress)
+    spy = start_profile(opts, name, server.pid)
+    print(f"  $ {' '.join(command)}", flush=True)
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
+    finally:
+        sampler.stopped.set()
+        sampler.join()
+        if spy is not None:
+            spy.wait(timeout=60)
+        server_log = server.stop()
+    if done.returncode != 0 or not done.stdout.strip():
+        return {"name": name, "command": command, "error": done.stderr.strip()[-2000:]}
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    user_start, sys_start, _ = sampler.at(report["window_start_ns"])
+    user_end, sys_end, _ = sampler.at(report["window_end_ns"])
+    _, _, rss_joined = sampler.at(report["start_ns"])
+    deliveries = report["deliveries"]
+    cpu_s = user_end - user_start + sys_end - sys_start
+    step = {
+        "name": name,
+        "command": command,
+        "server_command": pinned(opts.server_cpus, server.argv),
+        "report": report,
+        "server_cpu_s": round(cpu_s, 3),
+        "server_cpu_pct": round(100 * cpu_s / report["window_s"], 1),
+        "server_kernel_share_pct": round(100 * (sys_end - sys_start) / cpu_s, 1) if cpu_s else None,
+        "server_us_per_delivery": round(1e6 * cpu_s / deliveries, 2) if deliveries else None,
+        "server_rss_idle_kb": baseline_rss // 1024,
+        "server_rss_joined_kb": rss_joined // 1024,
+        "server_rss_per_connection_kb": (
+            round((rss_joined - baseline_rss) / 1024 / report["connected"], 2)
+            if report["connected"]
+            else None
+        ),
+        "server_log": server_log,
+        "tool_cpu_pct": round(
+            100 * (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall, 1
+        ),
+    }
+    lat = report["latency_ms"]
+    print(
+        f"    {report['deliveries_per_s']:,.0f} deliveries/s, lost {report['lost']:,}, "
+        f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, server {step['server_cpu_pct']} % CPU "
+        f"({step['server_kernel_share_pct']} % of it in the kernel), "
+        f"{step['server_us_per_delivery']} µs/delivery, tool lag {report['max_send_lag_ms']} ms, "
+        f"tool {step['tool_cpu_pct']} % CPU over the whole run",
+        flush=True,
+    )
+    return step
+
+
+def start_profile(opts: Options, name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """With --profile: py-spy samples the server for a while (if py-spy is installed)."""
+    spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+    if not opts.profile or spy is None:
+        return None
+    out = opts.output / f"profile-{name}.txt"
+    argv = [spy, "record", "--pid", str(pid), "--duration", "8", "--format", "raw"]
+    argv += ["--output", str(out), "--nonblocking"]
+    return subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def failure(step: dict[str, Any], p99_limit: float | None) -> str | None:
+    """Why a step did not hold (None: it held)."""
+    if "error" in step:
+        return "error"
+    report = step["report"]
+    if report["max_send_lag_ms"] > TOOL_LAG_LIMIT_MS:
+        return "load tool saturated"
+    if report["lost"] or not report["drained"] or report["connected"] < report["users"]:
+        return "loss"
+    if p99_limit is not None and report["latency_ms"]["p99"] > p99_limit:
+        return f"p99 > {p99_limit:g} ms"
+    return None
+
+
+# -- the scenarios ---------------------------------------------------------------------------
+
+
+def seed(opts: Options) -> dict[str, Any]:
+    duration = "5" if opts.quick else "20"
+    args = ["--users", "48", "--rooms", "24", "--rooms-per-user", "1", "--rate", "200"]
+    step = run_step(opts, "seed", [*args, "--duration", duration, "--warmup", "3"], 120)
+    return {"scenario": "seed", "steps": [step]}
+
+
+def stepped(
+    opts: Options, name: str, args: list[str], rates: list[float], p99_limit: float | None
+) -> dict[str, Any]:
+    """Raise the rate step by step; stop at the first step that does not hold."""
+    duration = "3" if opts.quick else "6"
+    steps, best, stopped = [], None, None
+    for rate in rates:
+        step_args = [*args, "--rate", str(rate), "--duration", duration, "--warmup", "2"]
+        step = run_step(opts, f"{name}-{rate:g}", step_args, 240)
+        steps.append(step)
+        if (stopped := failure(step, p99_limit)) is not None:
+            break
+        best = step
+    top = best["report"]["deliveries_per_s"] if best else 0
+    return {
+        "scenario": name,
+        "steps": steps,
+        "held_deliveries_per_s": top,
+        "stopped_by": stopped or "last step held",
+    }
+
+
+def ceiling(opts: Options) -> dict[str, Any]:
+    rates = [1000, 2000, 3200, 4000, 5000, 6000, 8000, 10000]
+    if not opts.quick:
+        rates = [400, 800, 1200, 1600, 2000, 2600, 3200, 3600, 4000, 5000, 6000, 8000, 10000]
+    args = ["--users", "48", "--rooms", "24", "--rooms-per-user", "1"]
+    return stepped(opts, "ceiling", args, [float(r) for r in rates], P99_LIMIT_MS)
+
+
+def bigroom(opts: Options) -> dict[str, Any]:
+    rates = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
+    args = ["--users", "1000", "--rooms", "1", "--rooms-per-user", "1", "--drain-timeout", "15"]
+    return stepped(opts, "bigroom", args, rates, None)
+
+
+def manyusers(opts: Options) -> dict[str, Any]:
+    """10,000 users x 5 rooms: first nearly idle (RSS per connection, p99 with 10,000
+    sessions), then at the scenario's rate, one message per 10 s each."""
+    users = "2000" if opts.quick else "10000"
+    duration = "10" if opts.quick else "30"
+    args = ["--users", users, "--rooms", "24", "--rooms-per-user", "5"]
+    args += ["--duration", duration, "--warmup", "2", "--connect-timeout", "30"]
+    args += ["--settle-timeout", "400", "--drain-timeout", "15", "--grace", "300"]
+    steps = [
+        run_step(opts, "manyusers-idle", [*args, "--rate", "0.001"], 1200),
+        run_step(opts, "manyusers", [*args, "--rate", "0.1"], 1200),
+    ]
+    return {"scenario": "manyusers", "steps": steps}
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem = re.search(r"MemTotal:\s*(\d+)", meminfo)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {
+        "cpu": model.group(1) if model else platform.processor(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(int(mem.group(1)) / 1024**2, 1) if mem else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "commit": commit + ("+uncommitted" if dirty else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    if "seed" in results:
+        step = results["seed"]["steps"][0]
+        if "error" in step:
+            rows.append(("seed", "error", "≤ 11 µs/delivery, p99 ≤ 5 ms"))
+        else:
+            r = step["report"]
+            rows.append(
+                (
+                    "seed: 48 users, 24 rooms, 200 msg/s each",
+                    f"{step['server_us_per_delivery']} µs/delivery, p50 {r['latency_ms']['p50']} "
+                    f"ms, p99 {r['latency_ms']['p99']} ms, lost {r['lost']}",
+                    "≤ 11 µs/delivery, p99 ≤ 5 ms",
+                )
+            )
+    if "ceiling" in results:
+        top, why = results["ceiling"]["held_deliveries_per_s"], results["ceiling"]["stopped_by"]
+        rows.append(
+            (
+                "small-room ceiling (p99 ≤ 50 ms, nothing lost)",
+                f"{top:,.0f} deliveries/s (next step: {why})",
+                "≥ 300,000 deliveries/s",
+            )
+        )
+    if "bigroom" in results:
+        top, why = results["bigroom"]["held_deliveries_per_s"], results["bigroom"]["stopped_by"]
+        rows.append(
+            (
+                "1,000-member room, nothing lost",
+                f"{top:,.0f} deliveries/s (next step: {why})",
+                "≥ 1,000,000 deliveries/s",
+            )
+        )
+    for step in results.get("manyusers", {}).get("steps", []):
+        if "error" in step:
+            rows.append((step["name"], "error", "nothing lost, ≤ 15 KB per idle connection"))
+        else:
+            r = step["report"]
+            pct = 100 * r["lost"] / r["deliveries_expected"] if r["deliveries_expected"] else 0
+            rows.append(
+                (
+                    f"{r['users']:,} users x 5 rooms, 1 msg/{1 / r['rate']:g} s each",
+                    f"lost {pct:.1f} %, p99 {r['latency_ms']['p99']} ms, "
+                    f"{step['server_rss_per_connection_kb']} KB RSS/connection",
+                    "nothing lost, ≤ 15 KB per idle connection",
+                )
+            )
+    return rows
+
+
+def markdown(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    lines = [
+        "# roomchat benchmark results",
+        "",
+        f"{m['date']}, commit {m['commit']}: {m['cpu']}, {m['cpus']} CPUs, "
+        f"{m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}.",
+        f"Server pinned to CPU {data['server_cpus']}, load on CPU {data['load_cpus']} "
+        f"({data['processes']} load process(es)). Options: `{' '.join(data['argv'])}`.",
+        "",
+        "| scenario | measured | target |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(data["results"])]
+    lines += [
+        "",
+        "## Every step",
+        "",
+        "| step | deliveries/s | lost | p50 ms | p99 ms | max ms | server CPU % | kernel % "
+        "| µs/delivery | RSS/conn KB | tool lag ms | tool CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    commands: list[str] = []
+    for result in data["results"].values():
+        for step in result["steps"]:
+            if "error" in step:
+                lines.append(f"| {step['name']} | error: {step['error'][-200:]!r} |")
+                continue
+            r, lat = step["report"], step["report"]["latency_ms"]
+            lines.append(
+                f"| {step['name']} | {r['deliveries_per_s']:,.0f} | {r['lost']:,} "
+                f"| {lat['p50']} | {lat['p99']} | {lat['max']} | {step['server_cpu_pct']} "
+                f"| {step['server_kernel_share_pct']} "
+                f"| {step['server_us_per_delivery']} | {step['server_rss_per_connection_kb']} "
+                f"| {r['max_send_lag_ms']} | {step['tool_cpu_pct']} |"
+            )
+            commands.append(f"{' '.join(step['server_command'])}  # server")
+            commands.append(" ".join(step["command"]).replace(r["addr"], "$ADDR"))
+    lines += ["", "## Exact commands", "", "```", *dict.fromkeys(commands), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer steps")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--server-cpus", default="0", help="taskset list for the server")
+    parser.add_argument("--load-cpus", default="", help="taskset list for the load (default: 1-)")
+    parser.add_argument("--processes", type=int, default=0, help="load processes (0: per CPU)")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the server for 8 s per step, if present"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write latest.*")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(chosen) - set(SCENARIOS):
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    cpus = os.cpu_count() or 1
+    load_cpus = (args.load_cpus or f"1-{cpus - 1}") if cpus > 1 else None
+    server_cpus = args.server_cpus if cpus > 1 else None
+    if shutil.which("taskset") is None:
+        print("taskset not found: server and load are not pinned", file=sys.stderr)
+    processes = args.processes or max(1, cpus - 1)
+    opts = Options(args.quick, server_cpus, load_cpus, processes, args.profile, args.output)
+    args.output.mkdir(parents=True, exist_ok=True)
+    raise_own_open_files()
+    runners = {"seed": seed, "ceiling": ceiling, "bigroom": bigroom, "manyusers": manyusers}
+    results: dict[str, dict[str, Any]] = {}
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        results[name] = runners[name](opts)
+    data = {
+        "machine": machine(),
+        "argv": sys.argv[1:] or ["(defaults)"],
+        "server_cpus": server_cpus,
+        "load_cpus": load_cpus,
+        "processes": processes,
+        "results": results,
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "latest.json").write_text(json.dumps(data, indent=1) + "\n")
+    (args.output / "latest.md").write_text(markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

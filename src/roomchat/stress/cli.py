@@ -1,0 +1,186 @@
+"""``roomchat stress ramp`` (the original's load) and ``roomchat stress steady`` (for measuring)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from roomchat.client import parse_address
+from roomchat.stress.config import DEFAULT_RAMP, RampConfig, SteadyConfig, parse_steps
+from roomchat.stress.report import report_table
+from roomchat.stress.runner import StressError, run_in_processes
+from roomchat.stress.stats import Progress, Tally, merge_histograms
+
+__all__ = ["command"]
+
+F = Callable[..., Any]
+
+
+def _common(func: F) -> F:
+    options = [
+        click.option(
+            "--addr",
+            envvar="ROOMCHAT_ADDR",
+            default="127.0.0.1:8080",
+            show_default=True,
+            help="Server to load, host:port (env ROOMCHAT_ADDR). Nothing else is contacted.",
+        ),
+        click.option("--rooms", default=24, show_default=True, help="How many rooms to use."),
+        click.option("--rooms-per-user", default=5, show_default=True, help="Rooms each joins."),
+        click.option("--payload", default=64, show_default=True, help="Bytes of content."),
+        click.option(
+            "--processes", default=1, show_default=True, help="Worker processes to spread users."
+        ),
+        click.option(
+            "--connect-timeout", default=10.0, show_default=True, help="Seconds per connection."
+        ),
+        click.option(
+            "--connect-batch", default=500, show_default=True, help="Connections opened at once."
+        ),
+        click.option(
+            "--settle-timeout",
+            default=60.0,
+            show_default=True,
+            help="Steady: seconds to wait for the join announcements to pass before sending.",
+        ),
+        click.option(
+            "--drain-timeout",
+            default=10.0,
+            show_default=True,
+            help="Seconds to wait for deliveries after the last send.",
+        ),
+        click.option(
+            "--grace",
+            default=30.0,
+            show_default=True,
+            help="Seconds a phase may overrun its plan before the run is abandoned.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON line, no table."),
+        click.option("--quiet", is_flag=True, help="No live progress."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _base(kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        host, port = parse_address(kwargs.pop("addr"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--addr") from None
+    return {"host": host, "port": port, **kwargs}
+
+
+class _Live:
+    """Live progress on stderr: a redrawn line on a terminal, a line every 2 s otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.live: Live | None = None
+        self.started = time.monotonic()
+        self.previous: tuple[float, int, int] = (self.started, 0, 0)
+        self.printed = 0.0
+
+    def __enter__(self) -> _Live:
+        if not self.quiet and self.console.is_terminal:
+            self.live = Live(Text("starting..."), console=self.console, refresh_per_second=4)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def update(self, progress: list[Progress]) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        tally = Tally()
+        for p in progress:
+            tally.add(p.tally)
+        then, sent, delivered = self.previous
+        if now - then < 0.4:
+            return
+        self.previous = (now, tally.sent, tally.delivered_all)
+        interval = merge_histograms([p.interval_histogram for p in progress])
+        p99 = int(interval.get_value_at_percentile(99)) / 1000
+        phases = ",".join(sorted({p.phase for p in progress}))
+        line = (
+            f"[{now - self.started:6.1f} s] {phases}: users {tally.connected:,} "
+            f"(failed {tally.failed:,}), joins {tally.joined:,}, "
+            f"sent {(tally.sent - sent) / (now - then):,.0f}/s, "
+            f"delivered {(tally.delivered_all - delivered) / (now - then):,.0f}/s, "
+            f"p99 {p99:g} ms, errors {tally.protocol_errors}"
+        )
+        if self.live is not None:
+            self.live.update(Text(line))
+        elif now - self.printed >= 2:
+            self.printed = now
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+
+def _execute(cfg: SteadyConfig | RampConfig, as_json: bool, quiet: bool) -> None:
+    try:
+        with _Live(quiet) as live:
+            # Even one worker runs in its own process, so that this one can end the run
+            # at its deadline whatever the load does to the worker's event loop.
+            report = run_in_processes(cfg, live.update)
+    except StressError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        sys.stdout.write(report.to_json().decode() + "\n")
+    else:
+        Console().print(report_table(report))
+    if report.connected == 0:
+        raise click.ClickException(f"no user could connect to {report.addr}")
+
+
+@click.group(name="stress")
+def command() -> None:
+    """Load-test a protocol v1 server and report throughput, loss and latency.
+
+    Every run stops by itself: steady after warm-up + duration + drain, ramp after its
+    load increments + drain.
+    """
+
+
+@command.command()
+@_common
+@click.option("--users", default=48, show_default=True, help="Users (one session each).")
+@click.option("--rate", default=1.0, show_default=True, help="Messages/s per user, spread evenly.")
+@click.option("--duration", default=10.0, show_default=True, help="Measured seconds.")
+@click.option("--warmup", default=2.0, show_default=True, help="Seconds of load before measuring.")
+def steady(as_json: bool, quiet: bool, **kwargs: Any) -> None:
+    """Everyone connects and joins, then all send at a fixed rate: for measuring."""
+    try:
+        cfg = SteadyConfig(**_base(kwargs))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _execute(cfg, as_json, quiet)
+
+
+@command.command()
+@_common
+@click.option(
+    "--steps",
+    default=DEFAULT_RAMP,
+    show_default=True,
+    help="Load increments users/after-seconds/steps, comma separated.",
+)
+@click.option("--delay", default=10.0, show_default=True, help="Seconds between a user's sends.")
+def ramp(as_json: bool, quiet: bool, steps: str, **kwargs: Any) -> None:
+    """The original's stress test: users arrive in load increments, each joins 5 rooms
+    (round-robin) and sends one message every --delay seconds to its rooms in turn."""
+    try:
+        cfg = RampConfig(steps=parse_steps(steps), **_base(kwargs))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _execute(cfg, as_json, quiet)

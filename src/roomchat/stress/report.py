@@ -1,0 +1,188 @@
+"""The outcome of a run: one Report built from every worker's result, as JSON or a table."""
+
+from __future__ import annotations
+
+import msgspec
+from rich.table import Table
+
+from roomchat.stress.config import RampConfig, SteadyConfig
+from roomchat.stress.stats import Tally, WorkerResult, merge_histograms
+
+__all__ = ["Latency", "Report", "build_report", "report_table"]
+
+_LAG_NOTE_US = 50_000  # a sender this far behind its schedule is saturated
+
+
+class Latency(msgspec.Struct, frozen=True):
+    """Delivery latency in milliseconds: send stamp to arrival at a member."""
+
+    samples: int
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+
+
+class Report(msgspec.Struct, frozen=True):
+    mode: str
+    addr: str
+    processes: int
+    users: int
+    rooms: int
+    rooms_per_user: int
+    rate: float  # messages per second per user (ramp: 1 / delay)
+    payload: int
+    warmup_s: float
+    window_s: float  # the measured window
+    connected: int
+    failed: int
+    joins_confirmed: int
+    disconnected: int
+    messages_sent: int  # in the window
+    messages_per_s: float
+    deliveries: int  # measured, each counted once
+    deliveries_per_s: float  # over the window, or until the last delivery if that is later
+    delivery_span_s: float  # from the window's start to the last measured delivery
+    deliveries_expected: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+    unexpected: int
+    protocol_errors: int
+    send_failed: int
+    skipped: int  # scheduled messages the tool could not send before the window ended
+    max_send_lag_ms: float
+    drained: bool
+    latency_ms: Latency
+    # The run's clock (time.monotonic_ns(), machine-wide): load start, measured window.
+    start_ns: int
+    window_start_ns: int
+    window_end_ns: int
+    rooms_used: list[str]
+    notes: list[str]
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+def build_report(
+    cfg: SteadyConfig | RampConfig, results: list[WorkerResult], notes: list[str], t0: int
+) -> Report:
+    """Add up the workers' results of a run whose load started at ``t0``."""
+    tally = Tally()
+    for result in results:
+        tally.add(result.tally)
+    expected = sum(r.expected for r in results)
+    histogram = merge_histograms([r.histogram for r in results])
+    if isinstance(cfg, RampConfig):
+        mode, rate, warmup, window = "ramp", 1 / cfg.delay, 0.0, float(cfg.duration)
+    else:
+        mode, rate, warmup, window = "steady", float(cfg.rate), float(cfg.warmup), cfg.duration
+    window = float(window)
+    all_notes = list(notes)
+    if tally.delivered > expected:
+        all_notes.append(f"{tally.delivered - expected} more deliveries than expected")
+    if tally.max_send_lag_us > _LAG_NOTE_US:
+        all_notes.append(
+            f"the load tool fell up to {tally.max_send_lag_us / 1000:,.0f} ms behind its schedule:"
+            " it sent less than asked, so the rates are the tool's limit, not the server's"
+            " (add --processes, on more CPUs)"
+        )
+    if not all(r.drained for r in results):
+        all_notes.append(
+            f"deliveries were still arriving when the {cfg.drain_timeout:g} s drain timeout"
+            " ended: 'lost' counts them (a saturated load tool reads too slowly to tell)"
+        )
+    if tally.joined < tally.connected * cfg.rooms_per_user:
+        all_notes.append(
+            f"only {tally.joined} of {tally.connected * cfg.rooms_per_user} joins confirmed"
+        )
+
+    window_start = t0 + int(warmup * 1e9)
+    span = max(0.0, (tally.last_delivery_ns - window_start) / 1e9) if tally.delivered else 0.0
+
+    def ms(percentile: float) -> float:
+        return round(int(histogram.get_value_at_percentile(percentile)) / 1000, 3)
+
+    latency = Latency(
+        int(histogram.get_total_count()),
+        ms(50),
+        ms(90),
+        ms(99),
+        ms(99.9),
+        round(int(histogram.get_max_value()) / 1000, 3),
+    )
+    rooms_used = next((r.rooms_used for r in results if r.rooms_used), [])
+    return Report(
+        mode=mode,
+        addr=f"{cfg.host}:{cfg.port}",
+        processes=cfg.processes,
+        users=cfg.users,
+        rooms=cfg.rooms,
+        rooms_per_user=cfg.rooms_per_user,
+        rate=rate,
+        payload=cfg.payload,
+        warmup_s=warmup,
+        window_s=window,
+        connected=tally.connected,
+        failed=tally.failed,
+        joins_confirmed=tally.joined,
+        disconnected=tally.disconnected,
+        messages_sent=tally.sent_measured,
+        messages_per_s=round(tally.sent_measured / window, 1),
+        deliveries=tally.delivered,
+        deliveries_per_s=round(tally.delivered / max(window, span), 1),
+        delivery_span_s=round(span, 3),
+        deliveries_expected=expected,
+        lost=max(0, expected - tally.delivered),
+        duplicated=tally.duplicated,
+        out_of_order=tally.out_of_order,
+        unexpected=tally.unexpected,
+        protocol_errors=tally.protocol_errors,
+        send_failed=tally.send_failed,
+        skipped=tally.skipped,
+        max_send_lag_ms=tally.max_send_lag_us / 1000,
+        drained=all(r.drained for r in results),
+        latency_ms=latency,
+        start_ns=t0,
+        window_start_ns=window_start,
+        window_end_ns=t0 + int((warmup + window) * 1e9),
+        rooms_used=rooms_used,
+        notes=all_notes,
+    )
+
+
+def report_table(report: Report) -> Table:
+    """The final table, for a terminal."""
+    table = Table(title=f"roomchat stress ({report.mode}) against {report.addr}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    lat = report.latency_ms
+    lost_pct = 100 * report.lost / report.deliveries_expected if report.deliveries_expected else 0
+    rows = [
+        ("users connected / failed", f"{report.connected:,} / {report.failed:,}"),
+        ("rooms used / per user", f"{report.rooms} / {report.rooms_per_user}"),
+        ("rate per user", f"{report.rate:g} msg/s, {report.payload} B content"),
+        ("measured window", f"{report.window_s:g} s (after {report.warmup_s:g} s warm-up)"),
+        ("messages sent", f"{report.messages_sent:,} ({report.messages_per_s:,.0f}/s)"),
+        ("behind schedule, not sent", f"{report.skipped:,}"),
+        (
+            "deliveries",
+            f"{report.deliveries:,} ({report.deliveries_per_s:,.0f}/s over "
+            f"{max(report.window_s, report.delivery_span_s):g} s)",
+        ),
+        ("deliveries expected", f"{report.deliveries_expected:,}"),
+        ("lost", f"{report.lost:,} ({lost_pct:.2f} %)"),
+        ("duplicated / out of order", f"{report.duplicated:,} / {report.out_of_order:,}"),
+        ("unexpected / protocol errors", f"{report.unexpected:,} / {report.protocol_errors:,}"),
+        ("sessions closed by server", f"{report.disconnected:,}"),
+        ("latency p50 / p90 / p99", f"{lat.p50:g} / {lat.p90:g} / {lat.p99:g} ms"),
+        ("latency p99.9 / max", f"{lat.p999:g} / {lat.max:g} ms"),
+        ("load tool max send lag", f"{report.max_send_lag_ms:g} ms"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for note in report.notes:
+        table.add_row("note", note)
+    return table

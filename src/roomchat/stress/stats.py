@@ -1,0 +1,120 @@
+"""Counters and latency histograms of one worker, and how they merge across processes.
+
+Everything here crosses a process boundary (pickled through a pipe), so it is plain
+data: msgspec Structs, lists and HDR histograms encoded as text.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import msgspec
+from hdrh.histogram import HdrHistogram
+
+__all__ = [
+    "LATENCY_MAX_US",
+    "Progress",
+    "SentLog",
+    "Tally",
+    "WorkerResult",
+    "merge_histograms",
+    "new_histogram",
+]
+
+#: Latencies are recorded in microseconds, from 1 µs to 10 minutes, 3 significant digits.
+LATENCY_MAX_US = 600_000_000
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, LATENCY_MAX_US, 3)
+
+
+def merge_histograms(encoded: list[str]) -> HdrHistogram:
+    """Add up histograms encoded with ``HdrHistogram.encode()``."""
+    merged = new_histogram()
+    for text in encoded:
+        if text:
+            merged.decode_and_add(text)
+    return merged
+
+
+class Tally(msgspec.Struct):
+    """Counters of one worker (or, once added up, of a whole run)."""
+
+    users: int = 0  # users this worker was given
+    connected: int = 0
+    failed: int = 0  # could not connect, or no login
+    joined: int = 0  # room joins confirmed by the user's own user_joined_room event
+    join_events: int = 0  # user_joined_room and room_participation events received
+    disconnected: int = 0  # sessions the server closed before the end
+    sent: int = 0  # every message written (warm-up included)
+    sent_measured: int = 0
+    send_failed: int = 0  # a message that could not be written (session closed)
+    skipped: int = 0  # messages not sent because the tool fell behind its schedule
+    delivered: int = 0  # measured deliveries, each counted once
+    delivered_all: int = 0  # every user_message received (warm-up, duplicates included)
+    duplicated: int = 0
+    out_of_order: int = 0
+    unexpected: int = 0  # a user_message for a room not joined, or not stamped by us
+    protocol_errors: int = 0  # lines that were not valid v1 events
+    max_send_lag_us: int = 0  # how far the sender fell behind its schedule
+    last_delivery_ns: int = 0  # when the last measured delivery arrived (monotonic)
+
+    def add(self, other: Tally) -> None:
+        for name in self.__struct_fields__:
+            if name in ("max_send_lag_us", "last_delivery_ns"):
+                setattr(self, name, max(getattr(self, name), getattr(other, name)))
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def copy(self) -> Tally:
+        return msgspec.structs.replace(self)
+
+
+class SentLog(msgspec.Struct):
+    """The measured messages sent to each room (by index).
+
+    ``stamps`` (ramp mode only) holds each message's send stamp, sorted, so that a
+    member who joined mid-run is expected to get just the messages sent after it joined.
+    """
+
+    counts: list[int]
+    stamps: list[list[int]] | None = None
+
+    @classmethod
+    def empty(cls, rooms: int, with_stamps: bool) -> SentLog:
+        return cls([0] * rooms, [[] for _ in range(rooms)] if with_stamps else None)
+
+    @classmethod
+    def merge(cls, logs: list[SentLog]) -> SentLog:
+        rooms = len(logs[0].counts)
+        counts = [sum(log.counts[r] for log in logs) for r in range(rooms)]
+        if logs[0].stamps is None:
+            return cls(counts)
+        stamps = [
+            sorted(s for log in logs if log.stamps for s in log.stamps[r]) for r in range(rooms)
+        ]
+        return cls(counts, stamps)
+
+    def expected_since(self, room: int, joined_at: int) -> int:
+        """How many measured messages a member of ``room`` since ``joined_at`` should get."""
+        if self.stamps is None:
+            return self.counts[room]
+        stamps = self.stamps[room]
+        return len(stamps) - bisect.bisect_left(stamps, joined_at)
+
+
+class Progress(msgspec.Struct):
+    """A worker's running totals, sent every progress interval."""
+
+    phase: str
+    tally: Tally
+    interval_histogram: str  # encoded; latencies recorded since the previous Progress
+
+
+class WorkerResult(msgspec.Struct):
+    tally: Tally
+    expected: int  # measured deliveries this worker's users should have received
+    histogram: str  # encoded; every measured delivery's latency
+    drained: bool  # all expected deliveries arrived before the drain timeout
+    rooms_used: list[str]

@@ -1,0 +1,403 @@
+"""One process's share of the load: its users' sessions, their sending and their counting.
+
+A LoadWorker runs on an asyncio loop. It uses the client library in callback mode, so a
+delivery costs one function call, no task switch: the callback parses the message's stamp
+(see :mod:`roomchat.stress.stamp`), checks order per sender per room, and counts it.
+The runner drives it: ``prepare()``, ``run(t0)``, ``drain(log)``, ``result()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import heapq
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from roomchat.client import ChatClient, ConnectionClosed, ProtocolViolation, connect
+from roomchat.protocol import (
+    Event,
+    JoinRoom,
+    RoomParticipation,
+    UserJoinedRoom,
+    UserMessage,
+    encode,
+)
+from roomchat.stress.config import RampConfig, SteadyConfig, rooms_of_user
+from roomchat.stress.stamp import MEASURED, WARMUP, line_head, make_line
+from roomchat.stress.stats import (
+    LATENCY_MAX_US,
+    Progress,
+    SentLog,
+    Tally,
+    WorkerResult,
+    new_histogram,
+)
+
+__all__ = ["PROGRESS_INTERVAL", "LoadWorker", "StressError"]
+
+PROGRESS_INTERVAL = 0.5  # seconds between Progress reports
+# Timers (uvloop's, and epoll's timeout) count whole milliseconds, too coarse to space
+# messages evenly at thousands per second: when the next message is due sooner than
+# this, the sender polls (sleep(0) yields to the loop, which reads what has arrived).
+# The load tool's core is then always busy; its saturation shows as send lag, not CPU.
+_POLL_WITHIN = 0.002
+_SETTLE_QUIET = 0.3  # seconds without any join event: the join storm is over
+_LATE_LIMIT = 1_000_000_000  # ns past the window's end after which a sender gives up
+_MAX_GAP = 100_000  # a sequence jump larger than this is not tracked message by message
+
+Config = SteadyConfig | RampConfig
+
+
+class StressError(Exception):
+    """The run cannot go on (the server is unreachable, has too few rooms, ...)."""
+
+
+class _User:
+    """One simulated user: one session, its rooms and what it has seen."""
+
+    __slots__ = ("client", "gaps", "index", "joined_at", "next_room", "rooms", "seqs", "streams")
+
+    def __init__(self, index: int, rooms: list[int]) -> None:
+        self.index = index  # global, unique across processes: the stamp's sender
+        self.rooms = rooms
+        self.client: ChatClient | None = None
+        self.joined_at: dict[int, int] = {}  # room -> when its user_joined_room arrived
+        self.next_room = 0
+        self.seqs = dict.fromkeys(rooms, 0)
+        self.streams: dict[int, int] = {}  # (sender, room) key -> highest seq seen
+        self.gaps: set[tuple[int, int]] = set()  # (key, seq) skipped over, not yet seen
+
+
+class LoadWorker:
+    def __init__(
+        self,
+        cfg: Config,
+        users: Sequence[int],
+        *,
+        part: int = 0,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.part = part
+        self.tally = Tally(users=len(users))
+        self.phase = "connecting"
+        self.room_names: list[str] = []
+        self._on_progress = on_progress
+        self._users = [_User(i, rooms_of_user(i, cfg.rooms, cfg.rooms_per_user)) for i in users]
+        self._room_index: dict[str, int] = {}
+        self._heads: list[bytes] = []
+        self._latencies: dict[int, int] = {}  # µs -> count, flushed into the histograms
+        self._histogram = new_histogram()
+        self._interval = new_histogram()
+        self._log = SentLog.empty(cfg.rooms, isinstance(cfg, RampConfig))
+        self._joins_wanted = 0
+        self._joins_done = asyncio.Event()
+        self._ramp_ready: list[tuple[int, int, _User]] = []  # (due, index, user) heap
+        self._expected = 0
+        self._drained = False
+        self._progress_task: asyncio.Task[None] | None = None
+        self._arriving: asyncio.Task[None] | None = None
+
+    # -- phases ------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Steady mode: connect every user and wait until each has joined its rooms."""
+        self._progress_task = asyncio.create_task(self._report_progress())
+        if isinstance(self.cfg, RampConfig):
+            return
+        batch = self.cfg.connect_batch
+        for first in range(0, len(self._users), batch):
+            await asyncio.gather(*(self._connect(u) for u in self._users[first : first + batch]))
+        self.phase = "joining"
+        bound = self.cfg.connect_timeout + len(self._users) / 1000
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound):
+                while self.tally.joined < self._joins_wanted:
+                    self._joins_done.clear()
+                    await self._joins_done.wait()
+        await self._settle()
+        # Everything made so far lives to the end: keep the collector from re-scanning it
+        # (a full collection over 10,000 sessions' state is a pause of many milliseconds).
+        gc.collect()
+        gc.freeze()
+
+    async def _settle(self) -> None:
+        """Wait (bounded) until the join storm is over: every join is announced to every
+        member of the room (PROTOCOL.md, room_participation), so n users joining one room
+        cause n * (n + 1) / 2 events; measuring before they are read would time the backlog."""
+        self.phase = "settling"
+        deadline = time.monotonic() + self.cfg.settle_timeout
+        seen = -1
+        while self.tally.join_events != seen and time.monotonic() < deadline:
+            seen = self.tally.join_events
+            await asyncio.sleep(_SETTLE_QUIET)
+
+    async def run(self, t0: int) -> SentLog:
+        """Send the load (from monotonic time ``t0``, in ns); return what was measured."""
+        self.phase = "running"
+        if isinstance(self.cfg, RampConfig):
+            await self._run_ramp(self.cfg, t0)
+        else:
+            await self._run_steady(self.cfg, t0)
+        self.phase = "draining"
+        return self._log
+
+    async def drain(self, log: SentLog) -> None:
+        """Wait (bounded) until this worker's users got every message sent in ``log``."""
+        self._expected = sum(
+            log.expected_since(room, joined_at)
+            for user in self._users
+            for room, joined_at in user.joined_at.items()
+        )
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        while self.tally.delivered < self._expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self._drained = self.tally.delivered >= self._expected
+
+    async def result(self) -> WorkerResult:
+        """Close every session and return the counts."""
+        self.phase = "done"
+        if self._progress_task is not None:
+            self._progress_task.cancel()
+        self._count_protocol_errors()
+        gc.unfreeze()
+        clients = [u.client for u in self._users if u.client is not None]
+        self.tally.disconnected = sum(1 for c in clients if c.closed)
+        for client in clients:
+            client.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(c.wait_closed() for c in clients))
+        self._flush_latencies()
+        return WorkerResult(
+            self.tally, self._expected, self._histogram.encode(), self._drained, self.room_names
+        )
+
+    # -- connecting and joining --------------------------------------------------------
+    async def _connect(self, user: _User) -> bool:
+        try:
+            client = await connect(
+                self.cfg.host,
+                self.cfg.port,
+                timeout=self.cfg.connect_timeout,
+                on_event=self._receiver(user),
+            )
+        except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation):
+            self.tally.failed += 1
+            return False
+        if not self.room_names:
+            self._use_rooms([room.name for room in client.rooms])
+        user.client = client
+        self.tally.connected += 1
+        self._joins_wanted += len(user.rooms)
+        client.write(b"".join(encode(JoinRoom(self.room_names[r])) for r in user.rooms))
+        return True
+
+    def _use_rooms(self, offered: list[str]) -> None:
+        if len(offered) < self.cfg.rooms:
+            raise StressError(f"the server offers {len(offered)} rooms, {self.cfg.rooms} wanted")
+        self.room_names = offered[: self.cfg.rooms]
+        # Updated in place: the receivers made before the first login hold this dict.
+        self._room_index.update((name, i) for i, name in enumerate(self.room_names))
+        self._heads = [line_head(name) for name in self.room_names]
+
+    def _joined(self, user: _User, room: int) -> None:
+        user.joined_at[room] = time.monotonic_ns()
+        self.tally.joined += 1
+        if self.tally.joined >= self._joins_wanted:
+            self._joins_done.set()
+        if isinstance(self.cfg, RampConfig) and len(user.joined_at) == len(user.rooms):
+            # Golden-ratio phases spread the users' sends evenly over the delay.
+            phase = (user.index * 0.6180339887) % 1.0
+            due = time.monotonic_ns() + int(phase * self.cfg.delay * 1e9)
+            heapq.heappush(self._ramp_ready, (due, user.index, user))
+
+    # -- receiving -----------------------------------------------------------------------
+    def _receiver(self, user: _User) -> Callable[[Event], None]:
+        tally = self.tally
+        latencies = self._latencies
+        streams, gaps, joined_at = user.streams, user.gaps, user.joined_at
+        rooms = self.cfg.rooms
+        room_index = self._room_index
+        monotonic_ns = time.monotonic_ns
+
+        def on_event(event: Event) -> None:
+            if type(event) is UserMessage:
+                now = monotonic_ns()
+                tally.delivered_all += 1
+                room = room_index.get(event.room)
+                # The stamp, parsed inline (this runs once per delivery): see stamp.py.
+                fields = event.content.split(" ", 3)
+                if room is None or room not in joined_at or len(fields) != 4:
+                    tally.unexpected += 1
+                    return
+                try:
+                    key = int(fields[0], 16) * rooms + room
+                    seq = int(fields[1], 16)
+                    sent = int(fields[2], 16)
+                except ValueError:
+                    tally.unexpected += 1
+                    return
+                last = streams.get(key)
+                if last is None or seq == last + 1:
+                    streams[key] = seq
+                elif seq > last:
+                    if seq - last <= _MAX_GAP:
+                        gaps.update((key, s) for s in range(last + 1, seq))
+                    streams[key] = seq
+                elif (key, seq) in gaps:
+                    gaps.discard((key, seq))
+                    tally.out_of_order += 1
+                else:
+                    tally.duplicated += 1
+                    return
+                if fields[3][:1] == MEASURED and sent >= joined_at[room]:
+                    tally.delivered += 1
+                    tally.last_delivery_ns = now
+                    latency = (now - sent) // 1000
+                    if latency >= 2048:  # keep 11 significant bits, as the histogram does
+                        shift = latency.bit_length() - 11
+                        latency = latency >> shift << shift
+                    latencies[latency] = latencies.get(latency, 0) + 1
+            elif type(event) is RoomParticipation:
+                tally.join_events += 1
+            elif type(event) is UserJoinedRoom:
+                tally.join_events += 1
+                room = room_index.get(event.room)
+                if room is not None and room in user.seqs and room not in joined_at:
+                    self._joined(user, room)
+
+        return on_event
+
+    # -- sending -------------------------------------------------------------------------
+    def _send(self, user: _User, count: int, measured: bool) -> None:
+        """Write the user's next ``count`` messages (to its rooms in turn) at once."""
+        client = user.client
+        if client is None or client.closed:
+            self.tally.send_failed += count
+            return
+        sent = time.monotonic_ns()
+        phase = MEASURED if measured else WARMUP
+        rooms, seqs, heads, payload = user.rooms, user.seqs, self._heads, self.cfg.payload
+        lines, targets = [], []
+        for _ in range(count):
+            room = rooms[user.next_room % len(rooms)]
+            user.next_room += 1
+            seq = seqs[room]
+            seqs[room] = seq + 1
+            lines.append(make_line(heads[room], user.index, seq, sent, phase, payload))
+            targets.append(room)
+        try:
+            client.write(b"".join(lines))
+        except ConnectionClosed:
+            self.tally.send_failed += count
+            return
+        self.tally.sent += count
+        if measured:
+            self.tally.sent_measured += count
+            log = self._log
+            for room in targets:
+                log.counts[room] += 1
+                if log.stamps is not None:
+                    log.stamps[room].append(sent)
+
+    def _lagged(self, lag_ns: int) -> None:
+        lag = lag_ns // 1000
+        if lag > self.tally.max_send_lag_us:
+            self.tally.max_send_lag_us = lag
+
+    async def _run_steady(self, cfg: SteadyConfig, t0: int) -> None:
+        """Message k goes out at t0 + offset + k * period, to user k mod n, so the load is
+        spread evenly; each user sends to its rooms in turn. Sending stops 1 s after the
+        window's end even if the tool fell behind (the shortfall is counted as skipped)."""
+        active = [u for u in self._users if u.client is not None]
+        if not active:
+            return
+        n = len(active)
+        period = 1e9 / (n * cfg.rate)
+        offset = period * self.part / cfg.processes  # interleave the processes' schedules
+        measure_from = t0 + cfg.warmup * 1e9
+        end = t0 + (cfg.warmup + cfg.duration) * 1e9
+        total = max(0, math.ceil((end - t0 - offset) / period))
+        k = 0
+        while k < total:
+            now = time.monotonic_ns()
+            if now >= end + _LATE_LIMIT:  # bounded: what the tool could not send is not sent
+                self.tally.skipped += total - k
+                break
+            due = min(total, math.floor((now - t0 - offset) / period) + 1)
+            if due > k:  # how late the oldest message due is going out
+                self._lagged(int(now - (t0 + offset + k * period)))
+            # Messages due now, grouped per user and per phase: one write per group.
+            batches: dict[tuple[int, bool], int] = {}
+            while k < due:
+                key = (k % n, t0 + offset + k * period >= measure_from)
+                batches[key] = batches.get(key, 0) + 1
+                k += 1
+            for (user, measured), count in batches.items():
+                self._send(active[user], count, measured)
+            if k < total:
+                wait = (t0 + offset + k * period - time.monotonic_ns()) / 1e9
+                await asyncio.sleep(0 if wait < _POLL_WITHIN else wait - _POLL_WITHIN / 2)
+
+    async def _run_ramp(self, cfg: RampConfig, t0: int) -> None:
+        """Users arrive at their start times; each, once joined, sends every ``delay``."""
+        starts = cfg.start_times()
+        arrivals = sorted((starts[u.index], u.index, u) for u in self._users)
+        self._arriving = arriving = asyncio.create_task(self._arrive(cfg, t0, arrivals))
+        end = t0 + int(cfg.duration * 1e9)
+        delay = int(cfg.delay * 1e9)
+        ready = self._ramp_ready
+        try:
+            while (now := time.monotonic_ns()) < end:
+                if arriving.done() and (error := arriving.exception()) is not None:
+                    raise error
+                while ready and ready[0][0] <= now:
+                    due, index, user = heapq.heappop(ready)
+                    self._lagged(now - due)
+                    self._send(user, 1, True)
+                    heapq.heappush(ready, (due + delay, index, user))
+                next_due = ready[0][0] if ready else end
+                wait = (min(next_due, end) - time.monotonic_ns()) / 1e9
+                await asyncio.sleep(min(0 if wait < _POLL_WITHIN else wait, 0.01))
+        finally:
+            arriving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await arriving
+
+    async def _arrive(
+        self, cfg: RampConfig, t0: int, arrivals: list[tuple[float, int, _User]]
+    ) -> None:
+        i = 0
+        while i < len(arrivals):
+            at = arrivals[i][0]
+            group = [u for start, _, u in arrivals[i : i + cfg.connect_batch] if start == at]
+            i += len(group)
+            wait = (t0 + at * 1e9 - time.monotonic_ns()) / 1e9
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await asyncio.gather(*(self._connect(u) for u in group))
+
+    # -- progress ------------------------------------------------------------------------
+    def _flush_latencies(self) -> None:
+        for latency, count in self._latencies.items():
+            latency = min(max(latency, 1), LATENCY_MAX_US)
+            self._histogram.record_value(latency, count)
+            self._interval.record_value(latency, count)
+        self._latencies.clear()
+
+    def _count_protocol_errors(self) -> None:
+        self.tally.protocol_errors = sum(
+            u.client.protocol_errors for u in self._users if u.client is not None
+        )
+
+    async def _report_progress(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            self._flush_latencies()
+            self._count_protocol_errors()
+            if self._on_progress is not None:
+                self._on_progress(Progress(self.phase, self.tally.copy(), self._interval.encode()))
+            self._interval.reset()
