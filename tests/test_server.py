@@ -348,3 +348,24 @@ async def test_close_is_idempotent_and_ends_every_session() -> None:
         await asyncio.wait_for(client.wait_closed(), 10)
     assert not srv.sessions
     await srv.close()
+
+
+@pytest.mark.parametrize("window", [0.0, 0.003, 0.05])
+async def test_every_coalescing_window_delivers_everything_in_order(window: float) -> None:
+    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, coalesce_window=window))
+    try:
+        alice = await client_of(srv)
+        bob = await client_of(srv)
+        await joined(alice, "general")
+        await joined(bob, "general")
+        assert await next_event(alice) == RoomParticipation("general", bob.user_id, "joined")
+        for n in range(20):  # one at a time, each waiting for its echo: many short turns
+            await alice.send("general", f"a{n}")
+            assert await next_event(alice) == UserMessage("general", alice.user_id, f"a{n}")
+        await bob.send("general", "b")
+        expected = [f"a{n}" for n in range(20)] + ["b"]
+        assert [m.content for m in await messages(bob, 21)] == expected
+        alice.close()
+        bob.close()
+    finally:
+        await srv.close()

@@ -27,7 +27,7 @@ class ChatServer:
         self.config = config
         self.rooms = rooms
         self.sessions: set[ChatSession] = set()
-        self.outbox = Outbox(asyncio.get_running_loop())
+        self.outbox = Outbox(asyncio.get_running_loop(), config.coalesce_window)
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
 
@@ -123,11 +123,12 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     log.info(
         "roomchat listening on %s with %d rooms "
-        "(max line %d bytes, max pending output %d bytes, open-files limit %s)",
+        "(max line %d bytes, max pending output %d bytes, coalescing %d µs, open-files limit %s)",
         ", ".join(server.addresses),
         len(server.rooms.details),
         config.max_line_length,
         config.max_pending_output,
+        round(config.coalesce_window * 1e6),
         _open_files_limit(),
     )
     try:

@@ -10,7 +10,12 @@ import click
 
 from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH
 from roomchat.server.app import ServerStartError, serve
-from roomchat.server.config import DEFAULT_MAX_PENDING_OUTPUT, RoomsFileError, ServerConfig
+from roomchat.server.config import (
+    DEFAULT_COALESCE_WINDOW,
+    DEFAULT_MAX_PENDING_OUTPUT,
+    RoomsFileError,
+    ServerConfig,
+)
 
 __all__ = ["command"]
 
@@ -74,6 +79,16 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     show_envvar=True,
     help="Unsent bytes a session may have before it is cut off as a slow consumer.",
 )
+@click.option(
+    "--coalesce-us",
+    envvar="ROOMCHAT_COALESCE_US",
+    default=int(DEFAULT_COALESCE_WINDOW * 1e6),
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    show_envvar=True,
+    help="Microseconds over which steady traffic is gathered into one write per "
+    "session (adds at most this much latency; 0: off).",
+)
 def command(
     host: str,
     port: int,
@@ -81,6 +96,7 @@ def command(
     log_level: str,
     max_line_length: int,
     max_pending_output: int,
+    coalesce_us: int,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -93,6 +109,7 @@ def command(
         rooms_path=rooms_path,
         max_line_length=max_line_length,
         max_pending_output=max_pending_output,
+        coalesce_window=coalesce_us / 1e6,
     )
     _raise_open_files_limit()
     try:

@@ -11,6 +11,7 @@ import msgspec
 from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH, RoomDetail
 
 __all__ = [
+    "DEFAULT_COALESCE_WINDOW",
     "DEFAULT_MAX_PENDING_OUTPUT",
     "RoomsFileError",
     "ServerConfig",
@@ -23,6 +24,9 @@ __all__ = [
 #: off (Redis' client-output-buffer-limit and Centrifugo use the same idea).
 DEFAULT_MAX_PENDING_OUTPUT = 1024 * 1024
 
+#: Default coalescing window of the outbox, in seconds (see ServerConfig).
+DEFAULT_COALESCE_WINDOW = 0.003
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -34,6 +38,9 @@ class ServerConfig:
     rooms_path: Path | None = None
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT
+    #: Seconds over which steady traffic is gathered into one loop turn (0: off).
+    #: See session.Outbox: trades at most this much latency for far fewer wake-ups.
+    coalesce_window: float = DEFAULT_COALESCE_WINDOW
     #: How long shutdown waits for sessions to flush before dropping them.
     shutdown_grace: float = 2.0
     backlog: int = 4096

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, cast
 
 from roomchat.protocol import (
@@ -59,14 +60,24 @@ def new_user_id() -> str:
 
 
 class Outbox:
-    """Sessions with output waiting; flushed once at the end of the loop turn."""
+    """Sessions with output waiting; flushed once at the end of the loop turn.
 
-    __slots__ = ("_call_soon", "_dirty", "_scheduled")
+    With a coalescing window W > 0, a flush that comes less than W after the previous
+    turn began pauses the loop for the rest of W: what arrives meanwhile waits in the
+    kernel and is then read, routed and written in one turn. Under steady traffic this
+    replaces a wake-up (a context switch: the largest single cost at moderate load) per
+    message by one per W, for at most W of added latency. Sparse traffic (turns further
+    apart than W) and saturation (turns longer than W) never pause.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_call_soon", "_dirty", "_scheduled", "_turn_started", "_window")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: float = 0.0) -> None:
         self._call_soon = loop.call_soon
         self._dirty: list[ChatSession] = []
         self._scheduled = False
+        self._window = window
+        self._turn_started = 0.0
 
     def add(self, session: ChatSession) -> None:
         self._dirty.append(session)
@@ -79,6 +90,13 @@ class Outbox:
         dirty, self._dirty = self._dirty, []
         for session in dirty:
             session.flush()
+        if self._window:
+            now = time.monotonic()
+            rest = self._window - (now - self._turn_started)
+            if rest > 0:
+                time.sleep(rest)  # deliberate: see the class docstring
+                now += rest
+            self._turn_started = now
 
 
 class ChatSession(asyncio.Protocol):
