@@ -169,3 +169,33 @@ async def test_garbage_from_the_server_is_counted_and_skipped() -> None:
         assert await client.next_event(TIMEOUT) == UserMessage("x", "y", "z")
         assert client.protocol_errors == 1
         client.close()
+
+
+async def test_on_data_hands_over_raw_bytes_after_login() -> None:
+    # Login and the first event in one packet: the event must reach on_data intact.
+    first = b'{"_et":"user_message","r":"x","u":"y","c":"first"}\r\n'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"not json\r\n" + b'{"_et":"login_successful","s":"s","u":"u","rs":[]}\r\n')
+        writer.write(first + b'{"_et":"user_message","r":"x","u":"y",')
+        await writer.drain()
+        writer.write(b'"c":"second"}\r\n')
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    received = bytearray()
+    complete = asyncio.Event()
+
+    def on_data(data: bytes) -> None:
+        received.extend(data)
+        if received.count(b"\n") == 2:
+            complete.set()
+
+    async for port in _fake_server(handler):
+        client = await connect("127.0.0.1", port, timeout=TIMEOUT, on_data=on_data)
+        assert client.user_id == "u"
+        assert client.protocol_errors == 1  # the line before login
+        await asyncio.wait_for(complete.wait(), TIMEOUT)
+        assert bytes(received) == first + b'{"_et":"user_message","r":"x","u":"y","c":"second"}\r\n'
+        client.close()

@@ -9,7 +9,9 @@
 
 Events arrive either through ``async for`` (queued; reading from the socket pauses
 while too many wait, so memory stays bounded) or, for callers that must not pay a
-task switch per event (the load tool), through an ``on_event`` callback.
+task switch per event, through an ``on_event`` callback. A caller that must not even
+pay for decoding every event (the load tool, receiving a million deliveries a second)
+can take the raw bytes after login with ``on_data`` and scan them itself.
 This module knows nothing of the server; it uses only :mod:`roomchat.protocol`.
 """
 
@@ -41,6 +43,8 @@ __all__ = [
     "DEFAULT_CLIENT_MAX_LINE_LENGTH",
     "ChatClient",
     "ConnectionClosed",
+    "DataCallback",
+    "EventCallback",
     "ProtocolViolation",
     "connect",
     "parse_address",
@@ -54,6 +58,7 @@ _QUEUE_HIGH = 10_000  # queued events at which reading pauses
 _QUEUE_LOW = 1_000  # ... and resumes
 
 EventCallback = Callable[[Event], None]
+DataCallback = Callable[[bytes], None]
 
 
 class ConnectionClosed(Exception):
@@ -92,10 +97,16 @@ def parse_address(address: str, default_port: int = 8080) -> tuple[str, int]:
 
 
 class _ClientProtocol(asyncio.Protocol):
-    def __init__(self, max_line_length: int, on_event: EventCallback | None) -> None:
+    def __init__(
+        self,
+        max_line_length: int,
+        on_event: EventCallback | None,
+        on_data: DataCallback | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._decoder = EventDecoder(max_line_length)
         self._on_event = on_event
+        self._on_data = on_data
         self.transport: asyncio.Transport | None = None
         self.login: asyncio.Future[LoginSuccessful] = self._loop.create_future()
         self.queue: collections.deque[Event] = collections.deque()
@@ -113,6 +124,26 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        on_data = self._on_data
+        if on_data is None:
+            self._decode(data)
+            return
+        if self.login.done():
+            on_data(data)
+            return
+        # Raw mode before login: decode line by line until the login line, then hand
+        # over whatever follows it undecoded.
+        while data and not self.login.done():
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._decode(data)
+                return
+            self._decode(data[: newline + 1])
+            data = data[newline + 1 :]
+        if data and self.login.done() and self.login.exception() is None:
+            on_data(data)
+
+    def _decode(self, data: bytes) -> None:
         for item in self._decoder.feed(data):
             if isinstance(item, BadLine | LineTooLong):
                 self.protocol_errors += 1
@@ -290,19 +321,22 @@ async def connect(
     *,
     timeout: float | None = 10.0,
     on_event: EventCallback | None = None,
+    on_data: DataCallback | None = None,
     max_line_length: int = DEFAULT_CLIENT_MAX_LINE_LENGTH,
 ) -> ChatClient:
     """Connect and wait for ``login_successful``.
 
     With ``on_event``, every later event is passed to it (in order, on the event loop)
-    instead of being queued for ``async for``.
+    instead of being queued for ``async for``. With ``on_data``, every byte received
+    after the login line is passed to it undecoded, as it arrives (lines may be split
+    across calls); ``async for`` then yields nothing.
     Raises OSError if the connection fails, TimeoutError, ConnectionClosed or
     ProtocolViolation if no proper login arrives.
     """
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         transport, protocol = await loop.create_connection(
-            lambda: _ClientProtocol(max_line_length, on_event), host, port
+            lambda: _ClientProtocol(max_line_length, on_event, on_data), host, port
         )
         try:
             await protocol.login
