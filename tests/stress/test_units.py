@@ -135,3 +135,39 @@ async def test_receiver_counts_duplicates_gaps_and_late_arrivals() -> None:
     tally = worker.tally
     assert (tally.delivered, tally.duplicated, tally.out_of_order) == (5, 1, 1)
     assert (tally.delivered_all, tally.unexpected) == (9, 2)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 10_000])
+async def test_counter_counts_the_same_however_the_bytes_are_split(chunk: int) -> None:
+    worker = LoadWorker(SteadyConfig(rooms=2, rooms_per_user=2, check_every=2), [1])
+    worker._use_rooms(["a", "b"])
+    user = worker._users[0]
+    assert not worker.cfg.checks(user.index)  # type: ignore[union-attr]
+    count = worker._counter(user)
+    stream = encode(UserJoinedRoom("a", ("me",))) + encode(UserJoinedRoom("b", ("me",)))
+    for seq in range(5):
+        for phase in (WARMUP, MEASURED, MEASURED):
+            line = make_line(line_head("a"), 0, seq, 1, phase, 30)
+            content = line[len(line_head("a")) : -4].decode()
+            stream += encode(UserMessage("a", "them", content))
+    for start in range(0, len(stream), chunk):
+        count(stream[start : start + chunk])
+    tally = worker.tally
+    assert (tally.delivered_all, tally.delivered, user.counted) == (15, 10, 10)
+    assert tally.joined == 2 and set(user.joined_at) == {0, 1}
+
+
+async def test_counter_surplus_is_reported_as_duplicated() -> None:
+    worker = LoadWorker(SteadyConfig(rooms=1, rooms_per_user=1, check_every=2), [1])
+    worker._use_rooms(["a"])
+    user = worker._users[0]
+    count = worker._counter(user)
+    count(encode(UserJoinedRoom("a", ("me",))))
+    line = make_line(line_head("a"), 0, 0, 1, MEASURED, 0)
+    message = encode(UserMessage("a", "them", line[len(line_head("a")) : -4].decode()))
+    count(message * 3)
+    log = SentLog.empty(1, False)
+    log.counts[0] = 2  # two were sent: the third copy is a duplicate
+    worker.cfg = SteadyConfig(rooms=1, rooms_per_user=1, check_every=2, drain_timeout=0)
+    await worker.drain(log)
+    assert (worker.tally.delivered, worker.tally.duplicated) == (2, 1)

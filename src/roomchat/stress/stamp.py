@@ -11,11 +11,30 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["MEASURED", "WARMUP", "Stamp", "line_head", "make_line", "parse_stamp"]
+__all__ = [
+    "JOINED_MARK",
+    "MEASURED",
+    "MEASURED_MARK",
+    "MESSAGE_MARK",
+    "PARTICIPATION_MARK",
+    "WARMUP",
+    "Stamp",
+    "line_head",
+    "make_line",
+    "parse_stamp",
+]
 
 MEASURED = "m"
 WARMUP = "w"
 _TAIL = b'"}\r\n'
+
+# What a counting receiver (one that does not decode) looks for in the raw bytes. The
+# stamp's fields are hex and its padding is "x", so " m|" occurs once per measured message
+# and nowhere else in the tool's own traffic.
+MESSAGE_MARK = b'"_et":"user_message"'
+MEASURED_MARK = b" " + MEASURED.encode() + b"|"
+JOINED_MARK = b'"_et":"user_joined_room"'
+PARTICIPATION_MARK = b'"_et":"room_participation"'
 
 
 def line_head(room: str) -> bytes:
