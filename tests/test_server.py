@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
@@ -279,14 +280,37 @@ async def test_client_that_disconnects_mid_line(server: ChatServer) -> None:
     watcher.close()
 
 
-async def test_silent_client_does_not_hold_up_others(server: ChatServer) -> None:
-    silent = await raw_socket(server)  # connects, never sends, never reads
+async def test_silent_member_does_not_hold_up_its_room(server: ChatServer) -> None:
+    # A member that joined and then neither sends nor reads: the room goes on.
+    silent = await raw_socket(server)
+    buffer = bytearray()
+    silent_user = json.loads(await read_line(silent, buffer))["u"]
+    await asyncio.get_running_loop().sock_sendall(silent, b'{"_ct":"join_room","r":"general"}\n')
     client = await client_of(server)
-    await joined(client, "general")
-    await client.send("general", "hello")
-    assert await next_event(client) == UserMessage("general", client.user_id, "hello")
+    reply = await joined(client, "general")
+    assert reply.users == (silent_user, client.user_id)
+    for n in range(100):
+        await client.send("general", f"hello {n}")
+    assert [m.content for m in await messages(client, 100)] == [f"hello {n}" for n in range(100)]
     client.close()
     silent.close()
+
+
+async def test_half_close_carries_out_an_unterminated_last_command(server: ChatServer) -> None:
+    # What `printf '{"_ct":"join_room","r":"general"}' | nc host port` does.
+    sock = await raw_socket(server)
+    buffer = bytearray()
+    user = json.loads(await read_line(sock, buffer))["u"]
+    await asyncio.get_running_loop().sock_sendall(sock, b'{"_ct":"join_room","r":"general"}')
+    sock.shutdown(socket.SHUT_WR)
+    assert json.loads(await read_line(sock, buffer)) == {
+        "_et": "user_joined_room",
+        "r": "general",
+        "us": [user],
+    }
+    assert json.loads(await read_line(sock, buffer))["s"] == "joined"
+    assert await read_line(sock, buffer) == b""  # then the server closes
+    sock.close()
 
 
 async def test_slow_consumer_is_cut_off_and_others_lose_nothing() -> None:

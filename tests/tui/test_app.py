@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Input
 
 from roomchat.client import ChatClient, connect
@@ -41,11 +43,8 @@ async def other(server: ChatServer) -> AsyncIterator[ChatClient]:
         yield client
 
 
-async def open_room(pilot: object, app: RoomChatApp, room: str) -> None:
+async def open_room(pilot: Pilot[Any], app: RoomChatApp, room: str) -> None:
     """Pick a room in the list with the keyboard (arrows, then Enter) and wait for the join."""
-    from textual.pilot import Pilot
-
-    assert isinstance(pilot, Pilot)
     room_list = chat(app).query_one(RoomList)
     room_list.focus()
     target = room_list.get_option_index(room)
@@ -205,6 +204,16 @@ async def test_an_unparsable_address_shows_an_error() -> None:
         assert isinstance(app.screen, ConnectScreen)
         assert "Bad address" in app.screen.status_text
         assert "port is not a number" in app.screen.status_text
+
+
+async def test_a_host_name_the_resolver_rejects_shows_an_error() -> None:
+    app = RoomChatApp("ex..ample:8080")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConnectScreen)
+        await wait_until(pilot, lambda: "Could not connect" in screen.status_text, "the error")
+        assert "not a valid host name" in screen.status_text
+        assert "Lost the connection" not in screen.status_text
 
 
 async def test_an_unreachable_server_shows_an_error() -> None:

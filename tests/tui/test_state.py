@@ -129,6 +129,7 @@ def test_history_is_bounded_per_room(state: ChatState) -> None:
 def test_a_smaller_history_limit_is_honoured(clock: FakeClock) -> None:
     state = ChatState(history_limit=3, clock=clock)
     state.apply(LOGIN)
+    state.apply(UserJoinedRoom("general", (ME,)))
     for number in range(5):
         state.apply(UserMessage("general", "alice", str(number)))
     assert [line.content for line in state.rooms["general"].lines] == ["2", "3", "4"]
@@ -145,6 +146,17 @@ def test_leaving_clears_membership_and_the_active_room(state: ChatState) -> None
     assert state.active_room is None
     assert update.line == ChatLine("left", ME, own=True)
     assert state.activate("general") is True  # re-opening it needs a new join
+
+
+def test_events_still_on_their_way_after_leaving_are_ignored(state: ChatState) -> None:
+    join(state, "general", "alice")
+    state.activate("random")
+    state.mark_left("general")
+    lines = list(state.rooms["general"].lines)
+    assert not state.apply(UserMessage("general", "alice", "sent before the leave")).changed
+    assert not state.apply(RoomParticipation("general", "bob", "joined")).changed
+    room = state.rooms["general"]
+    assert (room.unread, room.members, list(room.lines)) == (0, set(), lines)
 
 
 def test_events_for_unknown_rooms_are_ignored(state: ChatState) -> None:

@@ -77,7 +77,7 @@ class ChatServer:
                 self._server.close()
             sessions = list(self.sessions)
             for session in sessions:
-                session.shutdown()
+                session.close("server shutdown", announce=False)
             await self._wait_sessions_gone(self.config.shutdown_grace)
             for session in list(self.sessions):
                 session.abort("server shutdown")

@@ -24,7 +24,7 @@ __all__ = [
 #: off (Redis' client-output-buffer-limit and Centrifugo use the same idea).
 DEFAULT_MAX_PENDING_OUTPUT = 1024 * 1024
 
-#: Default coalescing window of the outbox, in seconds (see ServerConfig).
+#: ``roomchat serve``'s coalescing window, in seconds (see ServerConfig.coalesce_window).
 DEFAULT_COALESCE_WINDOW = 0.003
 
 
@@ -40,7 +40,9 @@ class ServerConfig:
     max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT
     #: Seconds over which steady traffic is gathered into one loop turn (0: off).
     #: See session.Outbox: trades at most this much latency for far fewer wake-ups.
-    coalesce_window: float = DEFAULT_COALESCE_WINDOW
+    #: It pauses the whole event loop, so it is off unless asked for: ``roomchat
+    #: serve``, which owns its process, asks for DEFAULT_COALESCE_WINDOW.
+    coalesce_window: float = 0.0
     #: How long shutdown waits for sessions to flush before dropping them.
     shutdown_grace: float = 2.0
     backlog: int = 4096

@@ -9,9 +9,10 @@ The :class:`Outbox` writes each session's pending bytes with one ``transport.wri
 per turn of the event loop, however many events the turn produced: at high rates this
 is what saves the server from one syscall per event.
 
-Bounds (docs/protocol.md, "Limits"): a line longer than ``max_line_length`` closes the
-session; a session whose unsent output passes ``max_pending_output`` is a slow consumer
-and is cut off, so it never slows its rooms down nor grows the server's memory.
+Bounds (docs/protocol.md, "What happens to bad input"): a line longer than
+``max_line_length`` closes the session; a session whose unsent output passes
+``max_pending_output`` is a slow consumer and is cut off, so it never slows its rooms
+down nor grows the server's memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 from roomchat.protocol import (
     BadLine,
+    Command,
     CommandDecoder,
     JoinRoom,
     LeaveRoom,
@@ -134,10 +136,6 @@ class ChatSession(asyncio.Protocol):
     def __repr__(self) -> str:
         return f"<session {self.session_id} user {self.user_id} from {self._peer}>"
 
-    @property
-    def joined_rooms(self) -> tuple[str, ...]:
-        return tuple(self._handles)
-
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -155,7 +153,18 @@ class ChatSession(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        for item in self._decoder.feed(data):
+        self._handle(self._decoder.feed(data))
+
+    def eof_received(self) -> bool:
+        # The client closed its side (e.g. nc at the end of its input): carry out a last
+        # unterminated command, then end the session as the original does; output
+        # already queued is still sent before the socket closes.
+        self._handle(self._decoder.feed_eof())
+        self.close("client closed its side")
+        return True
+
+    def _handle(self, items: list[Command | BadLine | LineTooLong]) -> None:
+        for item in items:
             if self._closing:
                 return
             if type(item) is SendMessage:  # by far the most frequent: checked first
@@ -175,15 +184,6 @@ class ChatSession(asyncio.Protocol):
             elif isinstance(item, LineTooLong):
                 log.warning("%r: line longer than %d bytes, closing", self, item.limit)
                 self.abort("line too long")
-
-    def eof_received(self) -> bool:
-        # The client closed its side (e.g. nc after stdin ends): as the original, end
-        # the session; output already queued is still sent before the socket closes.
-        for item in self._decoder.feed_eof():
-            if isinstance(item, BadLine):
-                self._ignore(f"bad final line ({item.reason}): {item.line[:80]!r}")
-        self.close("client closed its side")
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -262,12 +262,14 @@ class ChatSession(asyncio.Protocol):
             log.warning("%r: ignored #%d: %s", self, count, what)
 
     # -- closing ---------------------------------------------------------------------
-    def close(self, reason: str) -> None:
-        """End the session: leave every room (others see "left"), send what is queued."""
+    def close(self, reason: str, *, announce: bool = True) -> None:
+        """End the session: leave every room (with ``announce``, the others see "left";
+        at server shutdown nobody is left to tell), send what is queued, close."""
         if self._transport is None or self._transport.is_closing():
             return
         self._reason = reason
-        self._leave_all()
+        if announce:
+            self._leave_all()
         self.flush()
         self._closing = True
         self._transport.close()
@@ -279,13 +281,3 @@ class ChatSession(asyncio.Protocol):
         if self._transport is not None:
             self._leave_all()
             self._transport.abort()
-
-    def shutdown(self) -> None:
-        """Server shutdown: stop delivering, send what is queued, close."""
-        if self._transport is None:
-            return
-        self.flush()
-        self._closing = True
-        self._reason = "server shutdown"
-        if not self._transport.is_closing():
-            self._transport.close()

@@ -9,7 +9,7 @@ they do not wait on the network beyond the transport's flow control.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -60,6 +60,8 @@ class SessionEnded(Message):
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out waiting for the server"
+    if isinstance(exc, UnicodeError):
+        return "not a valid host name"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running?)"
     if isinstance(exc, OSError) and exc.strerror:
@@ -126,7 +128,8 @@ class RoomChatApp(App[None]):
     async def _run_session(self, host: str, port: int) -> None:
         try:
             client = await connect(host, port, timeout=self.connect_timeout)
-        except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation) as exc:
+        except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation, ValueError) as exc:
+            # ValueError: a host name the resolver rejects (e.g. "ex..ample").
             self.post_message(
                 SessionFailed(f"Could not connect to {host}:{port}: {describe_error(exc)}")
             )
@@ -177,11 +180,18 @@ class RoomChatApp(App[None]):
             screen.show_update(update)
 
     # -- commands from the chat page ------------------------------------------------------
-    def _live_client(self) -> ChatClient | None:
+    async def _command(self, send: Callable[[ChatClient], Awaitable[None]], refused: str) -> bool:
+        """Send a command if connected; otherwise (or if the connection just dropped) say
+        plainly that it was not sent: nothing typed is ever silently lost."""
         client = self.client
-        if client is None or client.closed:
-            return None
-        return client
+        try:
+            if client is None or client.closed:
+                raise ConnectionClosed("not connected")
+            await send(client)
+        except ConnectionClosed:
+            self.notify(f"Not connected: {refused}", severity="error")
+            return False
+        return True
 
     async def open_room(self, room: str) -> None:
         if room not in self.state.rooms:
@@ -191,32 +201,21 @@ class RoomChatApp(App[None]):
         if screen is not None:
             screen.show_active_changed()
         if must_join:
-            client = self._live_client()
-            try:
-                if client is None:
-                    raise ConnectionClosed("not connected")
-                await client.join(room)
-            except ConnectionClosed:
-                self.notify(f"Not connected: cannot join #{room}.", severity="error")
+            await self._command(lambda c: c.join(room), f"cannot join #{room}.")
 
     async def leave_active_room(self) -> None:
         room = self.state.active
         if room is None or not room.joined:
             self.notify("No joined room is open.", severity="warning")
             return
-        client = self._live_client()
-        try:
-            if client is None:
-                raise ConnectionClosed("not connected")
-            await client.leave(room.name)
-        except ConnectionClosed:
-            self.notify(f"Not connected: cannot leave #{room.name}.", severity="error")
+        name = room.name
+        if not await self._command(lambda c: c.leave(name), f"cannot leave #{name}."):
             return
-        self.state.mark_left(room.name)
+        self.state.mark_left(name)
         screen = self.chat_screen
         if screen is not None:
             screen.show_active_changed()
-        self.notify(f"You left #{room.name}.")
+        self.notify(f"You left #{name}.")
 
     async def send_message(self, text: str) -> bool:
         """Send to the active room; False (with a visible notice) if it cannot be sent."""
@@ -227,12 +226,5 @@ class RoomChatApp(App[None]):
         if not room.joined:
             self.notify(f"Not in #{room.name} yet: the message was not sent.", severity="warning")
             return False
-        client = self._live_client()
-        try:
-            if client is None:
-                raise ConnectionClosed("not connected")
-            await client.send(room.name, text)
-        except ConnectionClosed:
-            self.notify("Not connected: the message was not sent.", severity="error")
-            return False
-        return True
+        name = room.name
+        return await self._command(lambda c: c.send(name, text), "the message was not sent.")

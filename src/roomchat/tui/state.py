@@ -112,7 +112,11 @@ class ChatState:
 
     # -- server events -------------------------------------------------------------
     def apply(self, event: Event) -> Update:
-        """Apply one server event. Events about rooms the client does not know are ignored."""
+        """Apply one server event.
+
+        Events about rooms the client does not know, or has left (a message already on its
+        way when the leave was sent), are ignored.
+        """
         if isinstance(event, LoginSuccessful):
             return self._login(event)
         room = self.rooms.get(event.room)
@@ -123,6 +127,8 @@ class ChatState:
             room.joined = True
             room.members = set(event.users)
             return Update(room.name)
+        if not room.joined:
+            return Update(room.name, changed=False)
         if isinstance(event, RoomParticipation):
             if event.status == "joined":
                 room.members.add(event.user_id)
