@@ -33,13 +33,22 @@ class FakeMember:
     def __init__(self, user_id: str) -> None:
         self._user_id = user_id
         self.received: list[bytes] = []
+        self.flushes = 0
 
     @property
     def user_id(self) -> str:
         return self._user_id
 
+    @property
+    def pending(self) -> list[bytes]:
+        # What rooms append to directly; here it is simply what was received.
+        return self.received
+
     def deliver(self, data: bytes) -> None:
         self.received.append(data)
+
+    def flush(self) -> None:
+        self.flushes += 1
 
     def events(self) -> list[Event]:
         """Decode (and forget) everything received so far; each delivery is one line."""
@@ -444,3 +453,21 @@ def test_packaged_rooms_file_loads() -> None:
         assert room.description.strip()
     manager = RoomManager(rooms)
     assert list(manager.rooms) == names
+
+
+def test_broadcast_appends_to_pending_and_calls_the_hook_once() -> None:
+    calls: list[tuple[str, int]] = []
+    hooked = ChatRoom(
+        RoomDetail(ROOM, "a room"), on_broadcast=lambda r, size: calls.append((r.name, size))
+    )
+    members = [FakeMember(f"u{n}") for n in range(3)]
+    for member in members:
+        hooked.join(member)
+    calls.clear()
+    for member in members:
+        member.received.clear()
+    hooked.broadcast(b"event\r\n")
+    assert calls == [(ROOM, 7)]  # once per broadcast, not once per member
+    assert all(member.pending == [b"event\r\n"] for member in members)
+    assert hooked.members == members
+    assert all(member.flushes == 0 for member in members)  # writing out is the owner's job

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Iterable
 
+from roomchat.protocol import RoomDetail
 from roomchat.server.config import ServerConfig, load_rooms
 from roomchat.server.rooms import RoomManager
 from roomchat.server.session import ChatSession, Outbox
@@ -23,18 +25,18 @@ class ServerStartError(Exception):
 class ChatServer:
     """A running roomchat server. Create it with :meth:`start`; stop it with :meth:`close`."""
 
-    def __init__(self, config: ServerConfig, rooms: RoomManager) -> None:
+    def __init__(self, config: ServerConfig, rooms: Iterable[RoomDetail]) -> None:
         self.config = config
-        self.rooms = rooms
         self.sessions: set[ChatSession] = set()
         self.outbox = Outbox(asyncio.get_running_loop(), config.coalesce_window)
+        self.rooms = RoomManager(rooms, self.outbox.room_broadcast)
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
 
     @classmethod
     async def start(cls, config: ServerConfig) -> ChatServer:
         """Load the rooms and listen. Raises RoomsFileError or ServerStartError."""
-        server = cls(config, RoomManager(load_rooms(config.rooms_path)))
+        server = cls(config, load_rooms(config.rooms_path))
         loop = asyncio.get_running_loop()
         try:
             server._server = await loop.create_server(

@@ -7,8 +7,11 @@
 - :class:`UserSessionHandle` is one session's right to post to one room; the session
   hands it back to leave.
 
-A member is anything with a ``user_id`` and a ``deliver(bytes)`` method. Each event
-is encoded once and the same bytes are handed to every member.
+A member is anything with a ``user_id``, a ``pending`` list of encoded events and a
+``deliver(bytes)`` method. Each event is encoded once; a broadcast appends the same bytes
+to every member's ``pending`` list (a C-level ``list.append`` per member, no Python call)
+and then tells the room's ``on_broadcast`` hook, so that the owner of the members (the
+server's outbox) writes the lists out at the end of the loop turn.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from roomchat.protocol import RoomDetail, RoomParticipation, UserJoinedRoom, enc
 
 __all__ = [
     "AlreadyJoined",
+    "BroadcastHook",
     "ChatRoom",
     "Member",
     "NotJoined",
@@ -40,8 +44,27 @@ class Member(Protocol):
     @property
     def user_id(self) -> str: ...
 
+    @property
+    def pending(self) -> list[bytes]:
+        """Encoded events waiting to be written, oldest first. The same list object for
+        the member's whole life (rooms keep its ``append``); its owner empties it."""
+        ...
+
     def deliver(self, data: bytes) -> None:
-        """Queue already-encoded event bytes for this member. Must not block or raise."""
+        """Queue one encoded event for this member alone, and see that it is written.
+        Must not block or raise."""
+
+    def flush(self) -> None:
+        """Write out (or, if the member is closing, drop) what is pending."""
+
+
+#: Called after each broadcast with the room and the size of the event, so that whoever
+#: owns the members can write out their pending events (see session.Outbox).
+BroadcastHook = Callable[["ChatRoom", int], None]
+
+
+def _ignore_broadcast(room: ChatRoom, size: int) -> None:
+    pass
 
 
 class RoomError(Exception):
@@ -61,13 +84,14 @@ class NotJoined(RoomError):
 
 
 class ChatRoom:
-    __slots__ = ("_deliveries", "_users", "description", "name")
+    __slots__ = ("_appends", "_on_broadcast", "_users", "description", "name")
 
-    def __init__(self, detail: RoomDetail) -> None:
+    def __init__(self, detail: RoomDetail, on_broadcast: BroadcastHook | None = None) -> None:
         self.name = detail.name
         self.description = detail.description
-        # member -> its bound deliver method: broadcast calls these without a lookup.
-        self._deliveries: dict[Member, Callable[[bytes], None]] = {}
+        self._on_broadcast = on_broadcast or _ignore_broadcast
+        # member -> its pending list's bound append: a broadcast calls these directly.
+        self._appends: dict[Member, Callable[[bytes], None]] = {}
         # The user registry: user id -> number of its sessions in this room.
         self._users: dict[str, int] = {}
 
@@ -79,17 +103,22 @@ class ChatRoom:
     @property
     def member_count(self) -> int:
         """Sessions in the room (a user with two sessions counts twice)."""
-        return len(self._deliveries)
+        return len(self._appends)
+
+    @property
+    def members(self) -> list[Member]:
+        """The sessions in the room, in order of arrival (a copy)."""
+        return list(self._appends)
 
     def __contains__(self, member: object) -> bool:
-        return member in self._deliveries
+        return member in self._appends
 
     def join(self, member: Member) -> UserSessionHandle:
         """Add a session; it gets ``user_joined_room``, then everyone gets "joined"."""
-        if member in self._deliveries:
+        if member in self._appends:
             raise AlreadyJoined(f"already in room {self.name!r}")
         user_id = member.user_id
-        self._deliveries[member] = member.deliver
+        self._appends[member] = member.pending.append
         sessions = self._users.get(user_id, 0)
         self._users[user_id] = sessions + 1
         member.deliver(encode(UserJoinedRoom(self.name, tuple(self._users))))
@@ -99,7 +128,7 @@ class ChatRoom:
 
     def leave(self, member: Member) -> None:
         """Remove a session; the others get "left" if it was its user's last one."""
-        if self._deliveries.pop(member, None) is None:
+        if self._appends.pop(member, None) is None:
             raise NotJoined(f"not in room {self.name!r}")
         user_id = member.user_id
         sessions = self._users[user_id] - 1
@@ -110,9 +139,11 @@ class ChatRoom:
             self.broadcast(encode(RoomParticipation(self.name, user_id, "left")))
 
     def broadcast(self, data: bytes) -> None:
-        """Hand the same encoded bytes to every member. The hot path."""
-        for deliver in self._deliveries.values():
-            deliver(data)
+        """Queue the same encoded bytes for every member. The hot path: per member, one
+        C-level list append."""
+        for append in self._appends.values():
+            append(data)
+        self._on_broadcast(self, len(data))
 
 
 class UserSessionHandle:
@@ -142,9 +173,11 @@ class RoomManager:
 
     __slots__ = ("details", "rooms")
 
-    def __init__(self, details: Iterable[RoomDetail]) -> None:
+    def __init__(
+        self, details: Iterable[RoomDetail], on_broadcast: BroadcastHook | None = None
+    ) -> None:
         self.details = tuple(details)
-        self.rooms = {detail.name: ChatRoom(detail) for detail in self.details}
+        self.rooms = {detail.name: ChatRoom(detail, on_broadcast) for detail in self.details}
 
     def join_room(self, name: str, member: Member) -> UserSessionHandle:
         room = self.rooms.get(name)

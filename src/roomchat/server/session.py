@@ -35,7 +35,7 @@ from roomchat.protocol import (
     SendMessage,
     encode,
 )
-from roomchat.server.rooms import RoomError, UserSessionHandle
+from roomchat.server.rooms import ChatRoom, RoomError, UserSessionHandle
 
 if TYPE_CHECKING:
     from roomchat.server.app import ChatServer
@@ -62,7 +62,12 @@ def new_user_id() -> str:
 
 
 class Outbox:
-    """Sessions with output waiting; flushed once at the end of the loop turn.
+    """What is waiting to be written, flushed once at the end of the loop turn.
+
+    Two kinds of entries: rooms that broadcast this turn (their members' ``pending``
+    lists were appended to directly, see rooms.py), and single sessions that were sent
+    an event of their own (login, the reply to a join). A session in several busy rooms
+    is flushed by the first and finds nothing left to write by the others.
 
     With a coalescing window W > 0, a flush that comes less than W after the previous
     turn began pauses the loop for the rest of W: what arrives meanwhile waits in the
@@ -72,25 +77,49 @@ class Outbox:
     apart than W) and saturation (turns longer than W) never pause.
     """
 
-    __slots__ = ("_call_soon", "_dirty", "_scheduled", "_turn_started", "_window")
+    __slots__ = ("_call_soon", "_rooms", "_scheduled", "_sessions", "_turn_started", "_window")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, window: float = 0.0) -> None:
         self._call_soon = loop.call_soon
-        self._dirty: list[ChatSession] = []
+        self._sessions: list[ChatSession] = []
+        self._rooms: dict[ChatRoom, int] = {}  # room -> bytes it broadcast this turn
         self._scheduled = False
         self._window = window
         self._turn_started = 0.0
 
-    def add(self, session: ChatSession) -> None:
-        self._dirty.append(session)
+    def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
             self._call_soon(self.flush)
 
+    def add(self, session: ChatSession) -> None:
+        """A session has an event of its own pending."""
+        self._sessions.append(session)
+        self._schedule()
+
+    def room_broadcast(self, room: ChatRoom, size: int) -> None:
+        """A room appended ``size`` bytes to each member's pending list (rooms.py hook)."""
+        queued = self._rooms.get(room)
+        if queued is None:
+            self._rooms[room] = size
+            self._schedule()
+        elif queued + size > _FLUSH_AT:
+            # So much in one turn: write it now, so that a burst cannot pile up unbounded
+            # before the slow-consumer check (the transport's high-water mark) sees it.
+            self._rooms[room] = 0
+            for member in room.members:
+                member.flush()
+        else:
+            self._rooms[room] = queued + size
+
     def flush(self) -> None:
         self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for session in dirty:
+        rooms, self._rooms = self._rooms, {}
+        sessions, self._sessions = self._sessions, []
+        for room in rooms:
+            for member in room.members:
+                member.flush()
+        for session in sessions:
             session.flush()
         if self._window:
             now = time.monotonic()
@@ -107,13 +136,13 @@ class ChatSession(asyncio.Protocol):
         "_closing",
         "_decoder",
         "_handles",
-        "_out",
-        "_out_size",
         "_outbox",
+        "_own_size",
         "_peer",
         "_reason",
         "_server",
         "_transport",
+        "pending",
         "session_id",
         "user_id",
     )
@@ -125,8 +154,10 @@ class ChatSession(asyncio.Protocol):
         self.session_id = new_session_id()
         self.user_id = new_user_id()
         self._handles: dict[str, UserSessionHandle] = {}
-        self._out: list[bytes] = []
-        self._out_size = 0
+        # Encoded events waiting for the end of the turn. Rooms keep this list's append
+        # (rooms.py), so it is emptied in place, never replaced.
+        self.pending: list[bytes] = []
+        self._own_size = 0  # bytes of events of its own (deliver) in pending
         self._transport: asyncio.Transport | None = None
         self._closing = False
         self._peer = "?"
@@ -188,7 +219,7 @@ class ChatSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._leave_all()
-        self._out.clear()
+        self.pending.clear()
         self._server.sessions.discard(self)
         self._transport = None
         log.info("%r disconnected: %s", self, f"{self._reason} ({exc})" if exc else self._reason)
@@ -211,22 +242,22 @@ class ChatSession(asyncio.Protocol):
 
     # -- output ----------------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
-        """Queue encoded events; the outbox writes them at the end of the turn."""
-        out = self._out
-        if not out:
+        """Queue an event for this session alone; the outbox writes it at the end of
+        the turn. (Broadcasts append to ``pending`` directly, see rooms.py.)"""
+        if not self._own_size:
             self._outbox.add(self)
-        out.append(data)
-        self._out_size += len(data)
-        if self._out_size > _FLUSH_AT:
+        self.pending.append(data)
+        self._own_size += len(data)
+        if self._own_size > _FLUSH_AT:
             self.flush()
 
     def flush(self) -> None:
-        out = self._out
-        if not out:
+        pending = self.pending
+        if not pending:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._out_size = 0
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._own_size = 0
         if not self._closing and self._transport is not None:
             self._transport.write(data)
 
