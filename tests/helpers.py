@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 from roomchat.client import ChatClient, connect
@@ -48,6 +49,15 @@ async def raw_socket(server: ChatServer, rcvbuf: int | None = None) -> socket.so
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", server.port))
     return sock
+
+
+async def raw_login(server: ChatServer) -> tuple[socket.socket, bytearray, str]:
+    """A raw socket past its login: the socket, its read buffer and its user id."""
+    sock = await raw_socket(server)
+    buffer = bytearray()
+    login = json.loads(await read_line(sock, buffer))
+    assert login["_et"] == "login_successful", login
+    return sock, buffer, login["u"]
 
 
 async def read_line(sock: socket.socket, buffer: bytearray) -> bytes:

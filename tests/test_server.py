@@ -23,6 +23,7 @@ from tests.helpers import (
     joined,
     messages,
     next_event,
+    raw_login,
     raw_socket,
     read_line,
     wait_eof,
@@ -282,9 +283,7 @@ async def test_client_that_disconnects_mid_line(server: ChatServer) -> None:
 
 async def test_silent_member_does_not_hold_up_its_room(server: ChatServer) -> None:
     # A member that joined and then neither sends nor reads: the room goes on.
-    silent = await raw_socket(server)
-    buffer = bytearray()
-    silent_user = json.loads(await read_line(silent, buffer))["u"]
+    silent, _, silent_user = await raw_login(server)
     await asyncio.get_running_loop().sock_sendall(silent, b'{"_ct":"join_room","r":"general"}\n')
     client = await client_of(server)
     reply = await joined(client, "general")
@@ -298,9 +297,7 @@ async def test_silent_member_does_not_hold_up_its_room(server: ChatServer) -> No
 
 async def test_half_close_carries_out_an_unterminated_last_command(server: ChatServer) -> None:
     # What `printf '{"_ct":"join_room","r":"general"}' | nc host port` does.
-    sock = await raw_socket(server)
-    buffer = bytearray()
-    user = json.loads(await read_line(sock, buffer))["u"]
+    sock, buffer, user = await raw_login(server)
     await asyncio.get_running_loop().sock_sendall(sock, b'{"_ct":"join_room","r":"general"}')
     sock.shutdown(socket.SHUT_WR)
     assert json.loads(await read_line(sock, buffer)) == {
@@ -326,8 +323,7 @@ async def test_slow_consumer_is_cut_off_and_others_lose_nothing() -> None:
         # kernel's share small, so the server's own buffer passes the bound soon.
         slow = await raw_socket(srv, rcvbuf=4096)
         loop = asyncio.get_running_loop()
-        slow_buffer = bytearray()
-        slow_login = json.loads(await read_line(slow, slow_buffer))
+        slow_login = json.loads(await read_line(slow, bytearray()))
         await loop.sock_sendall(slow, b'{"_ct":"join_room","r":"general"}\r\n')
         slow_user = slow_login["u"]
         assert await next_event(healthy) == RoomParticipation("general", slow_user, "joined")
