@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from roomchat.protocol.codec import (
     DEFAULT_MAX_LINE_LENGTH,
+    MESSAGE_TAIL,
     BadLine,
     CommandDecoder,
     EventDecoder,
     LineDecoder,
     LineTooLong,
     encode,
+    encode_head,
 )
 from roomchat.protocol.messages import (
     COMMAND_TYPES,
@@ -33,6 +35,7 @@ __all__ = [
     "COMMAND_TYPES",
     "DEFAULT_MAX_LINE_LENGTH",
     "EVENT_TYPES",
+    "MESSAGE_TAIL",
     "BadLine",
     "Command",
     "CommandDecoder",
@@ -52,4 +55,5 @@ __all__ = [
     "UserJoinedRoom",
     "UserMessage",
     "encode",
+    "encode_head",
 ]

@@ -15,12 +15,14 @@ from roomchat.protocol.messages import Command, Event, Message
 
 __all__ = [
     "DEFAULT_MAX_LINE_LENGTH",
+    "MESSAGE_TAIL",
     "BadLine",
     "CommandDecoder",
     "EventDecoder",
     "LineDecoder",
     "LineTooLong",
     "encode",
+    "encode_head",
 ]
 
 #: Default cap on one line's length in bytes, excluding its terminator.
@@ -43,6 +45,25 @@ def _decoder_for(message_type: Any) -> msgspec.json.Decoder[Any]:
 def encode(message: Message) -> bytes:
     """Serialise one message as its wire line: the exact JSON of docs/protocol.md + CRLF."""
     return _encoder.encode(message) + b"\r\n"
+
+
+#: What follows a message's last field value on the wire.
+MESSAGE_TAIL = b"}\r\n"
+
+
+def encode_head(message: Message) -> bytes:
+    """The wire bytes of ``message`` up to (not including) the value of its last field.
+
+    The last field must be a string left empty: ``encode_head(UserMessage(room, user, ""))``
+    is ``{"_et":"user_message","r":...,"u":...,"c":``. Adding the JSON of the content and
+    :data:`MESSAGE_TAIL` gives exactly ``encode(UserMessage(room, user, content))``; hot
+    paths cache the head per (room, user) so the wire format stays written once, here.
+    """
+    line = encode(message)
+    empty_last = b'""' + MESSAGE_TAIL
+    if not line.endswith(empty_last):
+        raise ValueError(f"{type(message).__name__} does not end with an empty string field")
+    return line[: -len(empty_last)]
 
 
 @dataclass(frozen=True, slots=True)
