@@ -15,10 +15,11 @@ from roomchat.protocol import (
     UserMessage,
     encode,
 )
+from roomchat.server.bus import MemoryBus
 from roomchat.server.config import RoomsFileError, default_rooms_path, load_rooms, parse_rooms
+from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import (
     AlreadyJoined,
-    ChatRoom,
     NotJoined,
     RoomError,
     RoomManager,
@@ -28,30 +29,27 @@ from roomchat.server.rooms import (
 
 
 class FakeMember:
-    """Test double for a session: records the bytes a room hands it."""
+    """A session as rooms see it: a real Mailbox whose writes are recorded."""
+
+    _count = 0
 
     def __init__(self, user_id: str) -> None:
-        self._user_id = user_id
-        self.received: list[bytes] = []
-        self.flushes = 0
+        FakeMember._count += 1
+        self._written: list[bytes] = []
+        self.mailbox = OUTBOX.open(user_id, f"session-{FakeMember._count}", self._written.append)
+        self._received: list[bytes] = []
 
     @property
-    def user_id(self) -> str:
-        return self._user_id
-
-    @property
-    def pending(self) -> list[bytes]:
-        # What rooms append to directly; here it is simply what was received.
-        return self.received
-
-    def deliver(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def flush(self) -> None:
-        self.flushes += 1
+    def received(self) -> list[bytes]:
+        """Every event written to this session so far, one line each (clear() forgets)."""
+        self.mailbox.flush()
+        for chunk in self._written:
+            self._received += [line + b"\n" for line in chunk.split(b"\n")[:-1]]
+        self._written.clear()
+        return self._received
 
     def events(self) -> list[Event]:
-        """Decode (and forget) everything received so far; each delivery is one line."""
+        """Decode (and forget) everything received so far."""
         out: list[Event] = []
         for data in self.received:
             assert data.endswith(b"\r\n") and data.count(b"\n") == 1, data
@@ -60,15 +58,54 @@ class FakeMember:
             item = decoded[0]
             assert isinstance(item, UserJoinedRoom | RoomParticipation | UserMessage), item
             out.append(item)
-        self.received.clear()
+        self._received.clear()
         return out
 
 
+def _no_call_soon(callback: object) -> None:
+    """The tests flush by hand (FakeMember.received)."""
+
+
+OUTBOX = Outbox(_no_call_soon)
 ROOM = "lobby"
 
 
-def make_room() -> ChatRoom:
-    return ChatRoom(RoomDetail(ROOM, "a room"))
+class RoomUnderTest:
+    """One room of a RoomManager on the in-process bus, driven synchronously."""
+
+    def __init__(self, detail: RoomDetail) -> None:
+        bus = MemoryBus()
+        self.presence = bus.presence
+        self.manager = RoomManager([detail], bus, bus.presence, OUTBOX.room_fanned_out)
+        self.room = self.manager.rooms[detail.name]
+
+    def join(self, member: FakeMember) -> UserSessionHandle:
+        outcome: list[UserSessionHandle | RoomError] = []
+        self.manager.join_room(self.room.name, member.mailbox, outcome.append)
+        assert len(outcome) == 1, "the in-process bus answers a join at once"
+        assert isinstance(outcome[0], UserSessionHandle), outcome
+        return outcome[0]
+
+    def leave(self, member: FakeMember) -> None:
+        self.manager.leave(self.room, member.mailbox)
+
+    def __contains__(self, member: FakeMember) -> bool:
+        return member.mailbox in self.room
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        return self.presence.users(self.room)
+
+    @property
+    def member_count(self) -> int:
+        return self.room.member_count
+
+    def broadcast(self, data: bytes) -> None:
+        self.room.post(data)
+
+
+def make_room(name: str = ROOM) -> RoomUnderTest:
+    return RoomUnderTest(RoomDetail(name, "a room"))
 
 
 def joined(user: str) -> RoomParticipation:
@@ -87,7 +124,7 @@ def test_joiner_gets_user_joined_room_then_own_joined() -> None:
     alice = FakeMember("alice")
     handle = room.join(alice)
     assert isinstance(handle, UserSessionHandle)
-    assert handle.room is room and handle.member is alice
+    assert handle.room is room.room and handle.member is alice.mailbox
     assert alice.received == [
         encode(UserJoinedRoom(ROOM, ("alice",))),
         encode(RoomParticipation(ROOM, "alice", "joined")),
@@ -282,7 +319,7 @@ TRICKY = [
     [("test", "test"), ('qu"ote', "back\\slash"), ("rüm 👋", "\x01ctl")],
 )
 def test_send_message_bytes_equal_encode(content: str, room_name: str, user_id: str) -> None:
-    room = ChatRoom(RoomDetail(room_name, "d"))
+    room = make_room(room_name)
     member = FakeMember(user_id)
     handle = room.join(member)
     member.received.clear()
@@ -300,45 +337,59 @@ DETAILS = (
 )
 
 
+def manager_of(details: tuple[RoomDetail, ...]) -> tuple[RoomManager, MemoryBus]:
+    bus = MemoryBus()
+    return RoomManager(iter(details), bus, bus.presence, OUTBOX.room_fanned_out), bus
+
+
+def join(manager: RoomManager, room: str, member: FakeMember) -> UserSessionHandle:
+    outcome: list[UserSessionHandle | RoomError] = []
+    manager.join_room(room, member.mailbox, outcome.append)
+    assert len(outcome) == 1 and isinstance(outcome[0], UserSessionHandle), outcome
+    return outcome[0]
+
+
 def test_manager_rooms_in_file_order() -> None:
-    manager = RoomManager(iter(DETAILS))
+    manager, bus = manager_of(DETAILS)
     assert manager.details == DETAILS
     assert list(manager.rooms) == ["zeta", "alpha", "mid"]
     for detail in DETAILS:
         room = manager.rooms[detail.name]
         assert room.name == detail.name
         assert room.description == detail.description
-        assert room.users == ()
+        assert bus.presence.users(room) == ()
 
 
 def test_manager_unknown_room() -> None:
-    manager = RoomManager(DETAILS)
+    manager, _ = manager_of(DETAILS)
     alice = FakeMember("alice")
+    outcome: list[object] = []
     with pytest.raises(UnknownRoom):
-        manager.join_room("nope", alice)
+        manager.join_room("nope", alice.mailbox, outcome.append)
     with pytest.raises(RoomError):
-        manager.join_room("ZETA", alice)
+        manager.join_room("ZETA", alice.mailbox, outcome.append)
     assert alice.received == []
+    assert outcome == []
 
 
 def test_manager_join_twice_raises_already_joined() -> None:
-    manager = RoomManager(DETAILS)
+    manager, _ = manager_of(DETAILS)
     alice = FakeMember("alice")
-    manager.join_room("alpha", alice)
+    join(manager, "alpha", alice)
     with pytest.raises(AlreadyJoined):
-        manager.join_room("alpha", alice)
+        manager.join_room("alpha", alice.mailbox, lambda outcome: None)
     # joining another room is fine
-    handle = manager.join_room("mid", alice)
+    handle = join(manager, "mid", alice)
     assert handle.room is manager.rooms["mid"]
 
 
 def test_manager_join_routes_to_room() -> None:
-    manager = RoomManager(DETAILS)
+    manager, _ = manager_of(DETAILS)
     alice = FakeMember("alice")
-    handle = manager.join_room("zeta", alice)
+    handle = join(manager, "zeta", alice)
     assert handle.room is manager.rooms["zeta"]
-    assert alice in manager.rooms["zeta"]
-    assert alice not in manager.rooms["alpha"]
+    assert alice.mailbox in manager.rooms["zeta"]
+    assert alice.mailbox not in manager.rooms["alpha"]
     assert alice.events() == [
         UserJoinedRoom("zeta", ("alice",)),
         RoomParticipation("zeta", "alice", "joined"),
@@ -346,22 +397,22 @@ def test_manager_join_routes_to_room() -> None:
 
 
 def test_drop_user_session_handle_gives_back_membership() -> None:
-    manager = RoomManager(DETAILS)
+    manager, bus = manager_of(DETAILS)
     alice, bob = FakeMember("alice"), FakeMember("bob")
-    handle = manager.join_room("alpha", alice)
-    manager.join_room("alpha", bob)
+    handle = join(manager, "alpha", alice)
+    join(manager, "alpha", bob)
     alice.events()
     bob.events()
     manager.drop_user_session_handle(handle)
-    assert alice not in manager.rooms["alpha"]
-    assert manager.rooms["alpha"].users == ("bob",)
+    assert alice.mailbox not in manager.rooms["alpha"]
+    assert bus.presence.users(manager.rooms["alpha"]) == ("bob",)
     assert alice.events() == []
     assert bob.events() == [RoomParticipation("alpha", "alice", "left")]
     # The membership was given back: dropping again is an error, joining again works.
     with pytest.raises(NotJoined):
         manager.drop_user_session_handle(handle)
-    manager.join_room("alpha", alice)
-    assert alice in manager.rooms["alpha"]
+    join(manager, "alpha", alice)
+    assert alice.mailbox in manager.rooms["alpha"]
 
 
 # --- rooms file ---------------------------------------------------------------------
@@ -451,23 +502,29 @@ def test_packaged_rooms_file_loads() -> None:
     for room in rooms:
         assert room.name.strip()
         assert room.description.strip()
-    manager = RoomManager(rooms)
+    manager, _ = manager_of(rooms)
     assert list(manager.rooms) == names
 
 
-def test_broadcast_appends_to_pending_and_calls_the_hook_once() -> None:
+def test_fan_out_enqueues_and_calls_the_hook_once() -> None:
     calls: list[tuple[str, int]] = []
-    hooked = ChatRoom(
-        RoomDetail(ROOM, "a room"), on_broadcast=lambda r, size: calls.append((r.name, size))
+    bus = MemoryBus()
+    manager = RoomManager(
+        [RoomDetail(ROOM, "a room")],
+        bus,
+        bus.presence,
+        on_fan_out=lambda room, size: calls.append((room.name, size)),
     )
     members = [FakeMember(f"u{n}") for n in range(3)]
     for member in members:
-        hooked.join(member)
-    calls.clear()
+        join(manager, ROOM, member)
     for member in members:
         member.received.clear()
-    hooked.broadcast(b"event\r\n")
-    assert calls == [(ROOM, 7)]  # once per broadcast, not once per member
-    assert all(member.pending == [b"event\r\n"] for member in members)
-    assert hooked.members == members
-    assert all(member.flushes == 0 for member in members)  # writing out is the owner's job
+    calls.clear()
+    written = [len(member._written) for member in members]
+    manager.rooms[ROOM].post(b"event\r\n")
+    assert calls == [(ROOM, 7)]  # once per fan-out, not once per member
+    assert manager.rooms[ROOM].members == [member.mailbox for member in members]
+    # Queued, not written: writing out is the outbox's job, at the end of the turn.
+    assert [len(member._written) for member in members] == written
+    assert all(member.received == [b"event\r\n"] for member in members)

@@ -351,7 +351,7 @@ async def test_slow_consumer_is_cut_off_and_others_lose_nothing() -> None:
         assert [m.content for m in received] == [f"{n}:{payload}" for n in range(total)]
         await wait_eof(slow)
         # The pending output of the slow consumer is gone with it.
-        assert all(s.user_id != slow_user for s in srv.sessions)
+        assert all(c.session is None or c.session.user_id != slow_user for c in srv.connections)
         slow.close()
         healthy.close()
         sender.close()
@@ -366,7 +366,7 @@ async def test_close_is_idempotent_and_ends_every_session() -> None:
     await asyncio.gather(srv.close(), srv.close())
     for client in clients:
         await asyncio.wait_for(client.wait_closed(), 10)
-    assert not srv.sessions
+    assert not srv.connections
     await srv.close()
 
 

@@ -1,8 +1,9 @@
-"""The roomchat TCP server (protocol v1). See docs/architecture.md for how it fits."""
+"""The roomchat TCP server. See docs/architecture.md for how the pieces fit."""
 
 from __future__ import annotations
 
 from roomchat.server.app import ChatServer, ServerStartError, serve
+from roomchat.server.bus import Bus, BusError, MemoryBus, open_bus
 from roomchat.server.config import (
     DEFAULT_MAX_PENDING_OUTPUT,
     RoomsFileError,
@@ -15,8 +16,11 @@ from roomchat.server.rooms import ChatRoom, RoomManager, UserSessionHandle
 
 __all__ = [
     "DEFAULT_MAX_PENDING_OUTPUT",
+    "Bus",
+    "BusError",
     "ChatRoom",
     "ChatServer",
+    "MemoryBus",
     "RoomManager",
     "RoomsFileError",
     "ServerConfig",
@@ -24,6 +28,7 @@ __all__ = [
     "UserSessionHandle",
     "default_rooms_path",
     "load_rooms",
+    "open_bus",
     "parse_rooms",
     "serve",
 ]

@@ -9,9 +9,11 @@ import signal
 from collections.abc import Iterable
 
 from roomchat.protocol import RoomDetail
+from roomchat.server.bus import Bus, open_bus
 from roomchat.server.config import ServerConfig, load_rooms
+from roomchat.server.connection import ChatConnection, Hub
+from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
-from roomchat.server.session import ChatSession, Outbox
 
 __all__ = ["ChatServer", "ServerStartError", "serve"]
 
@@ -27,30 +29,50 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig, rooms: Iterable[RoomDetail]) -> None:
         self.config = config
-        self.sessions: set[ChatSession] = set()
-        self.outbox = Outbox(asyncio.get_running_loop(), config.coalesce_window)
-        self.rooms = RoomManager(rooms, self.outbox.room_broadcast)
+        loop = asyncio.get_running_loop()
+        self.outbox = Outbox(loop.call_soon, config.coalesce_window)
+        self.bus: Bus = open_bus(config.bus_url, self.outbox)
+        self.rooms = RoomManager(rooms, self.bus, self.bus.presence, self.outbox.room_fanned_out)
+        self.hub = Hub(
+            rooms=self.rooms,
+            outbox=self.outbox,
+            max_line_length=config.max_line_length,
+            max_pending_output=config.max_pending_output,
+        )
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
 
+    @property
+    def connections(self) -> set[ChatConnection]:
+        """The open connections."""
+        return self.hub.connections
+
     @classmethod
     async def start(cls, config: ServerConfig) -> ChatServer:
-        """Load the rooms and listen. Raises RoomsFileError or ServerStartError."""
+        """Load the rooms, connect the bus and listen.
+
+        Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
         server = cls(config, load_rooms(config.rooms_path))
         loop = asyncio.get_running_loop()
+        await server.bus.start()
         try:
             server._server = await loop.create_server(
-                lambda: ChatSession(server),
+                lambda: ChatConnection(server.hub),
                 config.host,
                 config.port,
                 backlog=config.backlog,
                 reuse_address=True,
+                reuse_port=config.reuse_port or None,
             )
         except OSError as exc:
+            await server.bus.close()
+            server.outbox.close()
             reason = exc.strerror or str(exc)
             raise ServerStartError(
                 f"cannot listen on {config.host}:{config.port}: {reason}"
             ) from None
+        for sock in server._server.sockets:
+            server.outbox.watch(sock.fileno())  # a coalescing wait never holds up accepting
         return server
 
     @property
@@ -66,7 +88,8 @@ class ChatServer:
         return [_format_address(sock.getsockname()) for sock in self._server.sockets]
 
     async def close(self) -> None:
-        """Stop accepting, close every session with its queued output, then wait.
+        """Stop accepting, close every session with its queued output, then wait; then
+        disconnect the bus (the sessions' departures are announced through it).
 
         Idempotent: a second call waits for the first to finish.
         """
@@ -76,27 +99,32 @@ class ChatServer:
         self._closed = asyncio.get_running_loop().create_future()
         try:
             if self._server is not None:
+                for sock in self._server.sockets:
+                    self.outbox.unwatch(sock.fileno())
                 self._server.close()
-            sessions = list(self.sessions)
-            for session in sessions:
-                session.close("server shutdown", announce=False)
-            await self._wait_sessions_gone(self.config.shutdown_grace)
-            for session in list(self.sessions):
-                session.abort("server shutdown")
-            await self._wait_sessions_gone(1.0)
+            connections = list(self.connections)
+            for connection in connections:
+                if connection.session is not None:
+                    connection.session.close("server shutdown", announce=False)
+            await self._wait_connections_gone(self.config.shutdown_grace)
+            for connection in list(self.connections):
+                connection.abort("server shutdown")
+            await self._wait_connections_gone(1.0)
             if self._server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._server.wait_closed()
-            log.info("server closed (%d sessions were open)", len(sessions))
+            await self.bus.close()
+            self.outbox.close()
+            log.info("server closed (%d sessions were open)", len(connections))
         finally:
             self._closed.set_result(None)
 
-    async def _wait_sessions_gone(self, timeout: float) -> None:
+    async def _wait_connections_gone(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # connection_lost runs on the loop; give it turns until every session is gone.
-        while self.sessions and loop.time() < deadline:
+        while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
 
 
@@ -124,10 +152,11 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     log.info(
-        "roomchat listening on %s with %d rooms "
+        "roomchat listening on %s with %d rooms, bus %s "
         "(max line %d bytes, max pending output %d bytes, coalescing %d µs, open-files limit %s)",
         ", ".join(server.addresses),
         len(server.rooms.details),
+        server.bus.description,
         config.max_line_length,
         config.max_pending_output,
         round(config.coalesce_window * 1e6),

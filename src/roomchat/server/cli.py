@@ -10,6 +10,7 @@ import click
 
 from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH
 from roomchat.server.app import ServerStartError, serve
+from roomchat.server.bus import BusError
 from roomchat.server.config import (
     DEFAULT_COALESCE_WINDOW,
     DEFAULT_MAX_PENDING_OUTPUT,
@@ -89,6 +90,16 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="Microseconds over which steady traffic is gathered into one write per "
     "session (adds at most this much latency; 0: off).",
 )
+@click.option(
+    "--bus",
+    "bus_url",
+    envvar="ROOMCHAT_BUS",
+    default="memory://",
+    show_default=True,
+    show_envvar=True,
+    help="Where rooms meet: memory:// (this process only), redis://HOST:PORT[/DB] or "
+    "redis+cluster://HOST:PORT[,HOST:PORT...] (instances share rooms through Redis).",
+)
 def command(
     host: str,
     port: int,
@@ -97,6 +108,7 @@ def command(
     max_line_length: int,
     max_pending_output: int,
     coalesce_us: int,
+    bus_url: str,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -110,11 +122,12 @@ def command(
         max_line_length=max_line_length,
         max_pending_output=max_pending_output,
         coalesce_window=coalesce_us / 1e6,
+        bus_url=bus_url,
     )
     _raise_open_files_limit()
     try:
         _run(config)
-    except (RoomsFileError, ServerStartError) as exc:
+    except (RoomsFileError, ServerStartError, BusError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -39,13 +39,17 @@ class ServerConfig:
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT
     #: Seconds over which steady traffic is gathered into one loop turn (0: off).
-    #: See session.Outbox: trades at most this much latency for far fewer wake-ups.
-    #: It pauses the whole event loop, so it is off unless asked for: ``roomchat
-    #: serve``, which owns its process, asks for DEFAULT_COALESCE_WINDOW.
-    coalesce_window: float = 0.0
+    #: See outbox.Outbox: trades at most this much latency for far fewer wake-ups. The
+    #: wait ends early for new connections and bus traffic.
+    coalesce_window: float = DEFAULT_COALESCE_WINDOW
+    #: Where rooms meet: "memory://" (this process) or "redis://HOST:PORT[/DB]" /
+    #: "redis+cluster://HOST:PORT[,HOST:PORT...]" (instances share rooms).
+    bus_url: str = "memory://"
     #: How long shutdown waits for sessions to flush before dropping them.
     shutdown_grace: float = 2.0
     backlog: int = 4096
+    #: SO_REUSEPORT: several processes listen on the same port (``--workers``).
+    reuse_port: bool = False
 
 
 class RoomsFileError(Exception):

@@ -1,32 +1,52 @@
-"""Rooms and their members, without sockets (DESIGN.md, "The server").
+"""Rooms as one instance sees them, without sockets (docs/architecture.md, "The server").
 
 - :class:`RoomManager` owns every :class:`ChatRoom`, built from the rooms file.
-- :class:`ChatRoom` keeps its members and a user registry (user id -> how many of
-  that user's sessions are in the room), so a user is announced "joined" on its first
-  session and "left" on its last, however many sessions it has.
+- :class:`ChatRoom` is this instance's side of a room: its *local* members and its
+  channel on the bus. A room *posts* every event to the bus (:mod:`roomchat.server.bus`);
+  whatever the bus hands back is *fanned out* to the local members. With the in-process
+  bus, posting is fanning out; with Redis, every event of a room (messages, ``joined``,
+  ``left``) goes round through the room's channel, so every member on every instance sees
+  one order.
+- Who is in a room (the user registry: first session of a user -> ``joined``, last ->
+  ``left``) is :mod:`roomchat.server.presence`'s business.
 - :class:`UserSessionHandle` is one session's right to post to one room; the session
   hands it back to leave.
 
-A member is anything with a ``user_id``, a ``pending`` list of encoded events and a
-``deliver(bytes)`` method. Each event is encoded once; a broadcast appends the same bytes
-to every member's ``pending`` list (a C-level ``list.append`` per member, no Python call)
-and then tells the room's ``on_broadcast`` hook, so that the owner of the members (the
-server's outbox) writes the lists out at the end of the loop turn.
+A member is a :class:`~roomchat.server.outbox.Mailbox`: rooms reach it only through its
+``enqueue`` (a fan-out, one C-level list append per recipient) and ``send`` (an event of
+its own, such as the reply to a join).
+
+Joining takes two facts, which may come in either order (with Redis they travel on two
+connections): the *reply* (the room's users at the moment of the join, for
+``user_joined_room``) and the *marker* (the join's place in the room's stream of events).
+Events of the room fanned out between the two are kept for the joiner and handed over
+after its ``user_joined_room``, so it sees exactly the events after its join, in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from roomchat.protocol import RoomDetail, RoomParticipation, UserJoinedRoom, encode
+from roomchat.protocol import (
+    MESSAGE_TAIL,
+    RoomDetail,
+    UserJoinedRoom,
+    UserMessage,
+    encode,
+    encode_head,
+)
+
+if TYPE_CHECKING:
+    from roomchat.server.bus import Bus
+    from roomchat.server.presence import Presence
 
 __all__ = [
     "AlreadyJoined",
-    "BroadcastHook",
     "ChatRoom",
+    "JoinCallback",
     "Member",
     "NotJoined",
     "RoomError",
@@ -39,31 +59,34 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 class Member(Protocol):
-    """What a room needs of a session."""
+    """A session as a room sees it (implemented by outbox.Mailbox)."""
 
     @property
     def user_id(self) -> str: ...
 
     @property
-    def pending(self) -> list[bytes]:
-        """Encoded events waiting to be written, oldest first. The same list object for
-        the member's whole life (rooms keep its ``append``); its owner empties it."""
+    def key(self) -> str:
+        """Unique per session across every instance."""
         ...
 
-    def deliver(self, data: bytes) -> None:
-        """Queue one encoded event for this member alone, and see that it is written.
-        Must not block or raise."""
+    @property
+    def enqueue(self) -> Callable[[bytes], None]:
+        """Queue an encoded event; called once per delivery."""
+        ...
 
-    def flush(self) -> None:
-        """Write out (or, if the member is closing, drop) what is pending."""
+    def send(self, data: bytes) -> None:
+        """Queue an event for this member alone and see that it is written this turn."""
 
-
-#: Called after each broadcast with the room and the size of the event, so that whoever
-#: owns the members can write out their pending events (see session.Outbox).
-BroadcastHook = Callable[["ChatRoom", int], None]
+    def flush(self) -> None: ...
 
 
-def _ignore_broadcast(room: ChatRoom, size: int) -> None:
+#: Told after each fan-out with the room and the event's size (Outbox.room_fanned_out).
+FanOutHook = Callable[["ChatRoom", int], None]
+#: How a join ends: the handle, or the reason it failed.
+JoinCallback = Callable[["UserSessionHandle | RoomError"], None]
+
+
+def _ignore_fan_out(room: ChatRoom, size: int) -> None:
     pass
 
 
@@ -83,107 +106,179 @@ class NotJoined(RoomError):
     pass
 
 
-class ChatRoom:
-    __slots__ = ("_appends", "_on_broadcast", "_users", "description", "name")
+class _Joining:
+    """A join between its request and its completion."""
 
-    def __init__(self, detail: RoomDetail, on_broadcast: BroadcastHook | None = None) -> None:
+    __slots__ = ("done", "held", "marked", "member", "users")
+
+    def __init__(self, member: Member, done: JoinCallback) -> None:
+        self.member = member
+        self.done = done
+        self.users: tuple[str, ...] | None = None  # the reply, once it came
+        self.marked = False  # the marker came: events from here on are the joiner's
+        self.held: list[bytes] = []  # events after the marker, before the reply
+
+
+class ChatRoom:
+    __slots__ = ("_fanned_out", "_joining", "_members", "_publish", "description", "name")
+
+    def __init__(self, detail: RoomDetail, on_fan_out: FanOutHook | None = None) -> None:
         self.name = detail.name
         self.description = detail.description
-        self._on_broadcast = on_broadcast or _ignore_broadcast
-        # member -> its pending list's bound append: a broadcast calls these directly.
-        self._appends: dict[Member, Callable[[bytes], None]] = {}
-        # The user registry: user id -> number of its sessions in this room.
-        self._users: dict[str, int] = {}
+        self._fanned_out = on_fan_out or _ignore_fan_out
+        # Local members -> their enqueue: a fan-out calls these directly.
+        self._members: dict[Member, Callable[[bytes], None]] = {}
+        self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
+        self._publish: Callable[[bytes], None] = self.fan_out  # set by the bus
 
-    @property
-    def users(self) -> tuple[str, ...]:
-        """User ids in the room, each once, in order of arrival."""
-        return tuple(self._users)
+    def __repr__(self) -> str:
+        return f"<room {self.name!r}: {len(self._members)} local members>"
 
-    @property
-    def member_count(self) -> int:
-        """Sessions in the room (a user with two sessions counts twice)."""
-        return len(self._appends)
+    def connect(self, publish: Callable[[bytes], None]) -> None:
+        """The bus says how this room posts (RoomManager wires it)."""
+        self._publish = publish
 
     @property
     def members(self) -> list[Member]:
-        """The sessions in the room, in order of arrival (a copy)."""
-        return list(self._appends)
+        """The local sessions receiving this room's events, in order of arrival (a copy)."""
+        return list(self._members)
+
+    @property
+    def member_count(self) -> int:
+        return len(self._members)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any local session is in the room or joining it (bus interest)."""
+        return bool(self._members or self._joining)
 
     def __contains__(self, member: object) -> bool:
-        return member in self._appends
+        """Whether a session is in the room or joining it."""
+        return member in self._members or any(j.member is member for j in self._joining.values())
 
-    def join(self, member: Member) -> UserSessionHandle:
-        """Add a session; it gets ``user_joined_room``, then everyone gets "joined"."""
-        if member in self._appends:
+    # -- posting and fanning out ---------------------------------------------------------
+    def post(self, event: bytes) -> None:
+        """Send an encoded event to every member of the room, on every instance."""
+        self._publish(event)
+
+    def fan_out(self, event: bytes) -> None:
+        """The bus hands back one of the room's events: queue it for every local member.
+        The hot path: per member, one C-level list append."""
+        for enqueue in self._members.values():
+            enqueue(event)
+        self._fanned_out(self, len(event))
+
+    # -- joining -------------------------------------------------------------------------
+    def begin_join(self, member: Member, done: JoinCallback) -> None:
+        if member in self._members or member.key in self._joining:
             raise AlreadyJoined(f"already in room {self.name!r}")
-        user_id = member.user_id
-        self._appends[member] = member.pending.append
-        sessions = self._users.get(user_id, 0)
-        self._users[user_id] = sessions + 1
-        member.deliver(encode(UserJoinedRoom(self.name, tuple(self._users))))
-        if sessions == 0:
-            self.broadcast(encode(RoomParticipation(self.name, user_id, "joined")))
-        return UserSessionHandle(self, member)
+        self._joining[member.key] = _Joining(member, done)
 
-    def leave(self, member: Member) -> None:
-        """Remove a session; the others get "left" if it was its user's last one."""
-        if self._appends.pop(member, None) is None:
-            raise NotJoined(f"not in room {self.name!r}")
-        user_id = member.user_id
-        sessions = self._users[user_id] - 1
-        if sessions:
-            self._users[user_id] = sessions
+    def join_reply(self, key: str, users: Iterable[str]) -> None:
+        """Presence's answer: the room's users (each once) right after the join."""
+        joining = self._joining.get(key)
+        if joining is None:
+            return
+        joining.users = tuple(users)
+        if joining.marked:
+            self._complete(joining)
+
+    def join_marker(self, key: str, announcement: bytes | None) -> None:
+        """The join's place in the room's stream; ``announcement`` is the "joined" event
+        when the user had no other session in the room (fanned out to everyone here)."""
+        joining = self._joining.get(key)
+        if joining is None:  # the joiner is gone already, or this is another instance's
+            if announcement is not None:
+                self.fan_out(announcement)
+            return
+        if joining.marked:  # told twice (an answer given locally after a lost reply)
+            return
+        joining.marked = True
+        if joining.users is not None:
+            self._complete(joining)
+            if announcement is not None:
+                self.fan_out(announcement)
         else:
-            del self._users[user_id]
-            self.broadcast(encode(RoomParticipation(self.name, user_id, "left")))
+            # Receive from here on, but hold it back until user_joined_room goes first.
+            self._members[joining.member] = joining.held.append
+            if announcement is not None:
+                self.fan_out(announcement)
 
-    def broadcast(self, data: bytes) -> None:
-        """Queue the same encoded bytes for every member. The hot path: per member, one
-        C-level list append."""
-        for append in self._appends.values():
-            append(data)
-        self._on_broadcast(self, len(data))
+    def join_failed(self, key: str, error: RoomError) -> None:
+        joining = self._joining.pop(key, None)
+        if joining is not None:
+            self._members.pop(joining.member, None)
+            joining.done(error)
+
+    def _complete(self, joining: _Joining) -> None:
+        member = joining.member
+        del self._joining[member.key]
+        assert joining.users is not None
+        member.send(encode(UserJoinedRoom(self.name, joining.users)))
+        for event in joining.held:
+            member.send(event)
+        self._members[member] = member.enqueue
+        joining.done(UserSessionHandle(self, member))
+
+    def remove(self, member: Member) -> bool:
+        """Stop fanning out to a member (joined or joining); whether it was here."""
+        joining = self._joining.get(member.key)
+        if joining is not None and joining.member is member:
+            del self._joining[member.key]
+            self._members.pop(member, None)
+            return True
+        return self._members.pop(member, None) is not None
 
 
 class UserSessionHandle:
     """One session's membership of one room: post through it, hand it back to leave."""
 
-    __slots__ = ("_message_prefix", "member", "room")
+    __slots__ = ("_head", "member", "room")
 
     def __init__(self, room: ChatRoom, member: Member) -> None:
         self.room = room
         self.member = member
-        # Everything of a user_message but its content is fixed for this handle, so it
-        # is encoded once. Same bytes as encoding UserMessage (a test checks it).
-        self._message_prefix = (
-            b'{"_et":"user_message","r":'
-            + _encode_json(room.name)
-            + b',"u":'
-            + _encode_json(member.user_id)
-            + b',"c":'
-        )
+        # Everything of a user_message but its content is fixed for this handle: encoded
+        # once, by the protocol module (the wire format is written in one place).
+        self._head = encode_head(UserMessage(room.name, member.user_id, ""))
 
     def send_message(self, content: str) -> None:
-        self.room.broadcast(self._message_prefix + _encode_json(content) + b"}\r\n")
+        self.room.post(self._head + _encode_json(content) + MESSAGE_TAIL)
 
 
 class RoomManager:
-    """Every room of the server, in rooms-file order."""
+    """Every room of the server, in rooms-file order, wired to a bus and a presence."""
 
-    __slots__ = ("details", "rooms")
+    __slots__ = ("_bus", "_presence", "details", "rooms")
 
     def __init__(
-        self, details: Iterable[RoomDetail], on_broadcast: BroadcastHook | None = None
+        self,
+        details: Iterable[RoomDetail],
+        bus: Bus,
+        presence: Presence,
+        on_fan_out: FanOutHook | None = None,
     ) -> None:
         self.details = tuple(details)
-        self.rooms = {detail.name: ChatRoom(detail, on_broadcast) for detail in self.details}
+        self.rooms = {detail.name: ChatRoom(detail, on_fan_out) for detail in self.details}
+        self._bus = bus
+        self._presence = presence
+        for room in self.rooms.values():
+            room.connect(bus.publisher(room))
 
-    def join_room(self, name: str, member: Member) -> UserSessionHandle:
+    def join_room(self, name: str, member: Member, done: JoinCallback) -> None:
+        """Start a join; ``done`` gets the handle (perhaps before this returns).
+        Raises UnknownRoom or AlreadyJoined when that is known at once."""
         room = self.rooms.get(name)
         if room is None:
             raise UnknownRoom(f"no room named {name!r}")
-        return room.join(member)
+        room.begin_join(member, done)
+        self._presence.join(room, member)
 
     def drop_user_session_handle(self, handle: UserSessionHandle) -> None:
-        handle.room.leave(handle.member)
+        self.leave(handle.room, handle.member)
+
+    def leave(self, room: ChatRoom, member: Member) -> None:
+        """Take a member (joined, or still joining) out of a room."""
+        if not room.remove(member):
+            raise NotJoined(f"not in room {room.name!r}")
+        self._presence.leave(room, member)

@@ -1,27 +1,29 @@
-"""One chat session per TCP connection, and the outbox that flushes them.
+"""The rules of one chat session, as a sans-I/O state machine (docs/protocol.md).
 
-A :class:`ChatSession` is an :class:`asyncio.Protocol`: it decodes commands as bytes
-arrive, keeps one :class:`~roomchat.server.rooms.UserSessionHandle` per joined room, and
-owns the session's single outbound stream into which every room's events merge
-(``deliver`` appends to a list; no task per session or per room).
+A :class:`Session` takes the bytes a client sent (:meth:`Session.receive_data`,
+:meth:`Session.receive_eof`) and carries out what they say: it decodes commands, joins,
+leaves and posts to rooms, and queues its events in its mailbox. It never touches a
+socket or an event loop: what it needs of the connection (stop and start reading, close,
+abort) goes through the narrow :class:`Connection` interface, so tests drive it without
+sockets and ``connection.py`` only moves bytes (as websockets' ``protocol.py`` and
+``asyncio/connection.py`` share the work).
 
-The :class:`Outbox` writes each session's pending bytes with one ``transport.write``
-per turn of the event loop, however many events the turn produced: at high rates this
-is what saves the server from one syscall per event.
+Joining may take a round trip (presence in Redis): while a join is in progress the
+session keeps the commands that follow it, in order, and stops reading, so that a
+``send_message`` right after a ``join_room`` goes to the room it joined.
 
-Bounds (docs/protocol.md, "What happens to bad input"): a line longer than
-``max_line_length`` closes the session; a session whose unsent output passes
-``max_pending_output`` is a slow consumer and is cut off, so it never slows its rooms
-down nor grows the server's memory.
+Bounds and bad input (docs/protocol.md, "What happens to bad input"): a line longer than
+the limit aborts the session; a bad line or a command that cannot be carried out is
+ignored and logged (capped per session); a client that closes its side has its last
+unterminated command carried out, then the session ends as with ``quit``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-import time
-from typing import TYPE_CHECKING, cast
+from collections import deque
+from typing import Protocol
 
 from roomchat.protocol import (
     BadLine,
@@ -32,23 +34,21 @@ from roomchat.protocol import (
     LineTooLong,
     LoginSuccessful,
     Quit,
+    RoomDetail,
     SendMessage,
     encode,
 )
-from roomchat.server.rooms import ChatRoom, RoomError, UserSessionHandle
+from roomchat.server.outbox import Mailbox
+from roomchat.server.rooms import RoomError, RoomManager, UserSessionHandle
 
-if TYPE_CHECKING:
-    from roomchat.server.app import ChatServer
-
-__all__ = ["ChatSession", "Outbox", "new_session_id", "new_user_id"]
+__all__ = ["Connection", "Session", "new_session_id", "new_user_id"]
 
 log = logging.getLogger("roomchat.server")
 
-#: Pending output past which a session writes at once instead of waiting for the end
-#: of the loop turn, so one turn's burst cannot pile up unbounded before the check.
-_FLUSH_AT = 256 * 1024
-#: Bad lines logged per session before the log goes quiet (then every 1000th).
-_BAD_LINES_LOGGED = 5
+#: Ignored commands logged per session before the log goes quiet (then every 1000th).
+_IGNORED_LOGGED = 5
+
+_Item = Command | BadLine | LineTooLong
 
 
 def new_session_id() -> str:
@@ -61,142 +61,100 @@ def new_user_id() -> str:
     return secrets.token_urlsafe(4)[:5]
 
 
-class Outbox:
-    """What is waiting to be written, flushed once at the end of the loop turn.
+class Connection(Protocol):
+    """What a session may ask of its connection."""
 
-    Two kinds of entries: rooms that broadcast this turn (their members' ``pending``
-    lists were appended to directly, see rooms.py), and single sessions that were sent
-    an event of their own (login, the reply to a join). A session in several busy rooms
-    is flushed by the first and finds nothing left to write by the others.
+    def pause_reading(self) -> None: ...
 
-    With a coalescing window W > 0, a flush that comes less than W after the previous
-    turn began pauses the loop for the rest of W: what arrives meanwhile waits in the
-    kernel and is then read, routed and written in one turn. Under steady traffic this
-    replaces a wake-up (a context switch: the largest single cost at moderate load) per
-    message by one per W, for at most W of added latency. Sparse traffic (turns further
-    apart than W) and saturation (turns longer than W) never pause.
-    """
+    def resume_reading(self) -> None: ...
 
-    __slots__ = ("_call_soon", "_rooms", "_scheduled", "_sessions", "_turn_started", "_window")
+    def close(self, reason: str) -> None:
+        """Send what is queued, then close."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, window: float = 0.0) -> None:
-        self._call_soon = loop.call_soon
-        self._sessions: list[ChatSession] = []
-        self._rooms: dict[ChatRoom, int] = {}  # room -> bytes it broadcast this turn
-        self._scheduled = False
-        self._window = window
-        self._turn_started = 0.0
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._call_soon(self.flush)
-
-    def add(self, session: ChatSession) -> None:
-        """A session has an event of its own pending."""
-        self._sessions.append(session)
-        self._schedule()
-
-    def room_broadcast(self, room: ChatRoom, size: int) -> None:
-        """A room appended ``size`` bytes to each member's pending list (rooms.py hook)."""
-        queued = self._rooms.get(room)
-        if queued is None:
-            self._rooms[room] = size
-            self._schedule()
-        elif queued + size > _FLUSH_AT:
-            # So much in one turn: write it now, so that a burst cannot pile up unbounded
-            # before the slow-consumer check (the transport's high-water mark) sees it.
-            self._rooms[room] = 0
-            for member in room.members:
-                member.flush()
-        else:
-            self._rooms[room] = queued + size
-
-    def flush(self) -> None:
-        self._scheduled = False
-        rooms, self._rooms = self._rooms, {}
-        sessions, self._sessions = self._sessions, []
-        for room in rooms:
-            for member in room.members:
-                member.flush()
-        for session in sessions:
-            session.flush()
-        if self._window:
-            now = time.monotonic()
-            rest = self._window - (now - self._turn_started)
-            if rest > 0:
-                time.sleep(rest)  # deliberate: see the class docstring
-                now += rest
-            self._turn_started = now
+    def abort(self, reason: str) -> None:
+        """Close at once, dropping what is queued."""
 
 
-class ChatSession(asyncio.Protocol):
+class Session:
     __slots__ = (
-        "_bad_lines",
-        "_closing",
+        "_backlog",
+        "_connection",
         "_decoder",
+        "_eof",
         "_handles",
-        "_outbox",
-        "_own_size",
-        "_peer",
-        "_reason",
-        "_server",
-        "_transport",
-        "pending",
+        "_ignored",
+        "_joining",
+        "_rooms",
+        "_waiting",
+        "closed",
+        "mailbox",
+        "name",
         "session_id",
         "user_id",
     )
 
-    def __init__(self, server: ChatServer) -> None:
-        self._server = server
-        self._outbox = server.outbox
-        self._decoder = CommandDecoder(server.config.max_line_length)
-        self.session_id = new_session_id()
-        self.user_id = new_user_id()
+    def __init__(
+        self,
+        rooms: RoomManager,
+        mailbox: Mailbox,
+        connection: Connection,
+        *,
+        max_line_length: int,
+        name: str = "?",
+    ) -> None:
+        self._rooms = rooms
+        self.mailbox = mailbox
+        self.session_id = mailbox.key
+        self.user_id = mailbox.user_id
+        self._connection = connection
+        self._decoder = CommandDecoder(max_line_length)
         self._handles: dict[str, UserSessionHandle] = {}
-        # Encoded events waiting for the end of the turn. Rooms keep this list's append
-        # (rooms.py), so it is emptied in place, never replaced.
-        self.pending: list[bytes] = []
-        self._own_size = 0  # bytes of events of its own (deliver) in pending
-        self._transport: asyncio.Transport | None = None
-        self._closing = False
-        self._peer = "?"
-        self._bad_lines = 0
-        self._reason = "connection lost"
+        self._joining: str | None = None  # the room of the join in progress
+        self._waiting = False  # that join is answered later: reading is paused
+        self._backlog: deque[_Item] = deque()  # commands after it, in order
+        self._eof = False
+        self._ignored = 0
+        self.closed = False
+        self.name = name  # for logs: the peer's address
 
     def __repr__(self) -> str:
-        return f"<session {self.session_id} user {self.user_id} from {self._peer}>"
+        return f"<session {self.session_id} user {self.user_id} from {self.name}>"
 
-    # -- asyncio.Protocol ----------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self._transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self._peer = f"{peer[0]}:{peer[1]}"
-        # pause_writing fires when the transport holds more than this: a slow consumer.
-        transport.set_write_buffer_limits(high=self._server.config.max_pending_output)
-        self._server.sessions.add(self)
-        log.info("%r connected", self)
-        # docs/protocol.md: the server speaks first.
-        self.deliver(
-            encode(LoginSuccessful(self.session_id, self.user_id, self._server.rooms.details))
-        )
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms this session is in (joins in progress not included)."""
+        return list(self._handles)
 
-    def data_received(self, data: bytes) -> None:
-        self._handle(self._decoder.feed(data))
+    # -- input -------------------------------------------------------------------------
+    def start(self, rooms: tuple[RoomDetail, ...]) -> None:
+        """docs/protocol.md: the server speaks first."""
+        self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
 
-    def eof_received(self) -> bool:
-        # The client closed its side (e.g. nc at the end of its input): carry out a last
-        # unterminated command, then end the session as the original does; output
-        # already queued is still sent before the socket closes.
-        self._handle(self._decoder.feed_eof())
-        self.close("client closed its side")
-        return True
+    def receive_data(self, data: bytes) -> None:
+        items = self._decoder.feed(data)
+        if self._joining is None:
+            self._handle(items)
+        else:
+            self._backlog.extend(items)
 
-    def _handle(self, items: list[Command | BadLine | LineTooLong]) -> None:
-        for item in items:
-            if self._closing:
+    def receive_eof(self) -> None:
+        """The client closed its side (e.g. nc at the end of its input): carry out a last
+        unterminated command, then end the session as the original does."""
+        self._eof = True
+        self._backlog.extend(self._decoder.feed_eof())
+        if self._joining is None:
+            self._drain_backlog()
+
+    def connection_lost(self) -> None:
+        """The connection is gone: leave every room (the others see "left")."""
+        self.closed = True
+        self._backlog.clear()
+        self._leave_all()
+        self.mailbox.close()
+
+    def _handle(self, items: list[_Item]) -> None:
+        for index, item in enumerate(items):
+            if self.closed:
                 return
             if type(item) is SendMessage:  # by far the most frequent: checked first
                 handle = self._handles.get(item.room)
@@ -204,111 +162,114 @@ class ChatSession(asyncio.Protocol):
                     handle.send_message(item.content)
                 else:
                     self._ignore(f"send_message to room {item.room!r} not joined")
-            elif isinstance(item, JoinRoom):
+            elif type(item) is JoinRoom:
                 self._join(item.room)
-            elif isinstance(item, LeaveRoom):
-                self._leave(item.room)
-            elif isinstance(item, Quit):
-                self.close("quit")
-            elif isinstance(item, BadLine):
-                self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
-            elif isinstance(item, LineTooLong):
-                log.warning("%r: line longer than %d bytes, closing", self, item.limit)
-                self.abort("line too long")
+                if self._joining is not None:  # in progress: keep the rest for later
+                    self._backlog.extend(items[index + 1 :])
+                    return
+            else:
+                self._other(item)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        self._leave_all()
-        self.pending.clear()
-        self._server.sessions.discard(self)
-        self._transport = None
-        log.info("%r disconnected: %s", self, f"{self._reason} ({exc})" if exc else self._reason)
+    def _other(self, item: _Item) -> None:
+        if isinstance(item, LeaveRoom):
+            self._leave(item.room)
+        elif isinstance(item, Quit):
+            self.close("quit")
+        elif isinstance(item, BadLine):
+            self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
+        elif isinstance(item, LineTooLong):
+            log.warning("%r: line longer than %d bytes, closing", self, item.limit)
+            self.abort("line too long")
 
-    def pause_writing(self) -> None:
-        # More than max_pending_output is waiting in the transport: a slow consumer.
-        # Cut it off on the next turn (not from inside a broadcast that is iterating
-        # over room members).
-        if not self._closing:
-            self._closing = True
-            log.warning(
-                "%r: slow consumer, more than %d bytes pending, disconnecting",
-                self,
-                self._server.config.max_pending_output,
-            )
-            asyncio.get_running_loop().call_soon(self.abort, "slow consumer")
-
-    def resume_writing(self) -> None:
-        pass
-
-    # -- output ----------------------------------------------------------------------
-    def deliver(self, data: bytes) -> None:
-        """Queue an event for this session alone; the outbox writes it at the end of
-        the turn. (Broadcasts append to ``pending`` directly, see rooms.py.)"""
-        if not self._own_size:
-            self._outbox.add(self)
-        self.pending.append(data)
-        self._own_size += len(data)
-        if self._own_size > _FLUSH_AT:
-            self.flush()
-
-    def flush(self) -> None:
-        pending = self.pending
-        if not pending:
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._own_size = 0
-        if not self._closing and self._transport is not None:
-            self._transport.write(data)
+    def _drain_backlog(self) -> None:
+        backlog = self._backlog
+        while backlog and self._joining is None and not self.closed:
+            item = backlog.popleft()
+            if type(item) is JoinRoom:
+                self._join(item.room)
+            else:
+                self._handle([item])
+        if self._joining is None and not self.closed:
+            if self._eof:
+                self.close("client closed its side")
+            else:
+                self._connection.resume_reading()
 
     # -- commands --------------------------------------------------------------------
     def _join(self, room: str) -> None:
         if room in self._handles:
             self._ignore(f"join_room {room!r}: already joined")
             return
+        self._joining = room
         try:
-            self._handles[room] = self._server.rooms.join_room(room, self)
+            self._rooms.join_room(room, self.mailbox, self._joined)
         except RoomError as exc:
+            self._joining = None
             self._ignore(f"join_room: {exc}")
+            return
+        if self._joining is not None:  # not answered yet: wait, reading nothing more
+            self._waiting = True
+            self._connection.pause_reading()
+
+    def _joined(self, outcome: UserSessionHandle | RoomError) -> None:
+        room, self._joining = self._joining, None
+        if isinstance(outcome, RoomError):
+            self._ignore(f"join_room {room!r}: {outcome}")
+        elif self.closed:  # the connection went while the join was under way
+            self._waiting = False
+            self._rooms.drop_user_session_handle(outcome)
+            return
+        else:
+            self._handles[outcome.room.name] = outcome
+        if self._waiting:  # answered after a wait: carry on where the join stopped
+            self._waiting = False
+            self._drain_backlog()
 
     def _leave(self, room: str) -> None:
         handle = self._handles.pop(room, None)
         if handle is None:
             self._ignore(f"leave_room {room!r}: not joined")
             return
-        self._server.rooms.drop_user_session_handle(handle)
+        self._rooms.drop_user_session_handle(handle)
 
     def _leave_all(self) -> None:
         handles = list(self._handles.values())
         self._handles.clear()
         for handle in handles:
-            self._server.rooms.drop_user_session_handle(handle)
+            self._rooms.drop_user_session_handle(handle)
+        if self._joining is not None:
+            room = self._rooms.rooms.get(self._joining)
+            self._joining = None
+            self._waiting = False
+            if room is not None and self.mailbox in room:
+                self._rooms.leave(room, self.mailbox)
 
     def _ignore(self, what: str) -> None:
         # v1 has no error event (docs/protocol.md): ignore, log, keep the session open.
         # The log is capped per session so that a flood of bad lines cannot flood it.
-        self._bad_lines += 1
-        count = self._bad_lines
-        if count <= _BAD_LINES_LOGGED or count % 1000 == 0:
+        self._ignored += 1
+        count = self._ignored
+        if count <= _IGNORED_LOGGED or count % 1000 == 0:
             log.warning("%r: ignored #%d: %s", self, count, what)
 
-    # -- closing ---------------------------------------------------------------------
+    # -- ending ----------------------------------------------------------------------
     def close(self, reason: str, *, announce: bool = True) -> None:
-        """End the session: leave every room (with ``announce``, the others see "left";
-        at server shutdown nobody is left to tell), send what is queued, close."""
-        if self._transport is None or self._transport.is_closing():
+        """End the session: leave every room (with ``announce`` the others see "left";
+        at server shutdown that happens when the connection is gone), send what is
+        queued, close."""
+        if self.closed:
             return
-        self._reason = reason
         if announce:
             self._leave_all()
-        self.flush()
-        self._closing = True
-        self._transport.close()
+        self.closed = True
+        self.mailbox.flush()
+        self._connection.close(reason)
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once, discarding queued output."""
-        self._closing = True
-        self._reason = reason
-        if self._transport is not None:
-            self._leave_all()
-            self._transport.abort()
+        if self.closed:
+            return
+        self.closed = True
+        self._leave_all()
+        self.mailbox.close()
+        self._connection.abort(reason)

@@ -1,0 +1,789 @@
+"""The Redis bus: instances share rooms through Redis 7 (docs/scaling.md).
+
+- Every event of a room goes through the room's channel (``PUBLISH``; ``SPUBLISH`` on a
+  Redis Cluster, where sharded pub/sub keeps a room's traffic on the shard that owns its
+  hash slot), local members included: all members everywhere see one order per room.
+- Interest-based: an instance subscribes to a room's channel when its first local
+  session joins, and unsubscribes about a second after its last one left.
+- Presence lives in Redis, next to the channel (same hash tag, same shard). One Lua
+  script per join or leave updates it and publishes the announcement atomically, so no
+  instance sees an announcement before the state, or in another order (scripts.py).
+- A turn's publishes and scripts go out in one write per Redis node (resp.py), in order;
+  nothing on the hot path waits for a reply.
+- Each instance renews a lease. An instance that stops renewing it (SIGKILL, a lost
+  machine) is purged by the survivors: its sessions leave their rooms, announced once.
+- When Redis is lost the instance says so (warning), counts it, keeps every session and
+  delivers among its local members; it reconnects with a capped backoff, re-subscribes,
+  re-asserts its sessions' presence and renews its lease. What an outage loses is listed
+  in docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from redis.crc import key_slot
+
+from roomchat.server.bus import BusError, scripts
+from roomchat.server.bus.resp import ReplyError, RespConnection, command, open_connection
+from roomchat.server.presence import joined_event, left_event
+
+if TYPE_CHECKING:
+    from roomchat.server.outbox import Outbox
+    from roomchat.server.rooms import ChatRoom, Member
+
+__all__ = ["BusStats", "RedisBus", "RedisPresence", "parse_redis_url"]
+
+log = logging.getLogger("roomchat.bus")
+
+DEFAULT_LEASE = 10.0  # seconds an instance stays registered without renewing
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0  # so that delivery resumes within about a second of Redis being back
+_UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local member
+#: Past this many unsent bytes to one Redis node (Redis slower than the chat), a room's
+#: events are delivered locally only: counted and logged, memory stays bounded.
+MAX_BACKLOG = 32 * 1024 * 1024
+_LOGGED_EVERY = 1000  # overflow and error log lines: the first, then every 1000th
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    cluster: bool
+    hosts: tuple[tuple[str, int], ...]
+    db: int
+    username: str | None
+    password: str | None
+
+    @property
+    def display(self) -> str:
+        nodes = ",".join(f"{host}:{port}" for host, port in self.hosts)
+        return f"{'redis+cluster' if self.cluster else 'redis'}://{nodes}" + (
+            f"/{self.db}" if self.db else ""
+        )
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """``redis://[[user]:password@]HOST[:PORT][/DB]`` or
+    ``redis+cluster://[[user]:password@]HOST:PORT[,HOST:PORT...]``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "redis+cluster"):
+        raise BusError(f"bus URL {url!r}: expected redis:// or redis+cluster://")
+    netloc = parts.netloc
+    credentials, _, hostlist = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if credentials:
+        user, sep, secret = credentials.partition(":")
+        username, password = (
+            (unquote(user) or None, unquote(secret)) if sep else (None, unquote(user))
+        )
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, sep, port_text = item.strip().rpartition(":")
+        if not sep:
+            host, port_text = port_text, "6379"
+        host = host.strip("[]")
+        if not host:
+            raise BusError(f"bus URL {url!r}: no host")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise BusError(f"bus URL {url!r}: port {port_text!r} is not a number") from None
+        if not 0 < port < 65536:
+            raise BusError(f"bus URL {url!r}: port {port} out of range")
+        hosts.append((host, port))
+    cluster = scheme == "redis+cluster"
+    if not cluster and len(hosts) != 1:
+        raise BusError(f"bus URL {url!r}: one host for redis://, several need redis+cluster://")
+    path = parts.path.strip("/")
+    db = 0
+    if path:
+        if cluster:
+            raise BusError(f"bus URL {url!r}: a Redis Cluster has no databases")
+        try:
+            db = int(path)
+        except ValueError:
+            raise BusError(f"bus URL {url!r}: database {path!r} is not a number") from None
+    return RedisTarget(cluster, tuple(hosts), db, username, password)
+
+
+class BusStats:
+    """Counters of the bus (read by logs, tests and metrics)."""
+
+    __slots__ = (
+        "connects",
+        "errors",
+        "local_only",
+        "outages",
+        "overflow",
+        "published",
+        "purged_instances",
+        "received",
+    )
+
+    def __init__(self) -> None:
+        self.published = 0  # events written to Redis
+        self.received = 0  # events read from Redis (all kinds)
+        self.local_only = 0  # events delivered only locally (Redis lost or too slow)
+        self.overflow = 0  # ... of which because Redis was too slow
+        self.errors = 0  # error replies from Redis
+        self.outages = 0  # times the connection to Redis was lost
+        self.connects = 0  # successful (re)connections
+        self.purged_instances = 0  # dead instances cleaned up by this one
+
+
+def _tag(room: str) -> str:
+    # A hash of the name: any room name makes a valid, distinct hash tag.
+    return hashlib.blake2b(room.encode(), digest_size=8).hexdigest()
+
+
+class _RoomKeys:
+    """A room's keys and channel in Redis, all under one hash tag (one cluster slot)."""
+
+    __slots__ = ("channel", "keys", "publish_head", "slot")
+
+    def __init__(self, room: str, cluster: bool) -> None:
+        prefix = f"rc:{{{_tag(room)}}}:"
+        self.channel = (prefix + "c").encode()
+        #: sessions, users, order, order counter, left events, channel (scripts.py)
+        self.keys = (*((prefix + k).encode() for k in "suonl"), self.channel)
+        self.slot = key_slot(self.channel)
+        verb = b"SPUBLISH" if cluster else b"PUBLISH"
+        self.publish_head = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(verb),
+            verb,
+            len(self.channel),
+            self.channel,
+        )
+
+
+class _Node:
+    """One Redis server: a connection for commands and one for subscriptions."""
+
+    __slots__ = ("address", "cmd", "handlers", "parts", "sub")
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.cmd: RespConnection | None = None
+        self.sub: RespConnection | None = None
+        self.parts: list[bytes] = []  # commands of this turn, written at its end
+        self.handlers: list[Callable[[Any], None]] = []
+
+
+class RedisBus:
+    """Rooms shared through Redis; see the module docstring."""
+
+    def __init__(self, url: str, outbox: Outbox, *, lease: float = DEFAULT_LEASE) -> None:
+        self._target = parse_redis_url(url)
+        self._outbox = outbox
+        self._lease = lease
+        self.instance_id = secrets.token_hex(6)
+        self.stats = BusStats()
+        self.presence = RedisPresence(self)
+        cluster = self._target.cluster
+        self._verbs = (
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE", b"SPUBLISH")
+            if cluster
+            else (b"SUBSCRIBE", b"UNSUBSCRIBE", b"PUBLISH")
+        )
+        self._keys: dict[ChatRoom, _RoomKeys] = {}
+        self._by_channel: dict[bytes, ChatRoom] = {}
+        self._by_name: dict[str, ChatRoom] = {}
+        self._nodes: dict[tuple[str, int], _Node] = {}
+        self._slots: list[_Node] = []  # slot -> node (cluster), or [the node]
+        # Room -> True (subscribed) or the future of its subscription.
+        self._subscribed: dict[ChatRoom, asyncio.Future[None] | bool] = {}
+        self._unsubscribing: set[ChatRoom] = set()
+        self._shas: dict[str, bytes] = {}
+        self._online = False
+        self._closing = False
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        self._offline_since = 0.0
+        registry = "rc:{rc}:"
+        self._registry = registry.encode()
+        self._instances_key = (registry + "instances").encode()
+
+    # -- Bus ---------------------------------------------------------------------------
+    @property
+    def description(self) -> str:
+        return f"{self._target.display} (instance {self.instance_id})"
+
+    @property
+    def connected(self) -> bool:
+        return self._online
+
+    def publisher(self, room: ChatRoom) -> Callable[[bytes], None]:
+        keys = self._room_keys(room)
+        head = keys.publish_head
+        fan_out = room.fan_out
+        stats = self.stats
+        on_reply = self._on_publish_reply
+
+        def publish(event: bytes) -> None:
+            node = self._node_for(keys) if self._online else None
+            if node is None or node.cmd is None or node.cmd.write_buffer > MAX_BACKLOG:
+                self._local_only(node is not None)
+                fan_out(event)
+                return
+            if not node.parts:
+                self._schedule_flush()
+            node.parts.append(head + b"$%d\r\n" % len(event) + event + b"\r\n")
+            node.handlers.append(on_reply)
+            stats.published += 1
+
+        return publish
+
+    async def start(self) -> None:
+        try:
+            await self._connect()
+        except (OSError, TimeoutError, ReplyError, ConnectionError, BusError) as exc:
+            self._drop_connections()
+            raise BusError(
+                f"cannot use the Redis bus at {self._target.display}: {_reason(exc)}"
+            ) from None
+        self._online = True
+        self._lease_task = self._spawn(self._renew_lease())
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._online:
+            self._flush()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    node = self._registry_node()
+                    if node.cmd is not None:
+                        me = self.instance_id
+                        await node.cmd.call("DEL", self._registry + b"lease:" + me.encode())
+                        await node.cmd.call("DEL", self._registry + b"rooms:" + me.encode())
+                        await node.cmd.call("SREM", self._instances_key, me)
+        self._online = False
+        self._drop_connections()
+
+    # -- wiring ------------------------------------------------------------------------
+    def _room_keys(self, room: ChatRoom) -> _RoomKeys:
+        keys = self._keys.get(room)
+        if keys is None:
+            keys = self._keys[room] = _RoomKeys(room.name, self._target.cluster)
+            self._by_channel[keys.channel] = room
+            self._by_name[room.name] = room
+        return keys
+
+    def _node_for(self, keys: _RoomKeys) -> _Node | None:
+        slots = self._slots
+        if not slots:
+            return None
+        return slots[keys.slot] if len(slots) > 1 else slots[0]
+
+    def _registry_node(self) -> _Node:
+        node = self._node_for_slot(key_slot(self._instances_key))
+        if node is None:
+            raise ConnectionError("not connected to Redis")
+        return node
+
+    def _node_for_slot(self, slot: int) -> _Node | None:
+        if not self._slots:
+            return None
+        return self._slots[slot] if len(self._slots) > 1 else self._slots[0]
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- writing -----------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write each node's commands of this turn with one write."""
+        self._flush_scheduled = False
+        for node in self._nodes.values():
+            if node.parts:
+                parts, node.parts = node.parts, []
+                handlers, node.handlers = node.handlers, []
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                if node.cmd is not None:
+                    node.cmd.send_many(data, handlers)
+                else:
+                    error = ConnectionError("not connected to Redis")
+                    for handler in handlers:
+                        handler(error)
+
+    def queue(self, room: ChatRoom, data: bytes, handler: Callable[[Any], None]) -> None:
+        """Queue one command about ``room`` behind the room's earlier events (scripts)."""
+        node = self._node_for(self._room_keys(room))
+        if node is None or not self._online:
+            handler(ConnectionError("not connected to Redis"))
+            return
+        if not node.parts:
+            self._schedule_flush()
+        node.parts.append(data)
+        node.handlers.append(handler)
+
+    def script(self, name: str, keys: tuple[bytes, ...], *args: bytes | str | int) -> bytes:
+        return command(b"EVALSHA", self._shas[name], len(keys), *keys, *args)
+
+    def _on_publish_reply(self, reply: Any) -> None:
+        if isinstance(reply, ReplyError):
+            self._reply_error(reply, "publish")
+
+    def _reply_error(self, error: Exception, what: str) -> None:
+        self.stats.errors += 1
+        message = str(error)
+        if message.startswith(("MOVED", "ASK")):
+            # A slot moved (resharding): find the new owners, as after any outage.
+            self._lost(f"{what}: {message}")
+            return
+        if isinstance(error, ReplyError) and (
+            self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
+        ):
+            log.warning("redis bus: %s failed (#%d): %s", what, self.stats.errors, message)
+
+    def _local_only(self, overflow: bool) -> None:
+        stats = self.stats
+        stats.local_only += 1
+        if overflow:
+            stats.overflow += 1
+            if stats.overflow == 1 or stats.overflow % _LOGGED_EVERY == 0:
+                log.warning(
+                    "redis bus: Redis is %d MiB behind; %d events delivered on this "
+                    "instance only so far",
+                    MAX_BACKLOG >> 20,
+                    stats.overflow,
+                )
+
+    # -- subscriptions -----------------------------------------------------------------
+    def interest(self, room: ChatRoom) -> asyncio.Future[None] | None:
+        """Make sure this instance receives ``room``'s events: None when it already
+        does, else a future done once the subscription is confirmed."""
+        state = self._subscribed.get(room)
+        if state is True:
+            return None
+        if isinstance(state, asyncio.Future):
+            return state
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._subscribed[room] = future
+        self._send_subscribe(room)
+        return future
+
+    def _send_subscribe(self, room: ChatRoom) -> None:
+        keys = self._room_keys(room)
+        node = self._node_for(keys)
+        if node is None or node.sub is None:
+            return  # subscribed again by the reconnection
+        node.sub.subscribe_write(command(self._verbs[0], keys.channel))
+        registry = self._registry_node()
+        if registry.cmd is not None:
+            rooms_key = self._registry + b"rooms:" + self.instance_id.encode()
+            registry.cmd.send(command(b"SADD", rooms_key, room.name))
+
+    def lose_interest(self, room: ChatRoom) -> None:
+        """The room's last local session left: unsubscribe soon, unless one comes back."""
+        asyncio.get_running_loop().call_later(_UNSUBSCRIBE_AFTER, self._unsubscribe_idle, room)
+
+    def _unsubscribe_idle(self, room: ChatRoom) -> None:
+        if room.busy or self._subscribed.get(room) is not True:
+            return
+        del self._subscribed[room]
+        keys = self._room_keys(room)
+        node = self._node_for(keys)
+        if node is not None and node.sub is not None and self._online:
+            self._unsubscribing.add(room)
+            node.sub.subscribe_write(command(self._verbs[1], keys.channel))
+
+    def _on_push(self, push: list[Any]) -> None:
+        kind = push[0]
+        room = self._by_channel.get(push[1])
+        if kind == b"message" or kind == b"smessage":
+            self.stats.received += 1
+            if room is not None:
+                payload: bytes = push[2]
+                if payload[0] == 123:  # b"{": an event for every member
+                    room.fan_out(payload)
+                else:
+                    self._control(room, payload)
+        elif room is None:
+            return
+        elif kind == b"subscribe" or kind == b"ssubscribe":
+            state = self._subscribed.get(room)
+            if isinstance(state, asyncio.Future):
+                self._subscribed[room] = True
+                if not state.done():
+                    state.set_result(None)
+        elif room in self._unsubscribing:  # the confirmation of our own unsubscribe
+            self._unsubscribing.discard(room)
+        elif self._subscribed.get(room) is True:
+            # Redis dropped the subscription itself: the slot moved to another shard.
+            self._lost(f"subscription to room {room.name!r} dropped by Redis (slot moved)")
+
+    def _control(self, room: ChatRoom, payload: bytes) -> None:
+        kind = payload[:1]
+        if kind == b"J":  # a join's marker: J<session key>\n<"joined" event or nothing>
+            key, _, announcement = payload[1:].partition(b"\n")
+            room.join_marker(key.decode(), announcement or None)
+        elif kind == b"O":  # O<instance>\n<event>: re-asserted presence after an outage
+            origin, _, event = payload[1:].partition(b"\n")
+            if origin.decode() != self.instance_id and event:
+                room.fan_out(event)
+
+    # -- connecting, losing, reconnecting ----------------------------------------------
+    async def _connect(self) -> None:
+        target = self._target
+        if target.cluster:
+            addresses = await self._cluster_map()
+        else:
+            addresses = [target.hosts[0]]
+        nodes: dict[tuple[str, int], _Node] = {}
+        for address in dict.fromkeys(addresses):
+            node = nodes[address] = _Node(address)
+            node.cmd = await self._open(address)
+            node.sub = await self._open(address, self._on_push)
+            for name, source in scripts.SCRIPTS.items():
+                sha = await node.cmd.call("SCRIPT", "LOAD", source)
+                self._shas[name] = sha
+        self._nodes = nodes
+        self._slots = [nodes[address] for address in addresses]
+        self.stats.connects += 1
+
+    async def _open(
+        self,
+        address: tuple[str, int],
+        on_push: Callable[[list[Any]], None] | None = None,
+        *,
+        watched: bool = True,
+    ) -> RespConnection:
+        """Connect to one node; ``watched``: losing it means Redis is lost."""
+        target = self._target
+        return await open_connection(
+            *address,
+            self._on_connection_lost if watched else _ignore_lost,
+            on_push,
+            username=target.username,
+            password=target.password,
+            db=target.db,
+        )
+
+    async def _cluster_map(self) -> list[tuple[str, int]]:
+        """slot -> node address, from the first seed node that answers CLUSTER SLOTS."""
+        errors: list[str] = []
+        for host, port in self._target.hosts:
+            try:
+                seed = await self._open((host, port), watched=False)
+            except (OSError, TimeoutError, ReplyError) as exc:
+                errors.append(f"{host}:{port}: {_reason(exc)}")
+                continue
+            try:
+                ranges = await seed.call("CLUSTER", "SLOTS")
+            finally:
+                seed.close()
+            if isinstance(ranges, ReplyError):
+                errors.append(f"{host}:{port}: {ranges}")
+                continue
+            owners: list[tuple[str, int] | None] = [None] * 16384
+            for start, end, master, *_replicas in ranges:
+                address = ((master[0] or b"").decode() or host, int(master[1]))
+                for slot in range(start, end + 1):
+                    owners[slot] = address
+            missing = owners.count(None)
+            if missing:
+                raise BusError(f"the cluster does not cover {missing} hash slots")
+            return [address for address in owners if address is not None]
+        raise BusError("no cluster node answered: " + "; ".join(errors))
+
+    def _on_connection_lost(self, connection: RespConnection, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        for node in self._nodes.values():
+            if connection is node.cmd or connection is node.sub:
+                what = "subscriber" if connection is node.sub else "command"
+                self._lost(f"{what} connection to {connection.name} lost: {exc or 'closed'}")
+                return
+
+    def _lost(self, reason: str) -> None:
+        """Redis is gone (or moved): go local, say so, and reconnect in the background."""
+        if self._closing or not self._online:
+            return
+        self._online = False
+        self._offline_since = time.monotonic()
+        self.stats.outages += 1
+        log.warning(
+            "redis bus: %s; rooms are local to this instance until it is back (outage #%d)",
+            reason,
+            self.stats.outages,
+        )
+        self._drop_connections()
+        subscriptions, self._subscribed = self._subscribed, {}
+        self._unsubscribing.clear()
+        for state in subscriptions.values():
+            if isinstance(state, asyncio.Future) and not state.done():
+                state.set_exception(ConnectionError(reason))
+        self.presence.went_offline()
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._spawn(self._reconnect())
+
+    def _drop_connections(self) -> None:
+        nodes, self._nodes = self._nodes, {}
+        self._slots = []
+        error = ConnectionError("Redis connection lost")
+        for node in nodes.values():
+            handlers, node.handlers, node.parts = node.handlers, [], []
+            for handler in handlers:
+                handler(error)
+            for connection in (node.cmd, node.sub):
+                if connection is not None:
+                    connection.abort()
+
+    async def _reconnect(self) -> None:
+        delay = _BACKOFF_FIRST
+        attempts = 0
+        while not self._closing:
+            await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                await self._connect()
+                self._online = True
+                await self._restore()
+            except (OSError, TimeoutError, ReplyError, ConnectionError, BusError) as exc:
+                self._online = False
+                self._drop_connections()
+                if attempts == 1 or attempts % 20 == 0:
+                    log.warning("redis bus: reconnecting (attempt %d): %s", attempts, _reason(exc))
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            log.warning(
+                "redis bus: reconnected after %.1f s (%d attempts); rooms shared again",
+                time.monotonic() - self._offline_since,
+                attempts,
+            )
+            return
+
+    async def _restore(self) -> None:
+        """After a reconnection: subscribe to every room with local sessions again and
+        re-assert their presence (Redis may have lost it), then renew the lease."""
+        rooms = self.presence.local_rooms()
+        futures = [future for room in rooms if (future := self.interest(room)) is not None]
+        async with asyncio.timeout(5.0):
+            await asyncio.gather(*futures)
+            for room in rooms:
+                await self.presence.reassert(room)
+            await self._renew_once()
+
+    # -- leases ------------------------------------------------------------------------
+    async def _renew_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            if not self._online:
+                continue
+            try:
+                async with asyncio.timeout(self._lease / 3):
+                    await self._renew_once()
+                    await self._purge_dead()
+            except TimeoutError:
+                self._lost(f"no answer from Redis within {self._lease / 3:g} s")
+            except (ConnectionError, ReplyError) as exc:
+                if self._online:
+                    log.warning("redis bus: lease renewal failed: %s", _reason(exc))
+
+    async def _renew_once(self) -> None:
+        node = self._registry_node()
+        assert node.cmd is not None
+        me = self.instance_id.encode()
+        await node.cmd.call(
+            "SET", self._registry + b"lease:" + me, b"1", "PX", int(self._lease * 1000)
+        )
+        await node.cmd.call("SADD", self._instances_key, me)
+
+    async def _purge_dead(self) -> None:
+        """Remove the sessions of instances whose lease ran out."""
+        node = self._registry_node()
+        assert node.cmd is not None
+        instances = await node.cmd.call("SMEMBERS", self._instances_key)
+        for other in instances:
+            if other.decode() == self.instance_id:
+                continue
+            if await node.cmd.call("EXISTS", self._registry + b"lease:" + other):
+                continue
+            rooms_key = self._registry + b"rooms:" + other
+            names = await node.cmd.call("SMEMBERS", rooms_key)
+            removed = 0
+            for name in names:
+                room = self._by_name.get(name.decode())
+                if room is not None:
+                    removed += await self.presence.purge(room, other.decode())
+            await node.cmd.call("DEL", rooms_key)
+            await node.cmd.call("SREM", self._instances_key, other)
+            self.stats.purged_instances += 1
+            log.warning(
+                "redis bus: instance %s stopped renewing its lease: removed its %d sessions",
+                other.decode(),
+                removed,
+            )
+
+
+def _ignore_lost(connection: RespConnection, exc: Exception | None) -> None:
+    pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class RedisPresence:
+    """Who is in a room, kept in Redis (scripts.py) and mirrored locally for this
+    instance's own sessions (to answer joins during an outage and re-assert after)."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self._bus = bus
+        # room -> session key -> user id: this instance's sessions, joined or joining.
+        self._local: dict[ChatRoom, dict[str, str]] = {}
+
+    def local_rooms(self) -> list[ChatRoom]:
+        return [room for room, sessions in self._local.items() if sessions]
+
+    def users(self, room: ChatRoom) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self._local.get(room, {}).values()))
+
+    def join(self, room: ChatRoom, member: Member) -> None:
+        sessions = self._local.setdefault(room, {})
+        sessions[member.key] = member.user_id
+        bus = self._bus
+        if not bus.connected:
+            self._answer_locally(room, member)
+            return
+        future = bus.interest(room)
+        if future is None:
+            self._send_join(room, member)
+            return
+
+        def subscribed(done: asyncio.Future[None]) -> None:
+            if member not in room:  # left (or gone) while waiting
+                return
+            if done.cancelled() or done.exception() is not None:
+                self._answer_locally(room, member)
+            else:
+                self._send_join(room, member)
+
+        future.add_done_callback(subscribed)
+
+    def _send_join(self, room: ChatRoom, member: Member) -> None:
+        bus = self._bus
+        keys = bus._room_keys(room)
+        key, user = member.key, member.user_id
+
+        def reply(users: Any) -> None:
+            if isinstance(users, Exception):
+                if isinstance(users, ReplyError):
+                    bus._reply_error(users, f"join of room {room.name!r}")
+                if member in room:
+                    self._answer_locally(room, member)
+                return
+            room.join_reply(key, [u.decode() for u in users])
+
+        bus.queue(
+            room,
+            bus.script(
+                "join",
+                keys.keys,
+                key,
+                bus.instance_id,
+                user,
+                bus._verbs[2],
+                joined_event(room.name, user),
+                left_event(room.name, user),
+            ),
+            reply,
+        )
+
+    def _answer_locally(self, room: ChatRoom, member: Member) -> None:
+        """Redis is not there: the room is this instance's alone until it is back."""
+        sessions = self._local.get(room, {})
+        users = list(dict.fromkeys(sessions.values()))
+        first = list(sessions.values()).count(member.user_id) == 1
+        room.join_reply(member.key, users)
+        room.join_marker(member.key, joined_event(room.name, member.user_id) if first else None)
+
+    def leave(self, room: ChatRoom, member: Member) -> None:
+        sessions = self._local.get(room)
+        if sessions is None or sessions.pop(member.key, None) is None:
+            return
+        bus = self._bus
+        user = member.user_id
+        if bus.connected:
+            keys = bus._room_keys(room)
+            bus.queue(
+                room,
+                bus.script("leave", keys.keys, member.key, user, bus._verbs[2]),
+                lambda reply: self._leave_reply(room, reply),
+            )
+        elif user not in sessions.values():
+            room.fan_out(left_event(room.name, user))
+        if not room.busy:
+            bus.lose_interest(room)
+
+    def _leave_reply(self, room: ChatRoom, reply: Any) -> None:
+        if isinstance(reply, ReplyError):
+            self._bus._reply_error(reply, f"leave of room {room.name!r}")
+
+    def went_offline(self) -> None:
+        """Joins waiting for Redis are answered by their reply handlers (an error)."""
+
+    async def reassert(self, room: ChatRoom) -> None:
+        """Make Redis hold exactly this instance's sessions of ``room`` (after an
+        outage); users who appear or disappear are announced to the other instances."""
+        bus = self._bus
+        keys = bus._room_keys(room)
+        args: list[bytes | str] = []
+        for key, user in self._local.get(room, {}).items():
+            args += [key, user, joined_event(room.name, user), left_event(room.name, user)]
+        origin = b"O" + bus.instance_id.encode() + b"\n"
+        await self._call(
+            room, bus.script("assert", keys.keys, bus.instance_id, bus._verbs[2], origin, *args)
+        )
+
+    async def purge(self, room: ChatRoom, instance: str) -> int:
+        """Remove a dead instance's sessions from ``room``; how many there were."""
+        bus = self._bus
+        keys = bus._room_keys(room)
+        removed = await self._call(
+            room, bus.script("assert", keys.keys, instance, bus._verbs[2], b"")
+        )
+        return int(removed)
+
+    async def _call(self, room: ChatRoom, data: bytes) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Any) -> None:
+            if future.done():
+                return
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+        self._bus.queue(room, data, done)
+        return await future

@@ -1,0 +1,100 @@
+"""The Lua scripts that keep a room's presence in Redis (run with EVALSHA).
+
+Each runs atomically on the shard that owns the room's hash slot, so updating who is in
+the room and publishing the announcement is one step: no instance can see an
+announcement before the state, or two announcements in another order.
+
+A room's keys (``KEYS``), all under one hash tag (redis.py ``_RoomKeys``):
+
+1. ``s`` hash: session key -> "<instance id>\\n<user id>"
+2. ``u`` hash: user id -> number of its sessions in the room
+3. ``o`` sorted set: user id -> arrival number (``user_joined_room`` lists arrival order)
+4. ``n`` counter of arrivals
+5. ``l`` hash: user id -> its encoded "left" event (the wire format is written by the
+   protocol module, never here)
+6. the room's channel
+
+What goes through the channel: an encoded event (starts with ``{``) for every member;
+``J<session key>\\n<"joined" event or nothing>``, a join's marker (rooms.py); and
+``O<instance id>\\n<event>``, an announcement re-asserted after an outage, which the
+instance that made it skips (its own members saw it already).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCRIPTS"]
+
+# ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event.
+# Returns the room's users in arrival order.
+JOIN = """
+local marker = 'J' .. ARGV[1] .. '\\n'
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3]) == 1
+   and redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
+  redis.call('HSET', KEYS[5], ARGV[3], ARGV[6])
+  marker = marker .. ARGV[5]
+end
+redis.call(ARGV[4], KEYS[6], marker)
+return redis.call('ZRANGE', KEYS[3], 0, -1)
+"""
+
+# ARGV: session key, user id, publish verb. Returns 1 if the session was there.
+LEAVE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  local left = redis.call('HGET', KEYS[5], ARGV[2])
+  redis.call('HDEL', KEYS[5], ARGV[2])
+  if left then
+    redis.call(ARGV[3], KEYS[6], left)
+  end
+end
+return 1
+"""
+
+# Make the room hold exactly the given sessions of one instance.
+# ARGV: instance id, publish verb, prefix for announcements ('' or 'O<instance>\n'),
+# then for each session to keep: session key, user id, "joined" event, "left" event.
+# With no sessions it purges the instance (a dead one). Returns the sessions removed.
+ASSERT = """
+local instance, verb, prefix = ARGV[1], ARGV[2], ARGV[3]
+local keep = {}
+for i = 4, #ARGV, 4 do
+  keep[ARGV[i]] = true
+end
+local removed = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local value = all[i + 1]
+  local cut = string.find(value, '\\n', 1, true)
+  if cut and string.sub(value, 1, cut - 1) == instance and not keep[all[i]] then
+    local user = string.sub(value, cut + 1)
+    redis.call('HDEL', KEYS[1], all[i])
+    removed = removed + 1
+    if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('ZREM', KEYS[3], user)
+      local left = redis.call('HGET', KEYS[5], user)
+      redis.call('HDEL', KEYS[5], user)
+      if left then
+        redis.call(verb, KEYS[6], prefix .. left)
+      end
+    end
+  end
+end
+for i = 4, #ARGV, 4 do
+  local user = ARGV[i + 1]
+  if redis.call('HSETNX', KEYS[1], ARGV[i], instance .. '\\n' .. user) == 1
+     and redis.call('HINCRBY', KEYS[2], user, 1) == 1 then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), user)
+    redis.call('HSET', KEYS[5], user, ARGV[i + 3])
+    redis.call(verb, KEYS[6], prefix .. ARGV[i + 2])
+  end
+end
+return removed
+"""
+
+SCRIPTS = {"join": JOIN, "leave": LEAVE, "assert": ASSERT}

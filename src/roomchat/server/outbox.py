@@ -1,0 +1,206 @@
+"""Every session's outbound bytes, written with one write per session per loop turn.
+
+The :class:`Outbox` owns one :class:`Mailbox` per session. A mailbox is the only place
+a session's unsent bytes live, and only the outbox empties it:
+
+- rooms queue an event for a member with ``mailbox.enqueue(bytes)``, which *is* the
+  pending list's C-level ``append`` (no Python call per recipient), then tell the outbox
+  once per fan-out with :meth:`Outbox.room_fanned_out`;
+- a session queues an event of its own (its login, the reply to a join) with
+  :meth:`Mailbox.send`, which also makes sure the outbox writes it this turn.
+
+At the end of the turn :meth:`Outbox.flush` joins each mailbox's list and hands it to the
+connection's ``write`` in one call, however many events the turn produced: at high rates
+this is what saves the server from one syscall per event.
+
+The coalescing window (``--coalesce-us``, see docs/architecture.md): when a flush comes
+less than the window after the previous turn began, the outbox waits for the rest of the
+window before the loop polls again, so that steady traffic is read, routed and written in
+one turn per window instead of one turn (one wake-up) per message. The wait is not a
+blind sleep: it ends at once when a *priority* file descriptor becomes readable (the
+listening sockets, so accepting is never throttled; the bus's connections, so bus reads
+and heartbeats are never held up). Only client traffic waits, in the kernel, for at most
+the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+__all__ = ["FLUSH_AT", "Mailbox", "Outbox", "Writer"]
+
+#: A room that fans out more than this in one turn has its members written at once, so
+#: that one turn's burst cannot pile up unbounded before the slow-consumer check (the
+#: transport's high-water mark) sees it. The same bound applies to a session's own events.
+FLUSH_AT = 256 * 1024
+
+Writer = Callable[[bytes], None]
+
+
+class _Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class _Room(Protocol):
+    """What the outbox needs of a room: the mailboxes it fanned out to."""
+
+    @property
+    def members(self) -> Iterable[_Flushable]: ...
+
+
+class Mailbox:
+    """One session's outbound queue. The session and the rooms only append to it."""
+
+    __slots__ = ("_outbox", "_own", "_pending", "_write", "enqueue", "key", "user_id")
+
+    def __init__(self, outbox: Outbox, user_id: str, key: str, write: Writer) -> None:
+        self._outbox = outbox
+        self.user_id = user_id
+        #: Identifies the session everywhere (presence keys, join markers on the bus).
+        self.key = key
+        self._pending: list[bytes] = []
+        #: Queue bytes for this session; rooms call it once per delivery. It is the list's
+        #: own ``append``, so a fan-out runs no Python code per recipient.
+        self.enqueue: Callable[[bytes], None] = self._pending.append
+        self._own = 0  # bytes queued through send() since the last flush
+        self._write: Writer | None = write
+
+    def __repr__(self) -> str:
+        return f"<mailbox {self.key} user {self.user_id}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._write is None
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(map(len, self._pending))
+
+    def send(self, data: bytes) -> None:
+        """Queue an event for this session alone, written by the end of the turn."""
+        if not self._own:
+            self._outbox.add(self)
+        self._pending.append(data)
+        self._own += len(data)
+        if self._own > FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending in one call (or drop it if the mailbox is closed)."""
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._own = 0
+        if self._write is not None:
+            self._write(data)
+
+    def close(self) -> None:
+        """Nothing more is written; what is queued, now or later, is dropped."""
+        self._write = None
+        self._pending.clear()
+
+
+class Outbox:
+    """The mailboxes with something to write this turn, flushed once at its end."""
+
+    __slots__ = (
+        "_call_soon",
+        "_mailboxes",
+        "_poller",
+        "_priority",
+        "_rooms",
+        "_scheduled",
+        "_turn_started",
+        "_window",
+        "pauses",
+    )
+
+    def __init__(self, call_soon: Callable[[Callable[[], None]], object], window: float = 0.0):
+        self._call_soon = call_soon
+        self._mailboxes: list[Mailbox] = []
+        self._rooms: dict[_Room, int] = {}  # room -> bytes it fanned out this turn
+        self._scheduled = False
+        self._window = window
+        self._turn_started = 0.0
+        self._poller = select.epoll() if window else None
+        self._priority: set[int] = set()
+        #: How many coalescing waits ran (for tests and metrics).
+        self.pauses = 0
+
+    def open(self, user_id: str, key: str, write: Writer) -> Mailbox:
+        return Mailbox(self, user_id, key, write)
+
+    # -- what a coalescing wait may not hold up ---------------------------------------
+    def watch(self, fd: int) -> None:
+        """End any coalescing wait as soon as ``fd`` is readable (listening sockets,
+        bus connections)."""
+        if self._poller is not None and fd not in self._priority:
+            self._poller.register(fd, select.EPOLLIN)
+            self._priority.add(fd)
+
+    def unwatch(self, fd: int) -> None:
+        if self._poller is not None and fd in self._priority:
+            self._priority.discard(fd)
+            with contextlib.suppress(OSError, ValueError):  # closed: the kernel forgot it
+                self._poller.unregister(fd)
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
+            self._priority.clear()
+
+    # -- queuing -----------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self.flush)
+
+    def add(self, mailbox: Mailbox) -> None:
+        """A mailbox has an event of its own pending (Mailbox.send)."""
+        self._mailboxes.append(mailbox)
+        self._schedule()
+
+    def room_fanned_out(self, room: _Room, size: int) -> None:
+        """A room enqueued ``size`` bytes to each of its members."""
+        queued = self._rooms.get(room)
+        if queued is None:
+            self._rooms[room] = size
+            self._schedule()
+        elif queued + size > FLUSH_AT:
+            self._rooms[room] = 0
+            for member in room.members:
+                member.flush()
+        else:
+            self._rooms[room] = queued + size
+
+    def flush(self) -> None:
+        self._scheduled = False
+        rooms, self._rooms = self._rooms, {}
+        mailboxes, self._mailboxes = self._mailboxes, []
+        for room in rooms:
+            for member in room.members:
+                member.flush()
+        for mailbox in mailboxes:
+            mailbox.flush()
+        if self._window:
+            self._coalesce()
+
+    def _coalesce(self) -> None:
+        now = time.monotonic()
+        rest = self._window - (now - self._turn_started)
+        # epoll counts whole milliseconds: round to the nearest, so the wait averages the
+        # window rather than always overshooting it.
+        milliseconds = round(rest * 1000)
+        if milliseconds > 0 and self._poller is not None:
+            self.pauses += 1
+            # Deliberate: see the module docstring. Ends early if a priority fd is readable.
+            self._poller.poll(milliseconds / 1000, 1)
+            now = time.monotonic()
+        self._turn_started = now
