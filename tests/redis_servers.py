@@ -22,7 +22,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,8 +116,9 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         interval = min(interval * 2, 0.1)
 
 
-# Last resort: every process still alive at interpreter exit is killed.
-_live: weakref.WeakSet[RedisServer] = weakref.WeakSet()
+# Last resort: every process still alive at interpreter exit is killed. Strong
+# references: a RedisServer dropped without close() must not escape this.
+_live: set[RedisServer] = set()
 
 
 @atexit.register
