@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit bench tui stress clean install install-dev
+.PHONY: run test lint typecheck unit bench tui stress clean install install-dev redis
 
 run: $(VENV)/.installed
 	$(BIN)/roomchat serve $(ARGS)
@@ -17,17 +17,23 @@ tui: $(VENV)/.installed
 stress: $(VENV)/.installed
 	$(BIN)/roomchat stress $(ARGS)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev redis
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest $(ARGS)
 
-unit: $(VENV)/.installed-dev
+unit: $(VENV)/.installed-dev redis
 	$(BIN)/pytest $(ARGS)
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# The tests start their own redis-server processes (>= 7) on free ports; this finds one
+# (or $ROOMCHAT_REDIS_SERVER) or, as root on Debian, installs the package without
+# starting its service.
+redis:
+	@scripts/ensure-redis
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

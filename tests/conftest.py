@@ -1,14 +1,16 @@
-"""Shared fixtures: a real roomchat server on 127.0.0.1, port 0, per test."""
+"""Shared fixtures: a real roomchat server on 127.0.0.1, port 0, per test; real
+redis-server processes (a single server, a 3-master cluster) on free ports."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import pytest
 import uvloop
 
 from roomchat.server import ChatServer, ServerConfig
+from tests.redis_servers import RedisCluster, RedisServer
 
 # The server and client tests run on both event loops: uvloop is what `roomchat serve`
 # runs on, the standard loop is what the library promises to work with too.
@@ -31,3 +33,40 @@ async def server() -> AsyncIterator[ChatServer]:
         yield srv
     finally:
         await srv.close()
+
+
+# Real redis-server processes (tests/redis_servers.py). A test that blocks on these
+# helpers from async code (restart, migrate_slot) can run them in a thread
+# (`await asyncio.to_thread(redis_cluster.restart_node, node)`) to keep its clients live.
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port, for this test only."""
+    srv = RedisServer.launch()
+    try:
+        yield srv
+    finally:
+        srv.close(kill=True)
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A fresh 3-master cluster for this test only (about 2 s to create): the test may
+    restart nodes and migrate slots."""
+    cluster = RedisCluster.launch()
+    try:
+        yield cluster
+    finally:
+        cluster.close(kill=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_shared() -> Iterator[RedisCluster]:
+    """One 3-master cluster for a whole test module. Only for tests that leave it as
+    they found it: no node restarts, no slot migrations, no CONFIG SET."""
+    cluster = RedisCluster.launch()
+    try:
+        yield cluster
+    finally:
+        cluster.close(kill=True)
