@@ -40,6 +40,27 @@ async def server() -> AsyncIterator[ChatServer]:
 # (`await asyncio.to_thread(redis_cluster.restart_node, node)`) to keep its clients live.
 
 
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for the whole run, emptied by each test that uses ``bus_url``."""
+    srv = RedisServer.launch()
+    try:
+        yield srv
+    finally:
+        srv.close(kill=True)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    """Each bus a server can run on: the in-process one and a real (emptied) Redis, so
+    that one behavioural suite proves both do everything rooms and presence do."""
+    if request.param == "memory":
+        return "memory://"
+    redis_server: RedisServer = request.getfixturevalue("shared_redis")
+    redis_server.command("FLUSHALL")
+    return redis_server.url
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A fresh redis-server on a free port, for this test only."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -28,6 +29,18 @@ from tests.helpers import (
     read_line,
     wait_eof,
 )
+
+
+# Everything here runs on both buses (conftest.bus_url): the in-process one and Redis.
+
+
+@pytest.fixture
+async def server(bus_url: str) -> AsyncIterator[ChatServer]:
+    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, bus_url=bus_url))
+    try:
+        yield srv
+    finally:
+        await srv.close()
 
 
 async def test_login_lists_every_room_in_file_order(server: ChatServer) -> None:
@@ -245,8 +258,10 @@ async def test_newline_only_framing_is_accepted(server: ChatServer) -> None:
     client.close()
 
 
-async def test_too_long_line_closes_only_that_session() -> None:
-    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, max_line_length=1024))
+async def test_too_long_line_closes_only_that_session(bus_url: str) -> None:
+    srv = await ChatServer.start(
+        ServerConfig(host="127.0.0.1", port=0, bus_url=bus_url, max_line_length=1024)
+    )
     try:
         bystander = await client_of(srv)
         offender = await client_of(srv)
@@ -310,9 +325,11 @@ async def test_half_close_carries_out_an_unterminated_last_command(server: ChatS
     sock.close()
 
 
-async def test_slow_consumer_is_cut_off_and_others_lose_nothing() -> None:
+async def test_slow_consumer_is_cut_off_and_others_lose_nothing(bus_url: str) -> None:
     limit = 64 * 1024
-    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, max_pending_output=limit))
+    srv = await ChatServer.start(
+        ServerConfig(host="127.0.0.1", port=0, bus_url=bus_url, max_pending_output=limit)
+    )
     try:
         healthy = await client_of(srv)
         sender = await client_of(srv)
@@ -359,8 +376,8 @@ async def test_slow_consumer_is_cut_off_and_others_lose_nothing() -> None:
         await srv.close()
 
 
-async def test_close_is_idempotent_and_ends_every_session() -> None:
-    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0))
+async def test_close_is_idempotent_and_ends_every_session(bus_url: str) -> None:
+    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, bus_url=bus_url))
     clients: list[ChatClient] = [await client_of(srv) for _ in range(3)]
     await joined(clients[0], "general")
     await asyncio.gather(srv.close(), srv.close())
@@ -371,8 +388,12 @@ async def test_close_is_idempotent_and_ends_every_session() -> None:
 
 
 @pytest.mark.parametrize("window", [0.0, 0.003, 0.05])
-async def test_every_coalescing_window_delivers_everything_in_order(window: float) -> None:
-    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, coalesce_window=window))
+async def test_every_coalescing_window_delivers_everything_in_order(
+    window: float, bus_url: str
+) -> None:
+    srv = await ChatServer.start(
+        ServerConfig(host="127.0.0.1", port=0, bus_url=bus_url, coalesce_window=window)
+    )
     try:
         alice = await client_of(srv)
         bob = await client_of(srv)

@@ -31,7 +31,7 @@ class ChatServer:
         self.config = config
         loop = asyncio.get_running_loop()
         self.outbox = Outbox(loop.call_soon, config.coalesce_window)
-        self.bus: Bus = open_bus(config.bus_url, self.outbox)
+        self.bus: Bus = open_bus(config.bus_url, self.outbox, lease=config.bus_lease)
         self.rooms = RoomManager(rooms, self.bus, self.bus.presence, self.outbox.room_fanned_out)
         self.hub = Hub(
             rooms=self.rooms,

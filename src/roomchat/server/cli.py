@@ -100,6 +100,16 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="Where rooms meet: memory:// (this process only), redis://HOST:PORT[/DB] or "
     "redis+cluster://HOST:PORT[,HOST:PORT...] (instances share rooms through Redis).",
 )
+@click.option(
+    "--bus-lease",
+    envvar="ROOMCHAT_BUS_LEASE",
+    default=10.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(1.0, 3600.0),
+    help="With Redis: seconds after which an instance that stopped renewing its lease "
+    "(killed, machine lost) is removed by the others and its users announced as left.",
+)
 def command(
     host: str,
     port: int,
@@ -109,6 +119,7 @@ def command(
     max_pending_output: int,
     coalesce_us: int,
     bus_url: str,
+    bus_lease: float,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -123,6 +134,7 @@ def command(
         max_pending_output=max_pending_output,
         coalesce_window=coalesce_us / 1e6,
         bus_url=bus_url,
+        bus_lease=bus_lease,
     )
     _raise_open_files_limit()
     try:

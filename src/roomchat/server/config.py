@@ -45,6 +45,9 @@ class ServerConfig:
     #: Where rooms meet: "memory://" (this process) or "redis://HOST:PORT[/DB]" /
     #: "redis+cluster://HOST:PORT[,HOST:PORT...]" (instances share rooms).
     bus_url: str = "memory://"
+    #: With Redis: seconds an instance stays registered without renewing its lease (it
+    #: renews every third of it). An instance that dies is purged within about this.
+    bus_lease: float = 10.0
     #: How long shutdown waits for sessions to flush before dropping them.
     shutdown_grace: float = 2.0
     backlog: int = 4096

@@ -140,7 +140,7 @@ class Outbox:
     def watch(self, fd: int) -> None:
         """End any coalescing wait as soon as ``fd`` is readable (listening sockets,
         bus connections)."""
-        if self._poller is not None and fd not in self._priority:
+        if self._poller is not None and fd >= 0 and fd not in self._priority:
             self._poller.register(fd, select.EPOLLIN)
             self._priority.add(fd)
 

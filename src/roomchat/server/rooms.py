@@ -174,15 +174,6 @@ class ChatRoom:
             raise AlreadyJoined(f"already in room {self.name!r}")
         self._joining[member.key] = _Joining(member, done)
 
-    def join_reply(self, key: str, users: Iterable[str]) -> None:
-        """Presence's answer: the room's users (each once) right after the join."""
-        joining = self._joining.get(key)
-        if joining is None:
-            return
-        joining.users = tuple(users)
-        if joining.marked:
-            self._complete(joining)
-
     def join_marker(self, key: str, announcement: bytes | None) -> None:
         """The join's place in the room's stream; ``announcement`` is the "joined" event
         when the user had no other session in the room (fanned out to everyone here)."""
@@ -194,15 +185,27 @@ class ChatRoom:
         if joining.marked:  # told twice (an answer given locally after a lost reply)
             return
         joining.marked = True
-        if joining.users is not None:
-            self._complete(joining)
-            if announcement is not None:
-                self.fan_out(announcement)
-        else:
+        if joining.users is None:
             # Receive from here on, but hold it back until user_joined_room goes first.
             self._members[joining.member] = joining.held.append
             if announcement is not None:
                 self.fan_out(announcement)
+            return
+        self._admit(joining)
+        if announcement is not None:
+            self.fan_out(announcement)
+        # Last: the session may carry on with its next commands (even quit) from here.
+        joining.done(UserSessionHandle(self, joining.member))
+
+    def join_reply(self, key: str, users: Iterable[str]) -> None:
+        """Presence's answer: the room's users (each once) right after the join."""
+        joining = self._joining.get(key)
+        if joining is None:
+            return
+        joining.users = tuple(users)
+        if joining.marked:
+            self._admit(joining)
+            joining.done(UserSessionHandle(self, joining.member))
 
     def join_failed(self, key: str, error: RoomError) -> None:
         joining = self._joining.pop(key, None)
@@ -210,7 +213,8 @@ class ChatRoom:
             self._members.pop(joining.member, None)
             joining.done(error)
 
-    def _complete(self, joining: _Joining) -> None:
+    def _admit(self, joining: _Joining) -> None:
+        """user_joined_room, then what was held back, then the member receives live."""
         member = joining.member
         del self._joining[member.key]
         assert joining.users is not None
@@ -218,7 +222,6 @@ class ChatRoom:
         for event in joining.held:
             member.send(event)
         self._members[member] = member.enqueue
-        joining.done(UserSessionHandle(self, member))
 
     def remove(self, member: Member) -> bool:
         """Stop fanning out to a member (joined or joining); whether it was here."""

@@ -455,10 +455,14 @@ class RedisBus:
         else:
             addresses = [target.hosts[0]]
         nodes: dict[tuple[str, int], _Node] = {}
+        self._nodes = nodes  # so that a failure half-way drops what was opened
         for address in dict.fromkeys(addresses):
             node = nodes[address] = _Node(address)
             node.cmd = await self._open(address)
             node.sub = await self._open(address, self._on_push)
+            for connection in (node.cmd, node.sub):
+                # Bus traffic ends a coalescing wait (outbox.py): never held up by it.
+                self._outbox.watch(connection.fileno)
             for name, source in scripts.SCRIPTS.items():
                 sha = await node.cmd.call("SCRIPT", "LOAD", source)
                 self._shas[name] = sha
@@ -552,6 +556,7 @@ class RedisBus:
                 handler(error)
             for connection in (node.cmd, node.sub):
                 if connection is not None:
+                    self._outbox.unwatch(connection.fileno)
                     connection.abort()
 
     async def _reconnect(self) -> None:

@@ -65,6 +65,7 @@ class RespConnection(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._handlers: collections.deque[ReplyHandler] = collections.deque()
         self.transport: asyncio.Transport | None = None
+        self.fileno = -1
         self.closed = False
 
     def __repr__(self) -> str:
@@ -73,6 +74,8 @@ class RespConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self.fileno: int = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
