@@ -30,7 +30,6 @@ from tests.helpers import (
     wait_eof,
 )
 
-
 # Everything here runs on both buses (conftest.bus_url): the in-process one and Redis.
 
 
