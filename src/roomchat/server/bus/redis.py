@@ -249,6 +249,7 @@ class RedisBus:
     async def start(self) -> None:
         try:
             await self._connect()
+            await self._renew_once()  # registered (and so purged if killed) from now on
         except (OSError, TimeoutError, ReplyError, ConnectionError, BusError) as exc:
             self._drop_connections()
             raise BusError(
@@ -414,6 +415,9 @@ class RedisBus:
 
     def _on_push(self, push: list[Any]) -> None:
         kind = push[0]
+        if isinstance(kind, Exception):  # a refused subscription (e.g. CLUSTERDOWN)
+            self._subscriptions_failed(str(kind))
+            return
         room = self._by_channel.get(push[1])
         if kind == b"message" or kind == b"smessage":
             self.stats.received += 1
@@ -537,16 +541,21 @@ class RedisBus:
             self.stats.outages,
         )
         self._drop_connections()
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._spawn(self._reconnect())
+
+    def _subscriptions_failed(self, reason: str) -> None:
+        """Every subscription is void (its connection is gone, or Redis refused it)."""
         subscriptions, self._subscribed = self._subscribed, {}
         self._unsubscribing.clear()
         for state in subscriptions.values():
             if isinstance(state, asyncio.Future) and not state.done():
                 state.set_exception(ConnectionError(reason))
-        self.presence.went_offline()
-        if self._reconnecting is None or self._reconnecting.done():
-            self._reconnecting = self._spawn(self._reconnect())
+        if self._online:
+            self._lost(f"subscription refused: {reason}")
 
     def _drop_connections(self) -> None:
+        self._subscriptions_failed("Redis connection lost")
         nodes, self._nodes = self._nodes, {}
         self._slots = []
         error = ConnectionError("Redis connection lost")
@@ -589,7 +598,9 @@ class RedisBus:
         rooms = self.presence.local_rooms()
         futures = [future for room in rooms if (future := self.interest(room)) is not None]
         async with asyncio.timeout(5.0):
-            await asyncio.gather(*futures)
+            for outcome in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise ConnectionError(f"subscribing again failed: {outcome}")
             for room in rooms:
                 await self.presence.reassert(room)
             await self._renew_once()
@@ -753,9 +764,6 @@ class RedisPresence:
     def _leave_reply(self, room: ChatRoom, reply: Any) -> None:
         if isinstance(reply, ReplyError):
             self._bus._reply_error(reply, f"leave of room {room.name!r}")
-
-    def went_offline(self) -> None:
-        """Joins waiting for Redis are answered by their reply handlers (an error)."""
 
     async def reassert(self, room: ChatRoom) -> None:
         """Make Redis hold exactly this instance's sessions of ``room`` (after an

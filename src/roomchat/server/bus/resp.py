@@ -30,6 +30,8 @@ __all__ = ["ReplyError", "RespConnection", "command", "open_connection"]
 ReplyError = hiredis.ReplyError
 #: Called with the reply (a ReplyError for "-ERR ..."), or ConnectionError if none came.
 ReplyHandler = Callable[[Any], None]
+#: Gets each push (a list); on a subscriber connection also ``[error]`` for a refused
+#: (S)SUBSCRIBE, which has no reply handler of its own.
 PushHandler = Callable[[list[Any]], None]
 
 _PUSH_KINDS = frozenset(
@@ -87,6 +89,8 @@ class RespConnection(asyncio.Protocol):
                 on_push(reply)
             elif handlers:
                 handlers.popleft()(reply)
+            elif on_push is not None:  # e.g. an error answering a (S)SUBSCRIBE
+                on_push([reply])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
