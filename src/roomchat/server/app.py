@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import Bus, open_bus
@@ -15,7 +15,7 @@ from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 
-__all__ = ["ChatServer", "ServerStartError", "serve"]
+__all__ = ["ChatServer", "ServerStartError", "format_address", "limits_summary", "serve"]
 
 log = logging.getLogger("roomchat.server")
 
@@ -85,7 +85,7 @@ class ChatServer:
     @property
     def addresses(self) -> list[str]:
         assert self._server is not None
-        return [_format_address(sock.getsockname()) for sock in self._server.sockets]
+        return [format_address(sock.getsockname()) for sock in self._server.sockets]
 
     async def close(self) -> None:
         """Stop accepting, close every session with its queued output, then wait; then
@@ -128,7 +128,7 @@ class ChatServer:
             await asyncio.sleep(0.01)
 
 
-def _format_address(sockname: object) -> str:
+def format_address(sockname: object) -> str:
     if isinstance(sockname, tuple) and len(sockname) >= 2:
         host, port = sockname[0], sockname[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -144,24 +144,39 @@ def _open_files_limit() -> str:
     return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT or SIGTERM, then close every session and return."""
+def limits_summary(config: ServerConfig) -> str:
+    """The limits part of the start-up line (shared with the ``--workers`` supervisor)."""
+    return (
+        f"max line {config.max_line_length} bytes, "
+        f"max pending output {config.max_pending_output} bytes, "
+        f"coalescing {round(config.coalesce_window * 1e6)} µs, "
+        f"open-files limit {_open_files_limit()}"
+    )
+
+
+async def serve(
+    config: ServerConfig, *, on_listening: Callable[[ChatServer], None] | None = None
+) -> None:
+    """Run until SIGINT or SIGTERM, then close every session and return.
+
+    Once listening it logs the "roomchat listening on HOST:PORT ..." line, or, when
+    given, calls ``on_listening`` instead (a ``--workers`` worker: its parent logs that
+    line once for all of them)."""
     server = await ChatServer.start(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "roomchat listening on %s with %d rooms, bus %s "
-        "(max line %d bytes, max pending output %d bytes, coalescing %d µs, open-files limit %s)",
-        ", ".join(server.addresses),
-        len(server.rooms.details),
-        server.bus.description,
-        config.max_line_length,
-        config.max_pending_output,
-        round(config.coalesce_window * 1e6),
-        _open_files_limit(),
-    )
+    if on_listening is not None:
+        on_listening(server)
+    else:
+        log.info(
+            "roomchat listening on %s with %d rooms, bus %s (%s)",
+            ", ".join(server.addresses),
+            len(server.rooms.details),
+            server.bus.description,
+            limits_summary(config),
+        )
     try:
         await stop.wait()
         log.info("shutting down")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH
-from roomchat.server.app import ServerStartError, serve
+from roomchat.server.app import ChatServer, ServerStartError, serve
 from roomchat.server.bus import BusError
 from roomchat.server.config import (
     DEFAULT_COALESCE_WINDOW,
@@ -17,6 +19,7 @@ from roomchat.server.config import (
     RoomsFileError,
     ServerConfig,
 )
+from roomchat.server.workers import WorkerRole, WorkersError, shared_bus, supervise
 
 __all__ = ["command"]
 
@@ -110,6 +113,16 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="With Redis: seconds after which an instance that stopped renewing its lease "
     "(killed, machine lost) is removed by the others and its users announced as left.",
 )
+@click.option(
+    "--workers",
+    envvar="ROOMCHAT_WORKERS",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    show_envvar=True,
+    help="Processes sharing the port (SO_REUSEPORT) and the bus, under one supervising "
+    "parent; more than 1 needs a Redis --bus.",
+)
 def command(
     host: str,
     port: int,
@@ -120,11 +133,20 @@ def command(
     coalesce_us: int,
     bus_url: str,
     bus_lease: float,
+    workers: int,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
+    if workers > 1 and not shared_bus(bus_url):
+        raise click.UsageError(
+            f"--workers {workers} needs a shared bus: add --bus redis://HOST:PORT "
+            "(the in-process bus cannot share rooms between processes)"
+        )
+    worker = WorkerRole.from_environment()  # set by a --workers parent
     logging.basicConfig(
         level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if worker is None
+        else worker.log_format,
     )
     config = ServerConfig(
         host=host,
@@ -138,8 +160,16 @@ def command(
     )
     _raise_open_files_limit()
     try:
-        _run(config)
-    except (RoomsFileError, ServerStartError, BusError) as exc:
+        if workers > 1:
+            if status := supervise(config, workers, log_level):
+                sys.exit(status)
+        elif worker is not None:
+            _run(worker.configure(config), worker.listening)
+        else:
+            _run(config)
+    except (RoomsFileError, ServerStartError, BusError, WorkersError) as exc:
+        if worker is not None:
+            worker.failed(str(exc))  # the parent says it, once for all workers
         raise click.ClickException(str(exc)) from None
 
 
@@ -157,10 +187,10 @@ def _raise_open_files_limit() -> None:
             log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
 
 
-def _run(config: ServerConfig) -> None:
+def _run(config: ServerConfig, on_listening: Callable[[ChatServer], None] | None = None) -> None:
     try:
         import uvloop
     except ImportError:  # uvloop is optional (e.g. on Windows): plain asyncio works too
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_listening=on_listening))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, on_listening=on_listening))
