@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from roomchat.protocol import SendMessage, UserJoinedRoom, UserMessage, encode
+from roomchat.protocol import RoomParticipation, SendMessage, UserJoinedRoom, UserMessage, encode
 from roomchat.stress.config import LoadStep, RampConfig, SteadyConfig, parse_steps, rooms_of_user
 from roomchat.stress.report import build_report
 from roomchat.stress.stamp import MEASURED, WARMUP, line_head, make_line, parse_stamp
@@ -139,7 +139,7 @@ async def test_receiver_counts_duplicates_gaps_and_late_arrivals() -> None:
     assert (tally.delivered_all, tally.unexpected) == (9, 2)
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 10_000])
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3, 7, 64, 10_000])
 async def test_counter_counts_the_same_however_the_bytes_are_split(chunk: int) -> None:
     worker = LoadWorker(SteadyConfig(rooms=2, rooms_per_user=2, check_every=2), [1])
     worker._use_rooms(["a", "b"])
@@ -147,16 +147,23 @@ async def test_counter_counts_the_same_however_the_bytes_are_split(chunk: int) -
     assert not worker.cfg.checks(user.index)
     count = worker._counter(user)
     stream = encode(UserJoinedRoom("a", ("me",))) + encode(UserJoinedRoom("b", ("me",)))
+    stream += encode(RoomParticipation("a", "them", "joined")) * 3
     for seq in range(5):
         for phase in (WARMUP, MEASURED, MEASURED):
             line = make_line(line_head("a"), 0, seq, 1, phase, 30)
             content = line[len(line_head("a")) : -4].decode()
             stream += encode(UserMessage("a", "them", content))
-    for start in range(0, len(stream), chunk):
-        count(stream[start : start + chunk])
+    if chunk:
+        reads = [stream[start : start + chunk] for start in range(0, len(stream), chunk)]
+    else:  # whole lines, a few at a time: the counter's fast path, without a tail
+        lines = stream.splitlines(keepends=True)
+        reads = [b"".join(lines[start : start + 3]) for start in range(0, len(lines), 3)]
+    for read in reads:
+        count(read)
     tally = worker.tally
     assert (tally.delivered_all, tally.delivered, user.counted) == (15, 10, 10)
     assert tally.joined == 2 and set(user.joined_at) == {0, 1}
+    assert tally.join_events == 5  # its two joins, three others'
 
 
 async def test_counter_surplus_is_reported_as_duplicated() -> None:
@@ -212,7 +219,7 @@ def _joined_result(users: int, late: int, join_us: list[int]) -> WorkerResult:
         first_connect_ns=10**9,
         last_join_ns=3 * 10**9,
     )
-    return WorkerResult(tally, 0, "", True, ["a"], joins.encode())
+    return WorkerResult(tally, 0, "", True, ["a"], joins.encode(), joins.encode())
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ class Report(msgspec.Struct, frozen=True):
     users_joined: int  # users with every room confirmed
     join_s: float  # from the first user's connecting to the last user's last confirmation
     join_time_ms: Latency  # per user: from its connecting to its last room confirmed
+    login_time_ms: Latency  # ... of which: from its connecting to its login_successful
     join_bound_s: float
     users_joined_late: int  # users whose join time exceeded join_bound_s
     #: Joining kept up with arrivals: every user had all its rooms confirmed, each within
@@ -171,6 +172,7 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
         users_joined=tally.users_joined,
         join_s=round((join_end - tally.first_connect_ns) / 1e9, 3) if join_end else 0.0,
         join_time_ms=_percentiles(join_histogram),
+        login_time_ms=_percentiles(merge_histograms([r.login_histogram for r in results])),
         join_bound_s=float(cfg.join_bound),
         users_joined_late=tally.users_joined_late,
         joins_kept_up=kept_up,
@@ -205,7 +207,7 @@ def report_table(report: Report) -> Table:
     table = Table(title=f"roomchat stress ({report.mode}) against {report.addr}")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    lat, join = report.latency_ms, report.join_time_ms
+    lat, join, login = report.latency_ms, report.join_time_ms, report.login_time_ms
     arrivals = (
         f"{report.connect_rate:g} users/s, up to {report.max_connect_lag_ms:g} ms late"
         if report.connect_rate
@@ -223,6 +225,10 @@ def report_table(report: Report) -> Table:
         ("users joined all their rooms", f"{report.users_joined:,} of {report.users:,}"),
         ("joining took (first connect to last join)", f"{report.join_s:g} s"),
         ("join time per user p50 / p99 / max", f"{join.p50:g} / {join.p99:g} / {join.max:g} ms"),
+        (
+            "... of which to login p50 / p99 / max",
+            f"{login.p50:g} / {login.p99:g} / {login.max:g} ms",
+        ),
         (
             f"joins kept up (each within {report.join_bound_s:g} s)",
             f"{'yes' if report.joins_kept_up else 'no'} ({report.users_joined_late:,} late)",

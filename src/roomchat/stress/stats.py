@@ -131,4 +131,5 @@ class WorkerResult(msgspec.Struct):
     histogram: str  # encoded; every measured delivery's latency
     drained: bool  # all expected deliveries arrived before the drain timeout
     rooms_used: list[str]
+    login_histogram: str = ""  # encoded; per user, µs from connecting to login_successful
     join_histogram: str = ""  # encoded; per user, µs from connecting to every room joined

@@ -59,6 +59,7 @@ _SETTLE_QUIET = 0.3  # seconds without any join event: the join storm is over
 _LATE_LIMIT = 1_000_000_000  # ns past the window's end after which a sender gives up
 _MAX_GAP = 100_000  # a sequence jump larger than this is not tracked message by message
 _TAIL_KEEP = max(len(MESSAGE_MARK), len(PARTICIPATION_MARK), len(JOINED_MARK)) - 1
+_NEWLINE = ord("\n")
 
 
 class StressError(Exception):
@@ -115,6 +116,7 @@ class LoadWorker:
         self._latencies: dict[int, int] = {}  # µs -> count, flushed into the histograms
         self._histogram = new_histogram()
         self._interval = new_histogram()
+        self._login_histogram = new_histogram()  # µs from connecting to login_successful
         self._join_histogram = new_histogram()  # µs from connecting to every room joined
         self._join_bound_ns = int(cfg.join_bound * 1e9)
         self._log = SentLog.empty(cfg.rooms, cfg.logs_stamps)
@@ -219,6 +221,7 @@ class LoadWorker:
             self._histogram.encode(),
             self._drained,
             self.room_names,
+            self._login_histogram.encode(),
             self._join_histogram.encode(),
         )
 
@@ -237,6 +240,8 @@ class LoadWorker:
         except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation):
             self.tally.failed += 1
             return False
+        took = time.monotonic_ns() - user.connect_ns
+        self._login_histogram.record_value(min(max(took // 1000, 1), LATENCY_MAX_US))
         if not self.room_names:
             self._use_rooms([room.name for room in client.rooms])
         user.client = client
@@ -283,33 +288,45 @@ class LoadWorker:
     def _counter(self, user: _User) -> Callable[[bytes], None]:
         """Count deliveries without decoding them: a few bytes.count() per chunk read.
 
-        Matches that straddle two chunks are found by scanning the end of the previous
-        chunk again (``tail``); a match lying wholly in the tail was counted last time.
+        No mark spans two lines, so when the previous read ended a line (the usual case:
+        the server writes whole lines) every mark lies wholly in this read. Otherwise
+        matches that straddle two reads are found by scanning the end of the previous
+        read again (``tail``); a match lying wholly in the tail was counted last time.
         """
         tally = self.tally
         monotonic_ns = time.monotonic_ns
+        wanted = len(user.rooms)
         tail = b""
         joins = 0
 
         def on_data(data: bytes) -> None:
             nonlocal tail, joins
-            chunk = tail + data
-            tally.delivered_all += chunk.count(MESSAGE_MARK) - tail.count(MESSAGE_MARK)
-            # Counted on its own: a message's tag and its stamp may fall in two chunks.
-            measured = chunk.count(MEASURED_MARK) - tail.count(MEASURED_MARK)
+            if tail:
+                chunk = tail + data
+                messages = chunk.count(MESSAGE_MARK) - tail.count(MESSAGE_MARK)
+                # Counted on its own: a message's tag and its stamp may fall in two reads.
+                measured = chunk.count(MEASURED_MARK) - tail.count(MEASURED_MARK)
+                joined = chunk.count(JOINED_MARK) - tail.count(JOINED_MARK) if joins < wanted else 0
+                others = chunk.count(PARTICIPATION_MARK) - tail.count(PARTICIPATION_MARK)
+            else:
+                chunk = data
+                messages = data.count(MESSAGE_MARK)
+                # A stamp follows its message's tag on the same line, which began here.
+                measured = data.count(MEASURED_MARK) if messages else 0
+                joined = data.count(JOINED_MARK) if joins < wanted else 0
+                others = data.count(PARTICIPATION_MARK)
+            tally.delivered_all += messages
             if measured:
                 user.counted += measured
                 tally.delivered += measured
                 tally.last_delivery_ns = monotonic_ns()
-            if joins < len(user.rooms):
-                new_joins = chunk.count(JOINED_MARK) - tail.count(JOINED_MARK)
-                tally.join_events += new_joins
-                joins += new_joins
-                if joins >= len(user.rooms):
+            tally.join_events += joined + others
+            if joined:
+                joins += joined
+                if joins >= wanted:
                     for room in user.rooms:
                         self._joined(user, room)
-            tally.join_events += chunk.count(PARTICIPATION_MARK) - tail.count(PARTICIPATION_MARK)
-            tail = chunk[-_TAIL_KEEP:]
+            tail = b"" if data[-1] == _NEWLINE else chunk[-_TAIL_KEEP:]
 
         return on_data
 
