@@ -7,6 +7,7 @@ benchmarks/results/latest.json and latest.md. A fresh server is started for each
     .venv/bin/python benchmarks/run.py                 # every scenario (~10 minutes)
     .venv/bin/python benchmarks/run.py --quick         # shorter windows, fewer steps
     .venv/bin/python benchmarks/run.py --only seed,ceiling
+    .venv/bin/python benchmarks/run.py --quick --only joinstorm
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers")
+SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers", "joinstorm")
 P99_LIMIT_MS = 50.0
 TOOL_LAG_LIMIT_MS = 250.0  # a load tool further behind its schedule measures itself
 
@@ -182,6 +183,13 @@ def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -
     _, _, rss_joined = sampler.at(report["start_ns"])
     deliveries = report["deliveries"]
     cpu_s = user_end - user_start + sys_end - sys_start
+    # The join phase: from the first user's connecting to the last one's last join.
+    join_cpu_pct = None
+    if report["join_end_ns"] > report["join_start_ns"] > 0:
+        user_a, sys_a, _ = sampler.at(report["join_start_ns"])
+        user_b, sys_b, _ = sampler.at(report["join_end_ns"])
+        join_span_s = (report["join_end_ns"] - report["join_start_ns"]) / 1e9
+        join_cpu_pct = round(100 * (user_b - user_a + sys_b - sys_a) / join_span_s, 1)
     step = {
         "name": name,
         "command": command,
@@ -189,6 +197,7 @@ def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -
         "report": report,
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_pct": round(100 * cpu_s / report["window_s"], 1),
+        "server_join_cpu_pct": join_cpu_pct,
         "server_kernel_share_pct": round(100 * (sys_end - sys_start) / cpu_s, 1) if cpu_s else None,
         "server_us_per_delivery": round(1e6 * cpu_s / deliveries, 2) if deliveries else None,
         "server_rss_idle_kb": baseline_rss // 1024,
@@ -212,6 +221,17 @@ def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -
         f"tool {step['tool_cpu_pct']} % CPU over the whole run",
         flush=True,
     )
+    if report["connect_rate"]:
+        join = report["join_time_ms"]
+        print(
+            f"    joining: {report['users_joined']:,} of {report['users']:,} users in "
+            f"{report['join_s']:g} s, per user p50 {join['p50']} ms, p99 {join['p99']} ms, "
+            f"max {join['max']} ms (to login: p50 {report['login_time_ms']['p50']} ms), "
+            f"kept up: {report['joins_kept_up']}, server "
+            f"{step['server_join_cpu_pct']} % CPU while joining, arrivals up to "
+            f"{report['max_connect_lag_ms']} ms late",
+            flush=True,
+        )
     return step
 
 
@@ -233,7 +253,7 @@ def failure(step: dict[str, Any], p99_limit: float | None) -> str | None:
     if "error" in step:
         return "error"
     report = step["report"]
-    if report["max_send_lag_ms"] > TOOL_LAG_LIMIT_MS:
+    if max(report["max_send_lag_ms"], report["max_connect_lag_ms"]) > TOOL_LAG_LIMIT_MS:
         return "load tool saturated"
     if report["lost"] or not report["drained"] or report["connected"] < report["users"]:
         return "loss"
@@ -305,6 +325,44 @@ def manyusers(opts: Options) -> dict[str, Any]:
     return {"scenario": "manyusers", "steps": steps}
 
 
+def joinstorm(opts: Options) -> dict[str, Any]:
+    """A reconnect wave: 10,000 users x 5 of 24 rooms arriving at 500/s, each sending its
+    joins right after login; once all have joined, 1 msg / 10 s each for a short window."""
+    users = "2000" if opts.quick else "10000"
+    duration = "5" if opts.quick else "10"
+    args = ["--users", users, "--rooms", "24", "--rooms-per-user", "5", "--check-every", "20"]
+    args += ["--connect-rate", "500", "--rate", "0.1", "--duration", duration, "--warmup", "1"]
+    args += ["--connect-timeout", "30", "--settle-timeout", "400", "--drain-timeout", "15"]
+    args += ["--grace", "300"]
+    return {"scenario": "joinstorm", "steps": [run_step(opts, "joinstorm", args, 1200)]}
+
+
+def joinstorm_row(step: dict[str, Any]) -> tuple[str, str, str]:
+    target = "joins keep up with arrivals, nothing lost"
+    if "error" in step:
+        return ("joinstorm", "error", target)
+    r = step["report"]
+    why = failure(step, None)
+    measured = (
+        f"joined in {r['join_s']:g} s, kept up: {'yes' if r['joins_kept_up'] else 'no'} "
+        f"({r['users_joined']:,} of {r['users']:,} joined, {r['users_joined_late']:,} later "
+        f"than {r['join_bound_s']:g} s; join p50 {r['join_time_ms']['p50']} ms, "
+        f"p99 {r['join_time_ms']['p99']} ms, of which to login p50 "
+        f"{r['login_time_ms']['p50']} ms); server CPU {step['server_join_cpu_pct']} % "
+        f"while joining, {step['server_cpu_pct']} % in the window; "
+        f"{step['server_rss_per_connection_kb']} KB RSS/connection; "
+        f"{r['deliveries']:,} deliveries, lost {r['lost']:,}"
+    )
+    if why is not None:
+        measured += f" ({why})"
+    return (
+        f"joinstorm: {r['users']:,} users x 5 of 24 rooms arriving at "
+        f"{r['connect_rate']:g}/s, then 1 msg/{1 / r['rate']:g} s each",
+        measured,
+        target,
+    )
+
+
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -369,6 +427,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
                     "nothing lost, ≤ 15 KB per idle connection",
                 )
             )
+    rows += [joinstorm_row(step) for step in results.get("joinstorm", {}).get("steps", [])]
     return rows
 
 
@@ -438,7 +497,13 @@ def main() -> None:
     opts = Options(args.quick, server_cpus, load_cpus, processes, args.profile, args.output)
     args.output.mkdir(parents=True, exist_ok=True)
     raise_own_open_files()
-    runners = {"seed": seed, "ceiling": ceiling, "bigroom": bigroom, "manyusers": manyusers}
+    runners = {
+        "seed": seed,
+        "ceiling": ceiling,
+        "bigroom": bigroom,
+        "manyusers": manyusers,
+        "joinstorm": joinstorm,
+    }
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
         print(f"== {name}", flush=True)

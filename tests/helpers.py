@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
 from roomchat.server import ChatServer
 
 TIMEOUT = 10.0
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded by TIMEOUT) until ``condition()`` holds, checking once per loop turn."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting until {what}") from None
 
 
 async def client_of(server: ChatServer) -> ChatClient:

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from roomchat.client import (
+    _QUEUE_HIGH,
+    _QUEUE_LOW,
     ConnectionClosed,
     ProtocolViolation,
     connect,
@@ -16,7 +18,7 @@ from roomchat.client import (
 )
 from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
 from roomchat.server import ChatServer
-from tests.helpers import TIMEOUT, client_of, joined
+from tests.helpers import TIMEOUT, client_of, joined, until
 
 
 @pytest.mark.parametrize(
@@ -95,14 +97,25 @@ async def test_unread_events_pause_reading_and_lose_nothing(server: ChatServer) 
     # 25,000 events queue up unread: the client stops reading from the socket past
     # its high-water mark, then resumes as they are consumed; none is lost.
     client = await client_of(server)
+    protocol, transport = client._protocol, client._transport
     await joined(client, "general")
     count = 25_000
     client.write(
         b"".join(b'{"_ct":"send_message","r":"general","c":"%d"}\n' % n for n in range(count))
     )
+    await until(lambda: protocol.reading_paused, "the client paused reading")
+    assert not transport.is_reading()  # the socket itself is no longer read
+    assert len(protocol.queue) >= _QUEUE_HIGH
+    resumed_with = None  # events still queued when reading resumed
     for n in range(count):
         event = await client.next_event(TIMEOUT)
         assert event == UserMessage("general", client.user_id, str(n))
+        if resumed_with is None and not protocol.reading_paused:
+            assert transport.is_reading()
+            resumed_with = len(protocol.queue)
+    assert resumed_with is not None and resumed_with <= _QUEUE_LOW  # resumed at low water
+    assert not protocol.reading_paused and transport.is_reading()  # ... and reads on
+    assert not protocol.queue
     client.close()
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from roomchat.stress import (
     run_in_process,
 )
 from roomchat.stress.config import rooms_of_user
+from roomchat.stress.report import build_report
+from roomchat.stress.worker import LoadWorker
+from tests.helpers import TIMEOUT
 
 REPORT_FIELDS = set(Report.__struct_fields__)
 LATENCY_FIELDS = {"samples", "p50", "p90", "p99", "p999", "max"}
@@ -98,13 +102,65 @@ async def test_counting_users_see_everything_the_checking_ones_do(server: ChatSe
 
 
 async def test_tiny_ramp_counts_each_member_from_when_it_joined(server: ChatServer) -> None:
+    # Driven step by step (as run_in_process does) to look at what each user did.
     steps = parse_steps("6/0.6/3,10/0.6/2")
     cfg = RampConfig(port=server.port, steps=steps, delay=0.1, rooms=4, rooms_per_user=2)
-    report = await run_in_process(cfg)
+    worker = LoadWorker(cfg, range(cfg.users))
+    await worker.prepare()
+    t0 = time.monotonic_ns() + 10**8
+    log = await worker.run(t0)
+    await worker.drain(log)
+    report = build_report(cfg, [await worker.result()], [], t0)
     assert_all_delivered(report, 10)
-    assert report.mode == "ramp"
-    assert report.messages_sent > 0
-    assert report.warmup_s == 0.0
+    assert (report.mode, report.warmup_s, report.users_joined) == ("ramp", 0.0, 10)
+    users = worker._users
+    # Each user arrived with its load increment, not before: 2 at 0, 0.2, 0.4, 0.6, 0.9 s.
+    starts = cfg.start_times()
+    for user in users:
+        assert user.connect_ns >= t0 + starts[user.index] * 1e9
+        assert len(user.joined_at) == 2 and min(user.joined_at.values()) > user.connect_ns
+    # The members of a room are expected to get exactly what was sent to it after they
+    # joined: the run's own sent log and join times add up to the report's expectation.
+    assert log.stamps is not None
+    assert sum(len(stamps) for stamps in log.stamps) == report.messages_sent
+    expected = sum(
+        sum(sent >= joined for sent in log.stamps[room])
+        for user in users
+        for room, joined in user.joined_at.items()
+    )
+    assert report.deliveries == report.deliveries_expected == expected
+    # ... which is less than everything sent times the 5 members of each room: the last
+    # users, arriving at 0.9 s, were not expected to get user 0's first messages.
+    assert expected < report.messages_sent * 5
+    first_sent = min(stamps[0] for stamps in log.stamps if stamps)
+    assert max(u.joined_at[r] for u in users for r in u.joined_at) > first_sent
+
+
+async def test_users_arriving_at_a_rate_join_then_lose_nothing(server: ChatServer) -> None:
+    # 20 users at 100/s: arrivals span 0.19 s. The join bound is generous (timings are
+    # the benchmark's business): this checks what is counted, not how fast.
+    cfg = SteadyConfig(
+        port=server.port,
+        users=20,
+        rooms=4,
+        rooms_per_user=2,
+        rate=5,
+        duration=0.5,
+        warmup=0.2,
+        connect_rate=100,
+        join_bound=TIMEOUT,
+    )
+    report = await run_in_process(cfg)
+    assert_all_delivered(report, 20)
+    assert report.connect_rate == 100
+    assert (report.users_joined, report.joins_confirmed, report.users_joined_late) == (20, 40, 0)
+    assert report.joins_kept_up
+    assert report.join_s > 0.15  # at least the arrivals' span, less a first user's start
+    assert report.join_start_ns < report.join_end_ns <= report.start_ns  # joined, then sent
+    assert report.join_time_ms.samples == report.login_time_ms.samples == 20
+    assert 0 < report.join_time_ms.p50 <= report.join_time_ms.max <= report.join_s * 1000
+    assert 0 < report.login_time_ms.max <= report.join_time_ms.max  # login comes first
+    assert report.deliveries_expected == report.messages_sent * 10  # 10 members per room
 
 
 async def test_a_server_with_too_few_rooms_is_an_error(server: ChatServer) -> None:
@@ -154,6 +210,40 @@ def test_cli_steady_with_two_processes_prints_one_json_line(served: str) -> None
     assert report["processes"] == 2
     assert (report["connected"], report["lost"], report["duplicated"]) == (8, 0, 0)
     assert report["deliveries"] == report["deliveries_expected"] == report["messages_sent"] * 4
+
+
+def test_cli_connect_rate_over_two_processes(served: str) -> None:
+    args = ["--addr", served, "--users", "10", "--rooms", "4", "--rooms-per-user", "2"]
+    args += ["--rate", "5", "--duration", "0.5", "--warmup", "0.2", "--processes", "2"]
+    args += ["--connect-rate", "50", "--join-bound", str(TIMEOUT)]
+    done = subprocess.run(
+        [sys.executable, "-m", "roomchat", "stress", "steady", *args, "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert_consistent(report)
+    assert (report["connect_rate"], report["join_bound_s"]) == (50, TIMEOUT)
+    assert (report["users_joined"], report["users_joined_late"]) == (10, 0)
+    assert report["joins_kept_up"] is True
+    # One arrival schedule over both processes: the last of 10 at 50/s starts at 0.18 s.
+    assert report["join_s"] > 0.15
+    assert report["join_time_ms"]["samples"] == 10
+    assert (report["connected"], report["lost"], report["duplicated"]) == (10, 0, 0)
+
+
+def test_cli_rejects_a_negative_connect_rate() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "roomchat", "stress", "steady", "--connect-rate", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "connect-rate must be >= 0" in done.stderr
 
 
 def test_cli_says_plainly_when_nothing_listens() -> None:

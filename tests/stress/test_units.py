@@ -1,16 +1,16 @@
-"""The stress tool's pure parts: configuration, stamps, sent logs, limits, order checks."""
+"""The stress tool's pure parts: configuration, stamps, sent logs, order checks, joins."""
 
 from __future__ import annotations
 
-import resource
+import time
 
 import pytest
 
-from roomchat.protocol import SendMessage, UserJoinedRoom, UserMessage, encode
+from roomchat.protocol import RoomParticipation, SendMessage, UserJoinedRoom, UserMessage, encode
 from roomchat.stress.config import LoadStep, RampConfig, SteadyConfig, parse_steps, rooms_of_user
-from roomchat.stress.limits import raise_open_files
+from roomchat.stress.report import build_report
 from roomchat.stress.stamp import MEASURED, WARMUP, line_head, make_line, parse_stamp
-from roomchat.stress.stats import SentLog, Tally, merge_histograms, new_histogram
+from roomchat.stress.stats import SentLog, Tally, WorkerResult, merge_histograms, new_histogram
 from roomchat.stress.worker import LoadWorker
 
 
@@ -25,6 +25,36 @@ def test_parse_steps_reads_the_originals_ramp() -> None:
 def test_parse_steps_rejects_bad_increments(text: str) -> None:
     with pytest.raises(ValueError):
         parse_steps(text)
+
+
+def test_connect_rate_spreads_arrivals_evenly() -> None:
+    cfg = SteadyConfig(users=5, connect_rate=100)
+    assert cfg.start_times() == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04])
+    assert SteadyConfig(users=5).start_times() is None  # batches
+    with pytest.raises(ValueError):
+        SteadyConfig(connect_rate=-1)
+    with pytest.raises(ValueError):
+        SteadyConfig(join_bound=0)
+
+
+def test_the_modes_answer_the_same_questions_differently() -> None:
+    steady = SteadyConfig(users=4, rate=2, check_every=2, warmup=1, duration=3)
+    ramp = RampConfig(steps=parse_steps("4/2/2"), delay=5)
+    assert (steady.mode, ramp.mode) == ("steady", "ramp")
+    assert (steady.message_rate, steady.send_interval) == (2, 0.5)
+    assert (ramp.message_rate, ramp.send_interval) == (0.2, 5)
+    assert [steady.checks(u) for u in range(4)] == [True, False, True, False]
+    assert all(ramp.checks(u) for u in range(4))
+    assert (steady.logs_stamps, ramp.logs_stamps) == (False, True)
+    assert (steady.arrives_while_sending, ramp.arrives_while_sending) == (False, True)
+    assert steady.first_send_delay(3) is None
+    delays = [ramp.first_send_delay(u) for u in range(4)]
+    assert all(d is not None and 0 <= d < 5 for d in delays) and len(set(delays)) == 4
+    assert (steady.load_seconds(), ramp.load_seconds()) == (4, 2 + ramp.connect_timeout)
+    assert ramp.connect_seconds(4) == 0
+    batches = steady.connect_seconds(4)
+    arriving = SteadyConfig(users=4, connect_rate=0.5).connect_seconds(4)
+    assert arriving == pytest.approx(batches + 8)  # 4 users at 0.5/s arrive over 8 s
 
 
 def test_ramp_start_times_add_users_in_equal_steps() -> None:
@@ -52,16 +82,15 @@ def test_pre_encoded_line_is_the_codecs_send_message(room: str) -> None:
     assert line == encode(SendMessage(room, content))
 
 
-def test_stamp_round_trips_and_pads_to_the_payload() -> None:
-    line = make_line(line_head("r"), 0x1234, 99, 10**18, WARMUP, 100)
+@pytest.mark.parametrize(("phase", "measured"), [(WARMUP, False), (MEASURED, True)])
+def test_stamp_round_trips_and_pads_to_the_payload(phase: str, measured: bool) -> None:
+    line = make_line(line_head("r"), 0x1234, 99, 10**18, phase, 100)
     content = line.split(b'"c":"')[1][: -len(b'"}\r\n')].decode()
     assert len(content) == 100
-    stamp = parse_stamp(content)
-    assert stamp is not None
-    assert (stamp.sender, stamp.seq, stamp.sent, stamp.measured) == (0x1234, 99, 10**18, False)
+    assert parse_stamp(content) == (0x1234, 99, 10**18, measured)
 
 
-@pytest.mark.parametrize("content", ["", "hello", "1 2", "x y z m|", "1 2 3"])
+@pytest.mark.parametrize("content", ["", "hello", "1 2", "x y z m|", "1 2 3", "1 2 zz m|"])
 def test_foreign_content_has_no_stamp(content: str) -> None:
     assert parse_stamp(content) is None
 
@@ -88,33 +117,6 @@ def test_tallies_and_histograms_add_up() -> None:
     assert merged.get_total_count() == 4
 
 
-def test_open_files_limit_suffices_for_a_few_sessions() -> None:
-    assert raise_open_files(10) is None
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 10
-
-
-def test_open_files_limit_is_raised_up_to_the_hard_limit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 20_000))
-    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: calls.append(limits))
-    assert raise_open_files(10_000) is None
-    assert calls == [(10_064, 20_000)]
-
-
-def test_open_files_shortfall_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(_: int, limits: tuple[int, int]) -> None:
-        raise ValueError("not allowed")
-
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
-    monkeypatch.setattr(resource, "setrlimit", refuse)
-    message = raise_open_files(10_000)
-    assert message is not None
-    assert "cannot be raised" in message
-    assert "1024" in message
-
-
 async def test_receiver_counts_duplicates_gaps_and_late_arrivals() -> None:
     worker = LoadWorker(SteadyConfig(rooms=2, rooms_per_user=1), [0])
     worker._use_rooms(["a", "b"])
@@ -137,24 +139,31 @@ async def test_receiver_counts_duplicates_gaps_and_late_arrivals() -> None:
     assert (tally.delivered_all, tally.unexpected) == (9, 2)
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 10_000])
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3, 7, 64, 10_000])
 async def test_counter_counts_the_same_however_the_bytes_are_split(chunk: int) -> None:
     worker = LoadWorker(SteadyConfig(rooms=2, rooms_per_user=2, check_every=2), [1])
     worker._use_rooms(["a", "b"])
     user = worker._users[0]
-    assert not worker.cfg.checks(user.index)  # type: ignore[union-attr]
+    assert not worker.cfg.checks(user.index)
     count = worker._counter(user)
     stream = encode(UserJoinedRoom("a", ("me",))) + encode(UserJoinedRoom("b", ("me",)))
+    stream += encode(RoomParticipation("a", "them", "joined")) * 3
     for seq in range(5):
         for phase in (WARMUP, MEASURED, MEASURED):
             line = make_line(line_head("a"), 0, seq, 1, phase, 30)
             content = line[len(line_head("a")) : -4].decode()
             stream += encode(UserMessage("a", "them", content))
-    for start in range(0, len(stream), chunk):
-        count(stream[start : start + chunk])
+    if chunk:
+        reads = [stream[start : start + chunk] for start in range(0, len(stream), chunk)]
+    else:  # whole lines, a few at a time: the counter's fast path, without a tail
+        lines = stream.splitlines(keepends=True)
+        reads = [b"".join(lines[start : start + 3]) for start in range(0, len(lines), 3)]
+    for read in reads:
+        count(read)
     tally = worker.tally
     assert (tally.delivered_all, tally.delivered, user.counted) == (15, 10, 10)
     assert tally.joined == 2 and set(user.joined_at) == {0, 1}
+    assert tally.join_events == 5  # its two joins, three others'
 
 
 async def test_counter_surplus_is_reported_as_duplicated() -> None:
@@ -171,3 +180,72 @@ async def test_counter_surplus_is_reported_as_duplicated() -> None:
     worker.cfg = SteadyConfig(rooms=1, rooms_per_user=1, check_every=2, drain_timeout=0)
     await worker.drain(log)
     assert (worker.tally.delivered, worker.tally.duplicated) == (2, 1)
+
+
+async def test_join_time_is_counted_per_user_from_its_connecting() -> None:
+    worker = LoadWorker(SteadyConfig(rooms=3, rooms_per_user=2, join_bound=0.5), [0, 1])
+    worker._use_rooms(["a", "b", "c"])
+    first, second = worker._users
+    now = time.monotonic_ns()
+    first.connect_ns = now - 2 * 10**9  # started connecting 2 s ago: late
+    second.connect_ns = now
+    receive = [worker._receiver(user) for user in worker._users]
+    receive[0](UserJoinedRoom("a", ("me",)))
+    assert worker.tally.users_joined == 0  # one room of two
+    receive[0](UserJoinedRoom("b", ("me",)))
+    receive[1](UserJoinedRoom("b", ("me",)))
+    receive[1](UserJoinedRoom("b", ("me",)))  # a repeat does not count twice
+    receive[1](UserJoinedRoom("a", ("me",)))  # not one of its rooms
+    tally = worker.tally
+    assert (tally.joined, tally.users_joined, tally.users_joined_late) == (3, 1, 1)
+    receive[1](UserJoinedRoom("c", ("me",)))
+    assert (tally.joined, tally.users_joined, tally.users_joined_late) == (4, 2, 1)
+    assert tally.last_join_ns >= now
+    times = merge_histograms([worker._join_histogram.encode()])
+    assert times.get_total_count() == 2
+    assert times.get_max_value() >= 2_000_000  # µs
+
+
+def _joined_result(users: int, late: int, join_us: list[int]) -> WorkerResult:
+    joins = new_histogram()
+    for us in join_us:
+        joins.record_value(us)
+    tally = Tally(
+        users=users,
+        connected=users,
+        joined=users,
+        users_joined=len(join_us),
+        users_joined_late=late,
+        first_connect_ns=10**9,
+        last_join_ns=3 * 10**9,
+    )
+    return WorkerResult(tally, 0, "", True, ["a"], joins.encode(), joins.encode())
+
+
+@pytest.mark.parametrize(
+    ("results", "kept_up"),
+    [
+        ([_joined_result(2, 0, [1000, 2000]), _joined_result(1, 0, [3000])], True),
+        ([_joined_result(2, 0, [1000, 2000]), _joined_result(1, 1, [3000])], False),  # late
+        ([_joined_result(2, 0, [1000, 2000]), _joined_result(1, 0, [])], False),  # not joined
+    ],
+)
+def test_report_says_whether_joining_kept_up(results: list[WorkerResult], kept_up: bool) -> None:
+    cfg = SteadyConfig(users=3, rooms=1, rooms_per_user=1, connect_rate=10)
+    report = build_report(cfg, results, [], 0)
+    assert report.joins_kept_up is kept_up
+    assert report.users_joined == sum(r.tally.users_joined for r in results)
+    assert report.join_s == 2.0  # first connect at 1 s, last join at 3 s
+    assert (report.join_start_ns, report.join_end_ns) == (10**9, 3 * 10**9)
+    assert report.join_time_ms.samples == report.users_joined
+    assert report.connect_rate == 10
+    assert any("did not keep up" in note for note in report.notes) is bool(
+        sum(r.tally.users_joined_late for r in results)
+    )
+
+
+def test_first_connect_is_the_earliest_of_the_workers() -> None:
+    total = Tally()
+    for first in (0, 30, 20, 0):  # 0: that worker connected nobody
+        total.add(Tally(first_connect_ns=first, last_join_ns=first + 5))
+    assert (total.first_connect_ns, total.last_join_ns) == (20, 35)

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from roomchat.client import parse_address
-from roomchat.stress.config import DEFAULT_RAMP, RampConfig, SteadyConfig, parse_steps
+from roomchat.stress.config import DEFAULT_RAMP, Config, RampConfig, SteadyConfig, parse_steps
 from roomchat.stress.report import report_table
 from roomchat.stress.runner import StressError, run_in_processes
 from roomchat.stress.stats import Progress, Tally, merge_histograms
@@ -42,7 +42,17 @@ def _common(func: F) -> F:
             "--connect-timeout", default=10.0, show_default=True, help="Seconds per connection."
         ),
         click.option(
-            "--connect-batch", default=500, show_default=True, help="Connections opened at once."
+            "--connect-batch",
+            default=500,
+            show_default=True,
+            help="Connections opened at once (steady, without --connect-rate).",
+        ),
+        click.option(
+            "--join-bound",
+            default=1.0,
+            show_default=True,
+            help="Joining kept up if every user had all its rooms confirmed within this many "
+            "seconds of starting to connect.",
         ),
         click.option(
             "--settle-timeout",
@@ -113,9 +123,10 @@ class _Live:
         interval = merge_histograms([p.interval_histogram for p in progress])
         p99 = int(interval.get_value_at_percentile(99)) / 1000
         phases = ",".join(sorted({p.phase for p in progress}))
+        joined = f"{tally.users_joined:,} joined"
         line = (
             f"[{now - self.started:6.1f} s] {phases}: users {tally.connected:,} "
-            f"(failed {tally.failed:,}), joins {tally.joined:,}, "
+            f"(failed {tally.failed:,}, {joined}), joins {tally.joined:,}, "
             f"sent {(tally.sent - sent) / (now - then):,.0f}/s, "
             f"delivered {(tally.delivered_all - delivered) / (now - then):,.0f}/s, "
             f"p99 {p99:g} ms, errors {tally.protocol_errors}"
@@ -127,7 +138,7 @@ class _Live:
             self.console.print(line, highlight=False, soft_wrap=True)
 
 
-def _execute(cfg: SteadyConfig | RampConfig, as_json: bool, quiet: bool) -> None:
+def _execute(cfg: Config, as_json: bool, quiet: bool) -> None:
     try:
         with _Live(quiet) as live:
             # Even one worker runs in its own process, so that this one can end the run
@@ -166,8 +177,17 @@ def command() -> None:
     "others count theirs in bulk, undecoded, so the tool keeps up with millions of "
     "deliveries/s. Loss is always counted over every user.",
 )
+@click.option(
+    "--connect-rate",
+    default=0.0,
+    show_default=True,
+    help="Users arriving per second, spread evenly, each joining its rooms right after "
+    "login (a reconnect wave); the report says how long joining took and whether it "
+    "kept up. 0: connect in batches of --connect-batch.",
+)
 def steady(as_json: bool, quiet: bool, **kwargs: Any) -> None:
-    """Everyone connects and joins, then all send at a fixed rate: for measuring."""
+    """Everyone connects and joins (in batches, or arriving at --connect-rate), then all
+    send at a fixed rate: for measuring."""
     try:
         cfg = SteadyConfig(**_base(kwargs))
     except ValueError as exc:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "DEFAULT_RAMP",
+    "Config",
     "LoadStep",
     "RampConfig",
     "RunConfig",
@@ -60,10 +62,13 @@ class RunConfig:
     payload: int = 64  # bytes of message content (at least the stamp's length)
     processes: int = 1
     connect_timeout: float = 10.0
-    connect_batch: int = 500  # connections opened at once, per process
+    connect_batch: int = 500  # connections opened at once, per process (batch connecting)
     drain_timeout: float = 10.0  # after the last send, how long to wait for deliveries
     settle_timeout: float = 60.0  # steady: how long to wait for the join storm to pass
     grace: float = 30.0  # how long a phase may overrun its plan before the run is abandoned
+    #: Joining kept up with arrivals when every user had all its rooms confirmed within
+    #: this many seconds of starting to connect (see Report.joins_kept_up).
+    join_bound: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rooms < 1 or not 1 <= self.rooms_per_user <= self.rooms:
@@ -72,6 +77,8 @@ class RunConfig:
             raise ValueError("processes and connect batch must be >= 1")
         if min(self.payload, self.drain_timeout, self.settle_timeout, self.grace) < 0:
             raise ValueError("payload and drain timeout must not be negative")
+        if self.join_bound <= 0:
+            raise ValueError("join bound must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,15 @@ class SteadyConfig(RunConfig):
     #: others count theirs in bulk without decoding, so that one load core can take in
     #: millions of deliveries a second. 1: every user checks every delivery.
     check_every: int = 1
+    #: Users per second arriving (each connects, then sends its joins at once), spread
+    #: evenly: a reconnect wave. 0: connect in batches of ``connect_batch`` instead.
+    connect_rate: float = 0.0
+
+    mode: ClassVar[str] = "steady"
+    #: Every member gets every measured message of its rooms: counts suffice.
+    logs_stamps: ClassVar[bool] = False
+    #: Users connect (and join) before the load starts, not during it.
+    arrives_while_sending: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         RunConfig.__post_init__(self)
@@ -93,10 +109,43 @@ class SteadyConfig(RunConfig):
             raise ValueError("need users >= 1, rate > 0, duration > 0, warmup >= 0")
         if self.check_every < 1:
             raise ValueError("check-every must be >= 1")
+        if self.connect_rate < 0:
+            raise ValueError("connect-rate must be >= 0")
+
+    @property
+    def message_rate(self) -> float:
+        """Messages per second per user."""
+        return self.rate
+
+    @property
+    def send_interval(self) -> float:
+        """Seconds between one user's messages."""
+        return 1 / self.rate
 
     def checks(self, user: int) -> bool:
         """Whether this user (global index) checks every delivery or only counts."""
         return user % self.check_every == 0
+
+    def start_times(self) -> list[float] | None:
+        """Seconds after the connecting starts at which each user (by global index)
+        connects; None: in batches, as fast as the server accepts them."""
+        if self.connect_rate == 0:
+            return None
+        return [user / self.connect_rate for user in range(self.users)]
+
+    def first_send_delay(self, user: int) -> float | None:
+        """Steady users send on the common schedule, not from when they joined."""
+        return None
+
+    def connect_seconds(self, users: int) -> float:
+        """How long connecting and joining ``users`` (one process's share) may take."""
+        batches = -(-users // self.connect_batch)
+        arrivals = self.users / self.connect_rate if self.connect_rate else 0.0
+        return arrivals + self.connect_timeout * (batches + 1) + users / 1000 + self.settle_timeout
+
+    def load_seconds(self) -> float:
+        """How long sending lasts, from the common start time."""
+        return self.warmup + self.duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +155,14 @@ class RampConfig(RunConfig):
 
     steps: tuple[LoadStep, ...] = field(default_factory=lambda: parse_steps(DEFAULT_RAMP))
     delay: float = 10.0
+
+    mode: ClassVar[str] = "ramp"
+    #: Members joined mid-run: each expects only what was sent after it joined.
+    logs_stamps: ClassVar[bool] = True
+    arrives_while_sending: ClassVar[bool] = True
+    warmup: ClassVar[float] = 0.0
+    check_every: ClassVar[int] = 1  # every user checks every delivery
+    connect_rate: ClassVar[float] = 0.0  # arrivals follow the steps
 
     def __post_init__(self) -> None:
         RunConfig.__post_init__(self)
@@ -120,8 +177,30 @@ class RampConfig(RunConfig):
     def duration(self) -> float:
         return sum(step.after for step in self.steps)
 
+    @property
+    def message_rate(self) -> float:
+        return 1 / self.delay
+
+    @property
+    def send_interval(self) -> float:
+        return self.delay
+
+    def checks(self, user: int) -> bool:
+        return True
+
+    def first_send_delay(self, user: int) -> float | None:
+        """Seconds from joining to the user's first message: golden-ratio phases spread
+        the users' sends evenly over the delay."""
+        return (user * 0.6180339887) % 1.0 * self.delay
+
+    def connect_seconds(self, users: int) -> float:
+        return 0.0  # ramp users connect while the load runs
+
+    def load_seconds(self) -> float:
+        return self.duration + self.connect_timeout
+
     def start_times(self) -> list[float]:
-        """Seconds after the start at which each user (by global index) connects."""
+        """Seconds after the load starts at which each user (by global index) connects."""
         times: list[float] = []
         begin, previous = 0.0, 0
         for step in self.steps:
@@ -138,3 +217,8 @@ def rooms_of_user(user: int, rooms: int, rooms_per_user: int) -> list[int]:
     """The rooms (indexes into the rooms used) of a user, assigned round-robin."""
     first = user * rooms_per_user
     return [(first + j) % rooms for j in range(rooms_per_user)]
+
+
+#: A run's configuration: both modes answer the same questions (mode, users, start_times,
+#: checks, logs_stamps, first_send_delay, connect_seconds, load_seconds, ...).
+Config = SteadyConfig | RampConfig

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import msgspec
+from hdrh.histogram import HdrHistogram
 from rich.table import Table
 
-from roomchat.stress.config import RampConfig, SteadyConfig
+from roomchat.stress.config import Config
 from roomchat.stress.stats import Tally, WorkerResult, merge_histograms
 
 __all__ = ["Latency", "Report", "build_report", "report_table"]
@@ -14,7 +15,8 @@ _LAG_NOTE_US = 50_000  # a sender this far behind its schedule is saturated
 
 
 class Latency(msgspec.Struct, frozen=True):
-    """Delivery latency in milliseconds: send stamp to arrival at a member."""
+    """Percentiles in milliseconds: of delivery latency (send stamp to arrival at a
+    member), or of join time (a user's connecting to its last room confirmed)."""
 
     samples: int
     p50: float
@@ -56,10 +58,25 @@ class Report(msgspec.Struct, frozen=True):
     max_send_lag_ms: float
     drained: bool
     latency_ms: Latency
+    # Joining (every mode; the point of --connect-rate). A user is joined when its own
+    # user_joined_room has arrived for each of its rooms.
+    connect_rate: float  # users/s arriving, spread evenly; 0: connected in batches
+    max_connect_lag_ms: float  # how late the tool started an arrival's connection
+    users_joined: int  # users with every room confirmed
+    join_s: float  # from the first user's connecting to the last user's last confirmation
+    join_time_ms: Latency  # per user: from its connecting to its last room confirmed
+    login_time_ms: Latency  # ... of which: from its connecting to its login_successful
+    join_bound_s: float
+    users_joined_late: int  # users whose join time exceeded join_bound_s
+    #: Joining kept up with arrivals: every user had all its rooms confirmed, each within
+    #: join_bound_s of starting to connect (so no backlog of joins built up).
+    joins_kept_up: bool
     # The run's clock (time.monotonic_ns(), machine-wide): load start, measured window.
     start_ns: int
     window_start_ns: int
     window_end_ns: int
+    join_start_ns: int  # first connect (0: nobody connected)
+    join_end_ns: int  # last user's last join confirmation (0: nobody joined)
     rooms_used: list[str]
     notes: list[str]
 
@@ -67,22 +84,17 @@ class Report(msgspec.Struct, frozen=True):
         return msgspec.json.encode(self)
 
 
-def build_report(
-    cfg: SteadyConfig | RampConfig, results: list[WorkerResult], notes: list[str], t0: int
-) -> Report:
+def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0: int) -> Report:
     """Add up the workers' results of a run whose load started at ``t0``."""
     tally = Tally()
     for result in results:
         tally.add(result.tally)
     expected = sum(r.expected for r in results)
     histogram = merge_histograms([r.histogram for r in results])
-    if isinstance(cfg, RampConfig):
-        mode, rate, warmup, window = "ramp", 1 / cfg.delay, 0.0, float(cfg.duration)
-    else:
-        mode, rate, warmup, window = "steady", float(cfg.rate), float(cfg.warmup), cfg.duration
-    window = float(window)
+    join_histogram = merge_histograms([r.join_histogram for r in results])
+    warmup, window = float(cfg.warmup), float(cfg.duration)
     all_notes = list(notes)
-    check_every = cfg.check_every if isinstance(cfg, SteadyConfig) else 1
+    check_every = cfg.check_every
     if check_every > 1:
         all_notes.append(
             f"1 user in {check_every} checked each delivery (latency, order, duplicates:"
@@ -106,30 +118,31 @@ def build_report(
         all_notes.append(
             f"only {tally.joined} of {tally.connected * cfg.rooms_per_user} joins confirmed"
         )
+    kept_up = tally.users_joined == cfg.users and tally.users_joined_late == 0
+    if tally.users_joined_late:
+        all_notes.append(
+            f"{tally.users_joined_late:,} users took longer than {cfg.join_bound:g} s from"
+            " connecting to their last join confirmation: joining did not keep up"
+        )
+    if tally.max_connect_lag_us > _LAG_NOTE_US:
+        all_notes.append(
+            f"the load tool started connections up to {tally.max_connect_lag_us / 1000:,.0f} ms"
+            " late: users arrived slower than asked"
+        )
+    join_end = tally.last_join_ns if tally.users_joined else 0
 
     window_start = t0 + int(warmup * 1e9)
     span = max(0.0, (tally.last_delivery_ns - window_start) / 1e9) if tally.delivered else 0.0
 
-    def ms(percentile: float) -> float:
-        return round(int(histogram.get_value_at_percentile(percentile)) / 1000, 3)
-
-    latency = Latency(
-        int(histogram.get_total_count()),
-        ms(50),
-        ms(90),
-        ms(99),
-        ms(99.9),
-        round(int(histogram.get_max_value()) / 1000, 3),
-    )
     rooms_used = next((r.rooms_used for r in results if r.rooms_used), [])
     return Report(
-        mode=mode,
+        mode=cfg.mode,
         addr=f"{cfg.host}:{cfg.port}",
         processes=cfg.processes,
         users=cfg.users,
         rooms=cfg.rooms,
         rooms_per_user=cfg.rooms_per_user,
-        rate=rate,
+        rate=float(cfg.message_rate),
         payload=cfg.payload,
         check_every=check_every,
         warmup_s=warmup,
@@ -153,12 +166,39 @@ def build_report(
         skipped=tally.skipped,
         max_send_lag_ms=tally.max_send_lag_us / 1000,
         drained=all(r.drained for r in results),
-        latency_ms=latency,
+        latency_ms=_percentiles(histogram),
+        connect_rate=float(cfg.connect_rate),
+        max_connect_lag_ms=tally.max_connect_lag_us / 1000,
+        users_joined=tally.users_joined,
+        join_s=round((join_end - tally.first_connect_ns) / 1e9, 3) if join_end else 0.0,
+        join_time_ms=_percentiles(join_histogram),
+        login_time_ms=_percentiles(merge_histograms([r.login_histogram for r in results])),
+        join_bound_s=float(cfg.join_bound),
+        users_joined_late=tally.users_joined_late,
+        joins_kept_up=kept_up,
         start_ns=t0,
         window_start_ns=window_start,
         window_end_ns=t0 + int((warmup + window) * 1e9),
+        join_start_ns=tally.first_connect_ns,
+        join_end_ns=join_end,
         rooms_used=rooms_used,
         notes=all_notes,
+    )
+
+
+def _percentiles(histogram: HdrHistogram) -> Latency:
+    """A histogram of microseconds as milliseconds."""
+
+    def ms(percentile: float) -> float:
+        return round(int(histogram.get_value_at_percentile(percentile)) / 1000, 3)
+
+    return Latency(
+        int(histogram.get_total_count()),
+        ms(50),
+        ms(90),
+        ms(99),
+        ms(99.9),
+        round(int(histogram.get_max_value()) / 1000, 3),
     )
 
 
@@ -167,13 +207,32 @@ def report_table(report: Report) -> Table:
     table = Table(title=f"roomchat stress ({report.mode}) against {report.addr}")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    lat = report.latency_ms
+    lat, join, login = report.latency_ms, report.join_time_ms, report.login_time_ms
+    arrivals = (
+        f"{report.connect_rate:g} users/s, up to {report.max_connect_lag_ms:g} ms late"
+        if report.connect_rate
+        else "in batches"
+        if report.mode == "steady"
+        else "in load increments"
+    )
     lost_pct = 100 * report.lost / report.deliveries_expected if report.deliveries_expected else 0
     rows = [
         ("users connected / failed", f"{report.connected:,} / {report.failed:,}"),
         ("rooms used / per user", f"{report.rooms} / {report.rooms_per_user}"),
         ("rate per user", f"{report.rate:g} msg/s, {report.payload} B content"),
         ("users checking each delivery", f"1 in {report.check_every}"),
+        ("users arriving", arrivals),
+        ("users joined all their rooms", f"{report.users_joined:,} of {report.users:,}"),
+        ("joining took (first connect to last join)", f"{report.join_s:g} s"),
+        ("join time per user p50 / p99 / max", f"{join.p50:g} / {join.p99:g} / {join.max:g} ms"),
+        (
+            "... of which to login p50 / p99 / max",
+            f"{login.p50:g} / {login.p99:g} / {login.max:g} ms",
+        ),
+        (
+            f"joins kept up (each within {report.join_bound_s:g} s)",
+            f"{'yes' if report.joins_kept_up else 'no'} ({report.users_joined_late:,} late)",
+        ),
         ("measured window", f"{report.window_s:g} s (after {report.warmup_s:g} s warm-up)"),
         ("messages sent", f"{report.messages_sent:,} ({report.messages_per_s:,.0f}/s)"),
         ("behind schedule, not sent", f"{report.skipped:,}"),

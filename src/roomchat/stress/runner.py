@@ -14,19 +14,30 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from roomchat.stress.config import RampConfig, SteadyConfig
-from roomchat.stress.limits import raise_open_files
+from roomchat import system
+from roomchat.stress.config import Config
 from roomchat.stress.report import Report, build_report
 from roomchat.stress.stats import Progress, SentLog, WorkerResult
 from roomchat.stress.worker import LoadWorker, StressError
 
 __all__ = ["StressError", "run_in_process", "run_in_processes"]
 
-Config = SteadyConfig | RampConfig
 ProgressCallback = Callable[[list[Progress]], None]
 
 _START_MARGIN = 0.1  # seconds between "go" and the common start time
 _SPAWN = 30.0  # seconds for the worker processes to start
+_SPARE_FILES = 64  # open files besides the users' sockets (pipes, the interpreter's own)
+
+
+def _raise_open_files(sessions: int) -> str | None:
+    """Make room for ``sessions`` sockets; a sentence when the limit cannot be raised."""
+    shortfall = system.raise_open_files(sessions + _SPARE_FILES)
+    if shortfall is None:
+        return None
+    return (
+        f"{shortfall} (for {sessions} sessions): connections past the limit will fail"
+        " (raise it with `ulimit -n` or use more --processes)"
+    )
 
 
 def _users_of(cfg: Config, part: int) -> list[int]:
@@ -37,11 +48,11 @@ async def run_in_process(
     cfg: Config, on_progress: Callable[[Progress], None] | None = None
 ) -> Report:
     """Run the whole load in the running event loop (``cfg.processes`` is ignored)."""
-    notes = [note] if (note := raise_open_files(cfg.users)) else []
+    notes = [note] if (note := _raise_open_files(cfg.users)) else []
     worker = LoadWorker(cfg, range(cfg.users), on_progress=on_progress)
     t0 = 0
     try:
-        await worker.prepare()
+        await worker.prepare(time.monotonic_ns())
         t0 = time.monotonic_ns() + int(_START_MARGIN * 1e9)
         log = await worker.run(t0)
         await worker.drain(log)
@@ -56,9 +67,7 @@ async def run_in_process(
 def _worker_main(cfg: Config, part: int, conn: Connection) -> None:
     """A worker process: runs its share, answering the parent through ``conn``."""
     try:
-        import uvloop
-
-        uvloop.run(_worker(cfg, part, conn))
+        system.run(_worker(cfg, part, conn))
     except Exception as exc:
         conn.send(("error", f"worker {part}: {type(exc).__name__}: {exc}"))
     finally:
@@ -83,10 +92,13 @@ async def _recv(conn: Connection) -> Any:
 
 async def _worker(cfg: Config, part: int, conn: Connection) -> None:
     users = _users_of(cfg, part)
-    note = raise_open_files(len(users))
+    note = _raise_open_files(len(users))
     worker = LoadWorker(cfg, users, part=part, on_progress=lambda p: conn.send(("progress", p)))
     try:
-        await worker.prepare()
+        conn.send(("up", None))
+        kind, connect_from = await _recv(conn)
+        assert kind == "connect"
+        await worker.prepare(connect_from)
         conn.send(("ready", note))
         kind, t0 = await _recv(conn)
         assert kind == "go"
@@ -159,20 +171,16 @@ class _Parent:
 def run_in_processes(cfg: Config, on_progress: ProgressCallback | None = None) -> Report:
     """Spread the users over ``cfg.processes`` worker processes and merge their results."""
     parent = _Parent(cfg, on_progress)
-    per_process = -(-cfg.users // cfg.processes)
-    batches = -(-per_process // cfg.connect_batch)
-    if isinstance(cfg, RampConfig):
-        connecting, running = 0.0, cfg.duration + cfg.connect_timeout
-    else:
-        connecting = cfg.connect_timeout * (batches + 1) + per_process / 1000
-        connecting += cfg.settle_timeout
-        running = cfg.warmup + cfg.duration
+    connecting = cfg.connect_seconds(-(-cfg.users // cfg.processes))
     try:
         parent.start()
-        notes = [n for n in parent.collect("ready", _SPAWN + connecting + cfg.grace) if n]
+        parent.collect("up", _SPAWN)
+        # Arrivals at a rate are timed from one start shared by every process.
+        parent.send(("connect", time.monotonic_ns() + int(_START_MARGIN * 1e9)))
+        notes = [n for n in parent.collect("ready", connecting + cfg.grace) if n]
         t0 = time.monotonic_ns() + int(_START_MARGIN * 1e9)
         parent.send(("go", t0))
-        logs: list[SentLog] = parent.collect("sent", running + cfg.grace)
+        logs: list[SentLog] = parent.collect("sent", cfg.load_seconds() + cfg.grace)
         parent.send(("drain", SentLog.merge(logs)))
         results: list[WorkerResult] = parent.collect("result", cfg.drain_timeout + cfg.grace)
     finally:

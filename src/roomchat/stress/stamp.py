@@ -3,13 +3,14 @@
 ``"<sender> <seq> <sent> <phase>|"`` then padding: the sender's global user index,
 its sequence number for that room, the send time (``time.monotonic_ns()``, one clock
 for every process of the machine), all in hex, and ``m`` (measured) or ``w`` (warm-up).
-The line is built from pre-encoded parts: the content is ASCII without quotes or
-backslashes, so no JSON escaping is needed (PROTOCOL.md, send_message).
+The line is built from pre-encoded parts: the codec's head of a send_message for the
+room (:func:`roomchat.protocol.encode_head`), then the content, which is ASCII without
+quotes or backslashes, so no JSON escaping is needed (PROTOCOL.md, send_message).
 """
 
 from __future__ import annotations
 
-import msgspec
+from roomchat.protocol import MESSAGE_TAIL, SendMessage, encode_head
 
 __all__ = [
     "JOINED_MARK",
@@ -26,7 +27,7 @@ __all__ = [
 
 MEASURED = "m"
 WARMUP = "w"
-_TAIL = b'"}\r\n'
+_TAIL = b'"' + MESSAGE_TAIL  # the content's closing quote, then the line's end
 
 # What a counting receiver (one that does not decode) looks for in the raw bytes. The
 # stamp's fields are hex and its padding is "x", so " m|" occurs once per measured message
@@ -38,8 +39,8 @@ PARTICIPATION_MARK = b'"_et":"room_participation"'
 
 
 def line_head(room: str) -> bytes:
-    """The bytes of a send_message line up to its content, for one room."""
-    return b'{"_ct":"send_message","r":' + msgspec.json.encode(room) + b',"c":"'
+    """The bytes of a send_message line up to its content (and its opening quote)."""
+    return encode_head(SendMessage(room, "")) + b'"'
 
 
 def make_line(head: bytes, sender: int, seq: int, sent: int, phase: str, payload: int) -> bytes:
@@ -49,17 +50,19 @@ def make_line(head: bytes, sender: int, seq: int, sent: int, phase: str, payload
     return head + content.encode() + _TAIL
 
 
-class Stamp(msgspec.Struct, frozen=True, gc=False):
-    sender: int
-    seq: int
-    sent: int
-    measured: bool
+#: A parsed stamp: (sender, seq, sent, measured). A plain tuple, not a struct: building
+#: and unpacking it is the cheapest way to hand four values back on the hot path.
+Stamp = tuple[int, int, int, bool]
 
 
 def parse_stamp(content: str) -> Stamp | None:
-    """The stamp of a message's content, or None when it carries none."""
+    """The stamp of a message's content, or None when it carries none.
+
+    This runs once per checked delivery (the load tool's hot path), so it is one split
+    and three int() calls; a malformed stamp is caught, not checked for beforehand.
+    """
     try:
         sender, seq, sent, rest = content.split(" ", 3)
-        return Stamp(int(sender, 16), int(seq, 16), int(sent, 16), rest[0] == MEASURED)
-    except (ValueError, IndexError):
+        return int(sender, 16), int(seq, 16), int(sent, 16), rest[:1] == MEASURED
+    except ValueError:  # not four fields, or not hex
         return None

@@ -38,6 +38,11 @@ def merge_histograms(encoded: list[str]) -> HdrHistogram:
     return merged
 
 
+_MAX_FIELDS = frozenset(
+    ("max_send_lag_us", "last_delivery_ns", "max_connect_lag_us", "last_join_ns")
+)
+
+
 class Tally(msgspec.Struct):
     """Counters of one worker (or, once added up, of a whole run)."""
 
@@ -59,13 +64,21 @@ class Tally(msgspec.Struct):
     protocol_errors: int = 0  # lines that were not valid v1 events
     max_send_lag_us: int = 0  # how far the sender fell behind its schedule
     last_delivery_ns: int = 0  # when the last measured delivery arrived (monotonic)
+    users_joined: int = 0  # users whose every join was confirmed
+    users_joined_late: int = 0  # ... later than the join bound after starting to connect
+    max_connect_lag_us: int = 0  # how late the tool started an arrival's connection
+    first_connect_ns: int = 0  # when the first user started to connect (monotonic; 0: none)
+    last_join_ns: int = 0  # when the last user had every room confirmed (monotonic)
 
     def add(self, other: Tally) -> None:
         for name in self.__struct_fields__:
-            if name in ("max_send_lag_us", "last_delivery_ns"):
-                setattr(self, name, max(getattr(self, name), getattr(other, name)))
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name in _MAX_FIELDS:
+                setattr(self, name, max(mine, theirs))
+            elif name == "first_connect_ns":  # the earliest of those set
+                setattr(self, name, min(mine, theirs) if mine and theirs else mine or theirs)
             else:
-                setattr(self, name, getattr(self, name) + getattr(other, name))
+                setattr(self, name, mine + theirs)
 
     def copy(self) -> Tally:
         return msgspec.structs.replace(self)
@@ -118,3 +131,5 @@ class WorkerResult(msgspec.Struct):
     histogram: str  # encoded; every measured delivery's latency
     drained: bool  # all expected deliveries arrived before the drain timeout
     rooms_used: list[str]
+    login_histogram: str = ""  # encoded; per user, µs from connecting to login_successful
+    join_histogram: str = ""  # encoded; per user, µs from connecting to every room joined

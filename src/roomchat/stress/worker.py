@@ -26,7 +26,7 @@ from roomchat.protocol import (
     UserMessage,
     encode,
 )
-from roomchat.stress.config import RampConfig, SteadyConfig, rooms_of_user
+from roomchat.stress.config import Config, rooms_of_user
 from roomchat.stress.stamp import (
     JOINED_MARK,
     MEASURED,
@@ -36,6 +36,7 @@ from roomchat.stress.stamp import (
     WARMUP,
     line_head,
     make_line,
+    parse_stamp,
 )
 from roomchat.stress.stats import (
     LATENCY_MAX_US,
@@ -58,8 +59,7 @@ _SETTLE_QUIET = 0.3  # seconds without any join event: the join storm is over
 _LATE_LIMIT = 1_000_000_000  # ns past the window's end after which a sender gives up
 _MAX_GAP = 100_000  # a sequence jump larger than this is not tracked message by message
 _TAIL_KEEP = max(len(MESSAGE_MARK), len(PARTICIPATION_MARK), len(JOINED_MARK)) - 1
-
-Config = SteadyConfig | RampConfig
+_NEWLINE = ord("\n")
 
 
 class StressError(Exception):
@@ -71,6 +71,7 @@ class _User:
 
     __slots__ = (
         "client",
+        "connect_ns",
         "counted",
         "gaps",
         "index",
@@ -85,6 +86,7 @@ class _User:
         self.index = index  # global, unique across processes: the stamp's sender
         self.rooms = rooms
         self.client: ChatClient | None = None
+        self.connect_ns = 0  # when it started to connect (monotonic)
         self.joined_at: dict[int, int] = {}  # room -> when its user_joined_room arrived
         self.next_room = 0
         self.seqs = dict.fromkeys(rooms, 0)
@@ -114,7 +116,10 @@ class LoadWorker:
         self._latencies: dict[int, int] = {}  # µs -> count, flushed into the histograms
         self._histogram = new_histogram()
         self._interval = new_histogram()
-        self._log = SentLog.empty(cfg.rooms, isinstance(cfg, RampConfig))
+        self._login_histogram = new_histogram()  # µs from connecting to login_successful
+        self._join_histogram = new_histogram()  # µs from connecting to every room joined
+        self._join_bound_ns = int(cfg.join_bound * 1e9)
+        self._log = SentLog.empty(cfg.rooms, cfg.logs_stamps)
         self._joins_wanted = 0
         self._joins_done = asyncio.Event()
         self._ramp_ready: list[tuple[int, int, _User]] = []  # (due, index, user) heap
@@ -124,14 +129,23 @@ class LoadWorker:
         self._arriving: asyncio.Task[None] | None = None
 
     # -- phases ------------------------------------------------------------------------
-    async def prepare(self) -> None:
-        """Steady mode: connect every user and wait until each has joined its rooms."""
+    async def prepare(self, connect_from: int | None = None) -> None:
+        """Connect every user and wait until each has joined its rooms (unless users arrive
+        while the load runs, as in ramp mode). Arrivals at a rate are timed from monotonic
+        time ``connect_from`` (ns; default now), which every process of a run shares."""
         self._progress_task = asyncio.create_task(self._report_progress())
-        if isinstance(self.cfg, RampConfig):
+        if self.cfg.arrives_while_sending:
             return
-        batch = self.cfg.connect_batch
-        for first in range(0, len(self._users), batch):
-            await asyncio.gather(*(self._connect(u) for u in self._users[first : first + batch]))
+        starts = self.cfg.start_times()
+        if starts is None:
+            batch = self.cfg.connect_batch
+            for first in range(0, len(self._users), batch):
+                users = self._users[first : first + batch]
+                await asyncio.gather(*(self._connect(u) for u in users))
+        else:
+            self.phase = "arriving"
+            arrivals = sorted((starts[u.index], u.index, u) for u in self._users)
+            await self._arrive(connect_from or time.monotonic_ns(), arrivals)
         self.phase = "joining"
         bound = self.cfg.connect_timeout + len(self._users) / 1000
         with contextlib.suppress(TimeoutError):
@@ -159,10 +173,10 @@ class LoadWorker:
     async def run(self, t0: int) -> SentLog:
         """Send the load (from monotonic time ``t0``, in ns); return what was measured."""
         self.phase = "running"
-        if isinstance(self.cfg, RampConfig):
-            await self._run_ramp(self.cfg, t0)
+        if self.cfg.arrives_while_sending:
+            await self._run_arrivals(t0)
         else:
-            await self._run_steady(self.cfg, t0)
+            await self._run_schedule(t0)
         self.phase = "draining"
         return self._log
 
@@ -202,11 +216,20 @@ class LoadWorker:
                 await asyncio.gather(*(c.wait_closed() for c in clients))
         self._flush_latencies()
         return WorkerResult(
-            self.tally, self._expected, self._histogram.encode(), self._drained, self.room_names
+            self.tally,
+            self._expected,
+            self._histogram.encode(),
+            self._drained,
+            self.room_names,
+            self._login_histogram.encode(),
+            self._join_histogram.encode(),
         )
 
     # -- connecting and joining --------------------------------------------------------
     async def _connect(self, user: _User) -> bool:
+        user.connect_ns = time.monotonic_ns()
+        if not self.tally.first_connect_ns:
+            self.tally.first_connect_ns = user.connect_ns
         try:
             client = await connect(
                 self.cfg.host,
@@ -217,6 +240,8 @@ class LoadWorker:
         except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation):
             self.tally.failed += 1
             return False
+        took = time.monotonic_ns() - user.connect_ns
+        self._login_histogram.record_value(min(max(took // 1000, 1), LATENCY_MAX_US))
         if not self.room_names:
             self._use_rooms([room.name for room in client.rooms])
         user.client = client
@@ -234,53 +259,74 @@ class LoadWorker:
         self._heads = [line_head(name) for name in self.room_names]
 
     def _joined(self, user: _User, room: int) -> None:
-        user.joined_at[room] = time.monotonic_ns()
-        self.tally.joined += 1
-        if self.tally.joined >= self._joins_wanted:
+        """The user's own user_joined_room for ``room`` arrived. O(1)."""
+        now = time.monotonic_ns()
+        user.joined_at[room] = now
+        tally = self.tally
+        tally.joined += 1
+        if tally.joined >= self._joins_wanted:
             self._joins_done.set()
-        if isinstance(self.cfg, RampConfig) and len(user.joined_at) == len(user.rooms):
-            # Golden-ratio phases spread the users' sends evenly over the delay.
-            phase = (user.index * 0.6180339887) % 1.0
-            due = time.monotonic_ns() + int(phase * self.cfg.delay * 1e9)
-            heapq.heappush(self._ramp_ready, (due, user.index, user))
+        if len(user.joined_at) < len(user.rooms):
+            return
+        # Every room confirmed: how long it took from starting to connect.
+        took = now - user.connect_ns
+        tally.users_joined += 1
+        tally.last_join_ns = now
+        if took > self._join_bound_ns:
+            tally.users_joined_late += 1
+        self._join_histogram.record_value(min(max(took // 1000, 1), LATENCY_MAX_US))
+        if (delay := self.cfg.first_send_delay(user.index)) is not None:
+            heapq.heappush(self._ramp_ready, (now + int(delay * 1e9), user.index, user))
 
     # -- receiving -----------------------------------------------------------------------
     def _receiving(self, user: _User) -> dict[str, Any]:
         """How this user takes its deliveries: checking each, or counting them in bulk."""
-        if isinstance(self.cfg, SteadyConfig) and not self.cfg.checks(user.index):
-            return {"on_data": self._counter(user)}
-        return {"on_event": self._receiver(user)}
+        if self.cfg.checks(user.index):
+            return {"on_event": self._receiver(user)}
+        return {"on_data": self._counter(user)}
 
     def _counter(self, user: _User) -> Callable[[bytes], None]:
         """Count deliveries without decoding them: a few bytes.count() per chunk read.
 
-        Matches that straddle two chunks are found by scanning the end of the previous
-        chunk again (``tail``); a match lying wholly in the tail was counted last time.
+        No mark spans two lines, so when the previous read ended a line (the usual case:
+        the server writes whole lines) every mark lies wholly in this read. Otherwise
+        matches that straddle two reads are found by scanning the end of the previous
+        read again (``tail``); a match lying wholly in the tail was counted last time.
         """
         tally = self.tally
         monotonic_ns = time.monotonic_ns
+        wanted = len(user.rooms)
         tail = b""
         joins = 0
 
         def on_data(data: bytes) -> None:
             nonlocal tail, joins
-            chunk = tail + data
-            tally.delivered_all += chunk.count(MESSAGE_MARK) - tail.count(MESSAGE_MARK)
-            # Counted on its own: a message's tag and its stamp may fall in two chunks.
-            measured = chunk.count(MEASURED_MARK) - tail.count(MEASURED_MARK)
+            if tail:
+                chunk = tail + data
+                messages = chunk.count(MESSAGE_MARK) - tail.count(MESSAGE_MARK)
+                # Counted on its own: a message's tag and its stamp may fall in two reads.
+                measured = chunk.count(MEASURED_MARK) - tail.count(MEASURED_MARK)
+                joined = chunk.count(JOINED_MARK) - tail.count(JOINED_MARK) if joins < wanted else 0
+                others = chunk.count(PARTICIPATION_MARK) - tail.count(PARTICIPATION_MARK)
+            else:
+                chunk = data
+                messages = data.count(MESSAGE_MARK)
+                # A stamp follows its message's tag on the same line, which began here.
+                measured = data.count(MEASURED_MARK) if messages else 0
+                joined = data.count(JOINED_MARK) if joins < wanted else 0
+                others = data.count(PARTICIPATION_MARK)
+            tally.delivered_all += messages
             if measured:
                 user.counted += measured
                 tally.delivered += measured
                 tally.last_delivery_ns = monotonic_ns()
-            if joins < len(user.rooms):
-                new_joins = chunk.count(JOINED_MARK) - tail.count(JOINED_MARK)
-                tally.join_events += new_joins
-                joins += new_joins
-                if joins >= len(user.rooms):
+            tally.join_events += joined + others
+            if joined:
+                joins += joined
+                if joins >= wanted:
                     for room in user.rooms:
                         self._joined(user, room)
-            tally.join_events += chunk.count(PARTICIPATION_MARK) - tail.count(PARTICIPATION_MARK)
-            tail = chunk[-_TAIL_KEEP:]
+            tail = b"" if data[-1] == _NEWLINE else chunk[-_TAIL_KEEP:]
 
         return on_data
 
@@ -296,19 +342,14 @@ class LoadWorker:
             if type(event) is UserMessage:
                 now = monotonic_ns()
                 tally.delivered_all += 1
-                room = room_index.get(event.room)
-                # The stamp, parsed inline (this runs once per delivery): see stamp.py.
-                fields = event.content.split(" ", 3)
-                if room is None or room not in joined_at or len(fields) != 4:
+                room = room_index.get(event.room, -1)
+                since = joined_at.get(room)  # None: a room not joined (or not ours)
+                stamp = parse_stamp(event.content)
+                if stamp is None or since is None:
                     tally.unexpected += 1
                     return
-                try:
-                    key = int(fields[0], 16) * rooms + room
-                    seq = int(fields[1], 16)
-                    sent = int(fields[2], 16)
-                except ValueError:
-                    tally.unexpected += 1
-                    return
+                sender, seq, sent, measured = stamp
+                key = sender * rooms + room
                 last = streams.get(key)
                 if last is None or seq == last + 1:
                     streams[key] = seq
@@ -322,7 +363,7 @@ class LoadWorker:
                 else:
                     tally.duplicated += 1
                     return
-                if fields[3][:1] == MEASURED and sent >= joined_at[room]:
+                if measured and sent >= since:
                     tally.delivered += 1
                     tally.last_delivery_ns = now
                     latency = (now - sent) // 1000
@@ -334,8 +375,8 @@ class LoadWorker:
                 tally.join_events += 1
             elif type(event) is UserJoinedRoom:
                 tally.join_events += 1
-                room = room_index.get(event.room)
-                if room is not None and room in user.seqs and room not in joined_at:
+                room = room_index.get(event.room, -1)
+                if room in user.seqs and room not in joined_at:
                     self._joined(user, room)
 
         return on_event
@@ -377,15 +418,16 @@ class LoadWorker:
         if lag > self.tally.max_send_lag_us:
             self.tally.max_send_lag_us = lag
 
-    async def _run_steady(self, cfg: SteadyConfig, t0: int) -> None:
+    async def _run_schedule(self, t0: int) -> None:
         """Message k goes out at t0 + offset + k * period, to user k mod n, so the load is
         spread evenly; each user sends to its rooms in turn. Sending stops 1 s after the
         window's end even if the tool fell behind (the shortfall is counted as skipped)."""
+        cfg = self.cfg
         active = [u for u in self._users if u.client is not None]
         if not active:
             return
         n = len(active)
-        period = 1e9 / (n * cfg.rate)
+        period = 1e9 / (n * cfg.message_rate)
         offset = period * self.part / cfg.processes  # interleave the processes' schedules
         measure_from = t0 + cfg.warmup * 1e9
         end = t0 + (cfg.warmup + cfg.duration) * 1e9
@@ -411,13 +453,15 @@ class LoadWorker:
                 wait = (t0 + offset + k * period - time.monotonic_ns()) / 1e9
                 await asyncio.sleep(0 if wait < _POLL_WITHIN else wait - _POLL_WITHIN / 2)
 
-    async def _run_ramp(self, cfg: RampConfig, t0: int) -> None:
-        """Users arrive at their start times; each, once joined, sends every ``delay``."""
+    async def _run_arrivals(self, t0: int) -> None:
+        """Users arrive at their start times; each, once joined, sends every interval."""
+        cfg = self.cfg
         starts = cfg.start_times()
+        assert starts is not None, "users that arrive while sending have start times"
         arrivals = sorted((starts[u.index], u.index, u) for u in self._users)
-        self._arriving = arriving = asyncio.create_task(self._arrive(cfg, t0, arrivals))
+        self._arriving = arriving = asyncio.create_task(self._arrive(t0, arrivals))
         end = t0 + int(cfg.duration * 1e9)
-        delay = int(cfg.delay * 1e9)
+        delay = int(cfg.send_interval * 1e9)
         ready = self._ramp_ready
         try:
             while (now := time.monotonic_ns()) < end:
@@ -436,18 +480,32 @@ class LoadWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await arriving
 
-    async def _arrive(
-        self, cfg: RampConfig, t0: int, arrivals: list[tuple[float, int, _User]]
-    ) -> None:
+    async def _arrive(self, t0: int, arrivals: list[tuple[float, int, _User]]) -> None:
+        """Start connecting each user at its time (seconds after ``t0``), without waiting
+        for the earlier ones: a slow server makes connections pile up, as in a real wave.
+        Returns when every connection attempt has ended."""
+        connecting: set[asyncio.Task[bool]] = set()
         i = 0
-        while i < len(arrivals):
-            at = arrivals[i][0]
-            group = [u for start, _, u in arrivals[i : i + cfg.connect_batch] if start == at]
-            i += len(group)
-            wait = (t0 + at * 1e9 - time.monotonic_ns()) / 1e9
-            if wait > 0:
-                await asyncio.sleep(wait)
-            await asyncio.gather(*(self._connect(u) for u in group))
+        try:
+            while i < len(arrivals):
+                now = time.monotonic_ns()
+                due = t0 + int(arrivals[i][0] * 1e9)
+                if due > now:
+                    await asyncio.sleep((due - now) / 1e9)
+                    continue
+                lag = (now - due) // 1000  # how late the oldest due arrival starts
+                if lag > self.tally.max_connect_lag_us:
+                    self.tally.max_connect_lag_us = lag
+                while i < len(arrivals) and t0 + int(arrivals[i][0] * 1e9) <= now:
+                    task = asyncio.create_task(self._connect(arrivals[i][2]))
+                    connecting.add(task)
+                    task.add_done_callback(connecting.discard)
+                    i += 1
+            if connecting:
+                await asyncio.gather(*connecting)
+        finally:
+            for task in connecting:
+                task.cancel()
 
     # -- progress ------------------------------------------------------------------------
     def _flush_latencies(self) -> None:
