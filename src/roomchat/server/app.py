@@ -14,6 +14,7 @@ from roomchat.server.config import ServerConfig, load_rooms
 from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
+from roomchat.system import open_files_limit
 
 __all__ = ["ChatServer", "ServerStartError", "format_address", "limits_summary", "serve"]
 
@@ -135,22 +136,13 @@ def format_address(sockname: object) -> str:
     return str(sockname)
 
 
-def _open_files_limit() -> str:
-    try:
-        import resource
-    except ImportError:
-        return "unknown"
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
-
-
 def limits_summary(config: ServerConfig) -> str:
     """The limits part of the start-up line (shared with the ``--workers`` supervisor)."""
     return (
         f"max line {config.max_line_length} bytes, "
         f"max pending output {config.max_pending_output} bytes, "
         f"coalescing {round(config.coalesce_window * 1e6)} µs, "
-        f"open-files limit {_open_files_limit()}"
+        f"open-files limit {open_files_limit()}"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from roomchat import system
 from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH
 from roomchat.server.app import ChatServer, ServerStartError, serve
 from roomchat.server.bus import BusError
@@ -158,7 +158,9 @@ def command(
         bus_url=bus_url,
         bus_lease=bus_lease,
     )
-    _raise_open_files_limit()
+    # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
+    if problem := system.raise_open_files():
+        log.warning("%s", problem)
     try:
         if workers > 1:
             if status := supervise(config, workers, log_level):
@@ -173,24 +175,5 @@ def command(
         raise click.ClickException(str(exc)) from None
 
 
-def _raise_open_files_limit() -> None:
-    # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
-
-
 def _run(config: ServerConfig, on_listening: Callable[[ChatServer], None] | None = None) -> None:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional (e.g. on Windows): plain asyncio works too
-        asyncio.run(serve(config, on_listening=on_listening))
-    else:
-        uvloop.run(serve(config, on_listening=on_listening))
+    system.run(serve(config, on_listening=on_listening))
