@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from roomchat.server import ChatServer
+from roomchat.server import ChatServer, ServerConfig
+from roomchat.server.bus.redis import RedisBus
 from roomchat.stress import (
     RampConfig,
     Report,
@@ -30,6 +31,7 @@ from roomchat.stress.config import rooms_of_user
 from roomchat.stress.report import build_report
 from roomchat.stress.worker import LoadWorker
 from tests.helpers import TIMEOUT
+from tests.redis_servers import RedisServer
 
 REPORT_FIELDS = set(Report.__struct_fields__)
 LATENCY_FIELDS = {"samples", "p50", "p90", "p99", "p999", "max"}
@@ -78,6 +80,33 @@ async def test_steady_run_delivers_every_message_to_every_member(server: ChatSer
     assert report.deliveries_expected == report.messages_sent * 4
     assert report.joins_confirmed == 24
     assert len(set(report.rooms_used)) == 6
+
+
+async def test_users_split_over_two_instances_lose_nothing(redis_server: RedisServer) -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, bus_url=redis_server.url)
+    one, two = await ChatServer.start(config), await ChatServer.start(config)
+    try:
+        cfg = SteadyConfig(
+            port=one.port,
+            more_addrs=(("127.0.0.1", two.port),),
+            users=12,
+            rooms=3,
+            rooms_per_user=2,
+            rate=20,
+            duration=1,
+            warmup=0.3,
+        )
+        report = await run_in_process(cfg)
+        assert_all_delivered(report, 12)
+        assert report.addr == f"127.0.0.1:{one.port},127.0.0.1:{two.port}"
+        # Users on both instances sent, through Redis, to rooms shared by both.
+        for instance in (one, two):
+            assert isinstance(instance.bus, RedisBus)
+            assert instance.bus.stats.published > 0
+            assert instance.bus.stats.received > 0
+    finally:
+        await one.close()
+        await two.close()
 
 
 async def test_counting_users_see_everything_the_checking_ones_do(server: ChatServer) -> None:

@@ -30,7 +30,9 @@ def _common(func: F) -> F:
             envvar="ROOMCHAT_ADDR",
             default="127.0.0.1:8080",
             show_default=True,
-            help="Server to load, host:port (env ROOMCHAT_ADDR). Nothing else is contacted.",
+            help="Server to load, host:port (env ROOMCHAT_ADDR); several comma-separated "
+            "(instances sharing rooms through Redis) split the users evenly. Nothing else "
+            "is contacted.",
         ),
         click.option("--rooms", default=24, show_default=True, help="How many rooms to use."),
         click.option("--rooms-per-user", default=5, show_default=True, help="Rooms each joins."),
@@ -82,10 +84,11 @@ def _common(func: F) -> F:
 
 def _base(kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
-        host, port = parse_address(kwargs.pop("addr"))
+        addrs = [parse_address(part) for part in kwargs.pop("addr").split(",")]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--addr") from None
-    return {"host": host, "port": port, **kwargs}
+    (host, port), *more = addrs
+    return {"host": host, "port": port, "more_addrs": tuple(more), **kwargs}
 
 
 class _Live:

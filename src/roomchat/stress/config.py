@@ -57,6 +57,9 @@ class RunConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    #: Further servers sharing the rooms (instances behind one Redis): user i connects to
+    #: the (i mod n)-th of host:port and these, so the users are split evenly.
+    more_addrs: tuple[tuple[str, int], ...] = ()
     rooms: int = 24  # how many of the server's rooms (in its login order) to use
     rooms_per_user: int = 5
     payload: int = 64  # bytes of message content (at least the stamp's length)
@@ -69,6 +72,18 @@ class RunConfig:
     #: Joining kept up with arrivals when every user had all its rooms confirmed within
     #: this many seconds of starting to connect (see Report.joins_kept_up).
     join_bound: float = 1.0
+
+    def address_of(self, user: int) -> tuple[str, int]:
+        """The server that user (global index) connects to."""
+        if not self.more_addrs:
+            return self.host, self.port
+        index = user % (len(self.more_addrs) + 1)
+        return (self.host, self.port) if index == 0 else self.more_addrs[index - 1]
+
+    @property
+    def addr(self) -> str:
+        """Every server loaded, as host:port[,host:port...]."""
+        return ",".join(f"{h}:{p}" for h, p in ((self.host, self.port), *self.more_addrs))
 
     def __post_init__(self) -> None:
         if self.rooms < 1 or not 1 <= self.rooms_per_user <= self.rooms:

@@ -137,7 +137,7 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
     rooms_used = next((r.rooms_used for r in results if r.rooms_used), [])
     return Report(
         mode=cfg.mode,
-        addr=f"{cfg.host}:{cfg.port}",
+        addr=cfg.addr,
         processes=cfg.processes,
         users=cfg.users,
         rooms=cfg.rooms,

@@ -232,8 +232,7 @@ class LoadWorker:
             self.tally.first_connect_ns = user.connect_ns
         try:
             client = await connect(
-                self.cfg.host,
-                self.cfg.port,
+                *self.cfg.address_of(user.index),
                 timeout=self.cfg.connect_timeout,
                 **self._receiving(user),
             )
