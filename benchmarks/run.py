@@ -13,17 +13,20 @@ benchmarks/results/latest.json and latest.md. A fresh server is started for each
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers", "joinstorm")
+SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers", "joinstorm", "scaleout")
 P99_LIMIT_MS = 50.0
 TOOL_LAG_LIMIT_MS = 250.0  # a load tool further behind its schedule measures itself
 
@@ -65,21 +68,32 @@ def proc_rss_bytes(pid: int) -> int:
 
 
 class Sampler(threading.Thread):
-    """Samples a process's CPU seconds and RSS every 20 ms, stamped with monotonic_ns."""
+    """Samples processes' CPU seconds and RSS every 20 ms, stamped with monotonic_ns.
 
-    def __init__(self, pid: int) -> None:
+    ``pids`` is asked for the processes at each sample (a server with --workers has a
+    parent and workers; several instances are several processes): their figures add up.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.pids = pids
         self.samples: list[tuple[int, float, float, int]] = []
         self.stopped = threading.Event()
 
+    def sample(self) -> tuple[float, float, int]:
+        user = system = 0.0
+        rss = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                u, s = proc_cpu_seconds(pid)
+                rss += proc_rss_bytes(pid)
+                user, system = user + u, system + s
+        return user, system, rss
+
     def run(self) -> None:
         while not self.stopped.is_set():
-            try:
-                user, system = proc_cpu_seconds(self.pid)
-                self.samples.append((time.monotonic_ns(), user, system, proc_rss_bytes(self.pid)))
-            except OSError:
-                return
+            user, system, rss = self.sample()
+            self.samples.append((time.monotonic_ns(), user, system, rss))
             self.stopped.wait(0.02)
 
     def at(self, t_ns: int) -> tuple[float, float, int]:
@@ -91,9 +105,58 @@ class Sampler(threading.Thread):
         return u1 + (u2 - u1) * share, s1 + (s2 - s1) * share, r1
 
 
+def children(pid: int) -> list[int]:
+    """A process's child processes (a --workers parent's workers)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    return found
+
+
+class RedisProc:
+    """A redis-server of the bench's own on a free port (pinned with the load)."""
+
+    def __init__(self, cpus: str | None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: run scripts/ensure-redis")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="roomchat-bench-redis-")
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", self.dir]
+        self.proc = subprocess.Popen(
+            pinned(cpus, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @dataclass
 class Server:
     cpus: str | None
+    extra: list[str] = field(default_factory=list)  # more `roomchat serve` flags
     argv: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     addr: str = ""
@@ -101,7 +164,7 @@ class Server:
 
     def start(self) -> None:
         self.argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0"]
-        self.argv += ["--log-level", "info"]
+        self.argv += ["--log-level", "info", *self.extra]
         fd, name = tempfile.mkstemp(prefix="roomchat-serve-", suffix=".log")
         self.log = Path(name)
         self.proc = subprocess.Popen(
@@ -153,14 +216,36 @@ class Options:
     output: Path
 
 
-def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -> dict[str, Any]:
-    """Start a server, run one `roomchat stress steady` against it, measure the server."""
-    server = Server(opts.server_cpus)
-    server.start()
-    sampler = Sampler(server.pid)
+def run_step(
+    opts: Options,
+    name: str,
+    stress_args: list[str],
+    timeout: float,
+    *,
+    server_args: tuple[str, ...] = (),
+    instances: int = 1,
+    redis: bool = False,
+) -> dict[str, Any]:
+    """Start a server (or ``instances`` of them sharing a Redis of the bench's own, with
+    ``redis``), run one `roomchat stress steady` against it, measure the server (and
+    Redis)."""
+    redis_proc = RedisProc(opts.load_cpus) if redis else None
+    extra = [*server_args, *(["--bus", redis_proc.url] if redis_proc else [])]
+    servers = [Server(opts.server_cpus, extra) for _ in range(instances)]
+    for one in servers:
+        one.start()
+    server = servers[0]
+
+    def server_pids() -> list[int]:
+        return [pid for one in servers for pid in (one.pid, *children(one.pid))]
+
+    sampler = Sampler(server_pids)
     sampler.start()
-    baseline_rss = proc_rss_bytes(server.pid)
-    stress = [str(BIN / "roomchat"), "stress", "steady", "--addr", server.addr]
+    redis_sampler = Sampler(lambda: [redis_proc.proc.pid] if redis_proc else [])
+    redis_sampler.start()
+    baseline_rss = sampler.sample()[2]
+    addrs = ",".join(one.addr for one in servers)
+    stress = [str(BIN / "roomchat"), "stress", "steady", "--addr", addrs]
     stress += [*stress_args, "--processes", str(opts.processes), "--json", "--quiet"]
     command = pinned(opts.load_cpus, stress)
     spy = start_profile(opts, name, server.pid)
@@ -170,11 +255,14 @@ def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
     finally:
-        sampler.stopped.set()
-        sampler.join()
+        for each in (sampler, redis_sampler):
+            each.stopped.set()
+            each.join()
         if spy is not None:
             spy.wait(timeout=60)
-        server_log = server.stop()
+        server_log = "\n".join(log for one in servers if (log := one.stop()))
+        if redis_proc is not None:
+            redis_proc.stop()
     if done.returncode != 0 or not done.stdout.strip():
         return {"name": name, "command": command, "error": done.stderr.strip()[-2000:]}
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -190,10 +278,22 @@ def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -
         user_b, sys_b, _ = sampler.at(report["join_end_ns"])
         join_span_s = (report["join_end_ns"] - report["join_start_ns"]) / 1e9
         join_cpu_pct = round(100 * (user_b - user_a + sys_b - sys_a) / join_span_s, 1)
+    redis_cpu: dict[str, Any] = {}
+    if redis_proc is not None:
+        r_user_a, r_sys_a, _ = redis_sampler.at(report["window_start_ns"])
+        r_user_b, r_sys_b, _ = redis_sampler.at(report["window_end_ns"])
+        redis_s = r_user_b - r_user_a + r_sys_b - r_sys_a
+        sent = report["messages_sent"]
+        redis_cpu = {
+            "redis_cpu_pct": round(100 * redis_s / report["window_s"], 1),
+            "redis_us_per_message": round(1e6 * redis_s / sent, 2) if sent else None,
+        }
     step = {
         "name": name,
         "command": command,
         "server_command": pinned(opts.server_cpus, server.argv),
+        "instances": instances,
+        **redis_cpu,
         "report": report,
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_pct": round(100 * cpu_s / report["window_s"], 1),
@@ -218,7 +318,12 @@ def run_step(opts: Options, name: str, stress_args: list[str], timeout: float) -
         f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, server {step['server_cpu_pct']} % CPU "
         f"({step['server_kernel_share_pct']} % of it in the kernel), "
         f"{step['server_us_per_delivery']} µs/delivery, tool lag {report['max_send_lag_ms']} ms, "
-        f"tool {step['tool_cpu_pct']} % CPU over the whole run",
+        f"tool {step['tool_cpu_pct']} % CPU over the whole run"
+        + (
+            f", Redis {step['redis_cpu_pct']} % CPU, {step['redis_us_per_message']} µs/message"
+            if redis_cpu
+            else ""
+        ),
         flush=True,
     )
     if report["connect_rate"]:
@@ -337,6 +442,71 @@ def joinstorm(opts: Options) -> dict[str, Any]:
     return {"scenario": "joinstorm", "steps": [run_step(opts, "joinstorm", args, 1200)]}
 
 
+def scaleout(opts: Options) -> dict[str, Any]:
+    """What the Redis bus costs and what instances and workers give, on this machine:
+    the seed and the 1,000-member room on the in-process bus and on Redis (one instance),
+    then split over two instances, then --workers 2 vs 1. Every server process is pinned
+    to the server CPU (so two instances or workers share one core); Redis runs with the
+    load, and its CPU is reported per message."""
+    duration = "4" if opts.quick else "8"
+    seed_args = ["--users", "48", "--rooms", "24", "--rooms-per-user", "1", "--rate", "200"]
+    seed_args += ["--duration", duration, "--warmup", "2"]
+    big = ["--users", "1000", "--rooms", "1", "--rooms-per-user", "1", "--drain-timeout", "15"]
+    big += ["--check-every", "20", "--duration", duration, "--warmup", "2"]
+    steps = []
+    for bus in ("memory", "redis"):
+        steps.append(run_step(opts, f"seed-{bus}", seed_args, 120, redis=bus == "redis"))
+    for rate in ("1.0", "3.0"):
+        for bus in ("memory", "redis"):
+            name = f"bigroom-{rate}-{bus}"
+            args = [*big, "--rate", rate]
+            steps.append(run_step(opts, name, args, 240, redis=bus == "redis"))
+    steps.append(run_step(opts, "seed-2-instances", seed_args, 120, instances=2, redis=True))
+    for rate in ("1.0", "3.0"):
+        args = [*big, "--rate", rate]
+        steps.append(
+            run_step(opts, f"bigroom-{rate}-2-instances", args, 240, instances=2, redis=True)
+        )
+        for workers in ("1", "2"):
+            steps.append(
+                run_step(
+                    opts,
+                    f"bigroom-{rate}-workers-{workers}",
+                    args,
+                    240,
+                    server_args=("--workers", workers),
+                    redis=True,
+                )
+            )
+    return {"scenario": "scaleout", "steps": steps}
+
+
+def scaleout_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    rows = []
+    for step in steps:
+        if "error" in step:
+            rows.append((f"scale-out {step['name']}", "error", ""))
+            continue
+        r = step["report"]
+        redis = (
+            f", Redis {step['redis_us_per_message']} µs/message"
+            if step.get("redis_us_per_message") is not None
+            else ""
+        )
+        why = failure(step, None)
+        rows.append(
+            (
+                f"scale-out {step['name']}",
+                f"{r['deliveries_per_s']:,.0f} deliveries/s, {step['server_us_per_delivery']} "
+                f"µs server CPU/delivery, p99 {r['latency_ms']['p99']} ms, lost {r['lost']}"
+                + redis
+                + (f" ({why})" if why else ""),
+                "Redis bus ≤ 20 % more CPU/delivery in the 1,000-member room",
+            )
+        )
+    return rows
+
+
 def joinstorm_row(step: dict[str, Any]) -> tuple[str, str, str]:
     target = "joins keep up with arrivals, nothing lost"
     if "error" in step:
@@ -428,6 +598,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
                 )
             )
     rows += [joinstorm_row(step) for step in results.get("joinstorm", {}).get("steps", [])]
+    rows += scaleout_rows(results.get("scaleout", {}).get("steps", []))
     return rows
 
 
@@ -503,6 +674,7 @@ def main() -> None:
         "bigroom": bigroom,
         "manyusers": manyusers,
         "joinstorm": joinstorm,
+        "scaleout": scaleout,
     }
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
