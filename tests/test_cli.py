@@ -174,3 +174,74 @@ async def test_help_lists_the_commands() -> None:
     assert process.returncode == 0
     for name in (b"serve", b"tui", b"stress"):
         assert name in stdout
+
+
+async def _stuck_sessions(port: int, count: int) -> list[socket.socket]:
+    """Sessions in "general" that stop reading while a sender floods the room, so that
+    the server has output queued for them that it cannot flush: closing them has to wait
+    for the shutdown grace."""
+    loop = asyncio.get_running_loop()
+    stuck: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, b'{"_ct":"join_room","r":"general"}\n')
+        stuck.append(sock)
+    sender = await connect("127.0.0.1", port, timeout=TIMEOUT, on_data=lambda data: None)
+    await sender.join("general")
+    line = b'{"_ct":"send_message","r":"general","c":"' + b"x" * 4000 + b'"}\n'
+    for _ in range(3000):  # 12 MB to each member: more than the kernel buffers take
+        sender.write(line)
+    await asyncio.sleep(1.0)  # the server routes it all
+    sender.abort()  # the server sees it go before the shutdown
+    return stuck
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("gap", [0.01, 0.5])
+async def test_second_signal_makes_the_shutdown_immediate(second: int, gap: float) -> None:
+    srv = await start_serve("--max-pending-output", str(64 * 1024 * 1024))
+    stuck = await _stuck_sessions(srv.port, 3)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        srv.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(gap)
+        srv.process.send_signal(second)
+        assert srv.process.stderr is not None
+        async with asyncio.timeout(TIMEOUT):
+            stderr = (await srv.process.stderr.read()).decode()
+            status = await srv.process.wait()
+        elapsed = loop.time() - started
+    finally:
+        for sock in stuck:
+            sock.close()
+        if srv.process.returncode is None:
+            srv.process.kill()
+            await srv.process.wait()
+    assert status == 0, stderr
+    assert "server closed (3 sessions were open)" in stderr, stderr
+    assert stderr.rstrip().endswith("server closed (3 sessions were open)"), stderr
+    assert "again: aborting the sessions left" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert elapsed < gap + 1.0, elapsed  # not the 2 s shutdown grace
+
+
+async def test_one_signal_waits_for_the_grace_with_stuck_sessions() -> None:
+    """The case the second signal cuts short: without it, the close takes the grace."""
+    srv = await start_serve("--max-pending-output", str(64 * 1024 * 1024))
+    stuck = await _stuck_sessions(srv.port, 3)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        srv.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            status = await srv.process.wait()
+        elapsed = loop.time() - started
+    finally:
+        for sock in stuck:
+            sock.close()
+    assert status == 0
+    assert elapsed >= 1.9, (elapsed, (await srv.process.stderr.read()).decode()[-2000:])

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Iterable
 
 from roomchat.protocol import RoomDetail
@@ -15,7 +16,7 @@ from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 
-__all__ = ["ChatServer", "ServerStartError", "serve"]
+__all__ = ["ChatServer", "ServerStartError", "serve", "tls_context"]
 
 log = logging.getLogger("roomchat.server")
 
@@ -27,7 +28,12 @@ class ServerStartError(Exception):
 class ChatServer:
     """A running roomchat server. Create it with :meth:`start`; stop it with :meth:`close`."""
 
-    def __init__(self, config: ServerConfig, rooms: Iterable[RoomDetail]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        rooms: Iterable[RoomDetail],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
         loop = asyncio.get_running_loop()
         self.outbox = Outbox(loop.call_soon, config.coalesce_window)
@@ -38,9 +44,14 @@ class ChatServer:
             outbox=self.outbox,
             max_line_length=config.max_line_length,
             max_pending_output=config.max_pending_output,
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+            tls=tls,
+            tls_handshake_timeout=config.tls_handshake_timeout,
         )
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
+        self._hurry = asyncio.Event()
 
     @property
     def connections(self) -> set[ChatConnection]:
@@ -52,7 +63,8 @@ class ChatServer:
         """Load the rooms, connect the bus and listen.
 
         Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
-        server = cls(config, load_rooms(config.rooms_path))
+        tls = tls_context(config)
+        server = cls(config, load_rooms(config.rooms_path), tls)
         loop = asyncio.get_running_loop()
         await server.bus.start()
         try:
@@ -106,7 +118,9 @@ class ChatServer:
             for connection in connections:
                 if connection.session is not None:
                     connection.session.close("server shutdown", announce=False)
-            await self._wait_connections_gone(self.config.shutdown_grace)
+                else:  # still in its TLS handshake: nothing to flush
+                    connection.abort("server shutdown")
+            await self._wait_connections_gone(self.config.shutdown_grace, hurry=self._hurry)
             for connection in list(self.connections):
                 connection.abort("server shutdown")
             await self._wait_connections_gone(1.0)
@@ -120,12 +134,46 @@ class ChatServer:
         finally:
             self._closed.set_result(None)
 
-    async def _wait_connections_gone(self, timeout: float) -> None:
+    def hurry(self) -> None:
+        """Cut short the shutdown grace of a close in progress (or the next one): the
+        sessions that have not flushed yet are aborted at once."""
+        self._hurry.set()
+
+    async def _wait_connections_gone(
+        self, timeout: float, hurry: asyncio.Event | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # connection_lost runs on the loop; give it turns until every session is gone.
         while self.connections and loop.time() < deadline:
+            if hurry is not None and hurry.is_set():
+                return
             await asyncio.sleep(0.01)
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (TLS 1.2 or newer), or None without a certificate.
+
+    Raises ServerStartError with a one-line reason."""
+    cert, key = config.tls_cert, config.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing = "certificate" if cert is None else "key"
+        raise ServerStartError(f"TLS needs both a certificate and a key: the {missing} is missing")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one too
+        if isinstance(exc, ssl.SSLError):
+            reason = f"not a valid PEM certificate and matching key ({exc.reason or exc})"
+        else:
+            reason = exc.strerror or str(exc)
+        raise ServerStartError(
+            f"cannot load TLS certificate {str(cert)!r} with key {str(key)!r}: {reason}"
+        ) from None
+    return context
 
 
 def _format_address(sockname: object) -> str:
@@ -145,12 +193,26 @@ def _open_files_limit() -> str:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT or SIGTERM, then close every session and return."""
+    """Run until SIGINT or SIGTERM, then close every session and return.
+
+    A second signal during the close cuts the shutdown grace short: what is left is
+    aborted, and the close still ends with its "server closed" line."""
     server = await ChatServer.start(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    hurried = False
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal hurried
+        if not stop.is_set():
+            stop.set()
+        elif not hurried:
+            hurried = True
+            log.info("%s again: aborting the sessions left", signum.name)
+            server.hurry()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     log.info(
         "roomchat listening on %s with %d rooms, bus %s "
         "(max line %d bytes, max pending output %d bytes, coalescing %d µs, open-files limit %s)",
@@ -162,10 +224,20 @@ async def serve(config: ServerConfig) -> None:
         round(config.coalesce_window * 1e6),
         _open_files_limit(),
     )
+    log.info(
+        "TLS %s; connection limits: %s in all, %s per IP address",
+        f"on (handshake timeout {config.tls_handshake_timeout:g} s)"
+        if server.hub.tls is not None
+        else "off",
+        config.max_connections or "no limit",
+        config.max_connections_per_ip or "no limit",
+    )
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        await server.close()
+        try:
+            await server.close()  # the handlers stay: a second signal hurries it
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)

@@ -110,6 +110,50 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="With Redis: seconds after which an instance that stopped renewing its lease "
     "(killed, machine lost) is removed by the others and its users announced as left.",
 )
+@click.option(
+    "--tls-cert",
+    envvar="ROOMCHAT_TLS_CERT",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM certificate chain: serve TLS (1.2 or newer) instead of plain TCP. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    envvar="ROOMCHAT_TLS_KEY",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    envvar="ROOMCHAT_TLS_HANDSHAKE_TIMEOUT",
+    default=5.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(0.1, 600.0),
+    help="Seconds a client has to complete the TLS handshake before it is dropped.",
+)
+@click.option(
+    "--max-connections",
+    envvar="ROOMCHAT_MAX_CONNECTIONS",
+    default=0,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    help="Connections open at once; more are closed before their login "
+    "(0: no limit but the open-files one).",
+)
+@click.option(
+    "--max-connections-per-ip",
+    envvar="ROOMCHAT_MAX_CONNECTIONS_PER_IP",
+    default=0,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    help="Connections open at once from one IP address (0: no limit).",
+)
 def command(
     host: str,
     port: int,
@@ -120,6 +164,11 @@ def command(
     coalesce_us: int,
     bus_url: str,
     bus_lease: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_handshake_timeout: float,
+    max_connections: int,
+    max_connections_per_ip: int,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -135,6 +184,11 @@ def command(
         coalesce_window=coalesce_us / 1e6,
         bus_url=bus_url,
         bus_lease=bus_lease,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_handshake_timeout=tls_handshake_timeout,
+        max_connections=max_connections,
+        max_connections_per_ip=max_connections_per_ip,
     )
     _raise_open_files_limit()
     try:

@@ -64,6 +64,7 @@ class RunConfig:
     drain_timeout: float = 10.0  # after the last send, how long to wait for deliveries
     settle_timeout: float = 60.0  # steady: how long to wait for the join storm to pass
     grace: float = 30.0  # how long a phase may overrun its plan before the run is abandoned
+    tls: bool | str = False  # TLS: True checks against the system's CAs, a str is a CA file
 
     def __post_init__(self) -> None:
         if self.rooms < 1 or not 1 <= self.rooms_per_user <= self.rooms:
