@@ -174,3 +174,83 @@ async def test_help_lists_the_commands() -> None:
     assert process.returncode == 0
     for name in (b"serve", b"tui", b"stress"):
         assert name in stdout
+
+
+async def _stuck_sessions(port: int, count: int) -> list[socket.socket]:
+    """Sessions in "general" that stop reading while a sender floods the room, so that
+    the server has output queued for them that it cannot flush: closing them has to wait
+    for the shutdown grace. The sender stays connected (and reads): ``count`` + 1
+    sessions are open at the shutdown."""
+    loop = asyncio.get_running_loop()
+    stuck: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, b'{"_ct":"join_room","r":"general"}\n')
+        stuck.append(sock)
+    routed = loop.create_future()
+    tail = bytearray()
+
+    def on_data(data: bytes) -> None:
+        # The sender gets its own messages too: the last one back means all were routed.
+        tail[:] = tail[-16:] + data
+        if b"LAST" in tail and not routed.done():
+            routed.set_result(None)
+
+    sender = await connect("127.0.0.1", port, timeout=TIMEOUT, on_data=on_data)
+    await sender.join("general")
+    line = b'{"_ct":"send_message","r":"general","c":"' + b"x" * 4000 + b'"}\n'
+    for _ in range(3000):  # 12 MB to each member: more than the kernel buffers take
+        sender.write(line)
+    sender.write(b'{"_ct":"send_message","r":"general","c":"LAST"}\n')
+    await asyncio.wait_for(routed, TIMEOUT)
+    return stuck
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("gap", [0.01, 0.5])
+async def test_second_signal_makes_the_shutdown_immediate(second: int, gap: float) -> None:
+    srv = await start_serve("--max-pending-output", str(64 * 1024 * 1024))
+    stuck = await _stuck_sessions(srv.port, 3)
+    try:
+        srv.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(gap)  # the gap between the two signals is the test's subject
+        srv.process.send_signal(second)
+        assert srv.process.stderr is not None
+        async with asyncio.timeout(TIMEOUT):
+            stderr = (await srv.process.stderr.read()).decode()
+            status = await srv.process.wait()
+    finally:
+        for sock in stuck:
+            sock.close()
+        if srv.process.returncode is None:
+            srv.process.kill()
+            await srv.process.wait()
+    assert status == 0, stderr
+    assert "server closed (4 sessions were open)" in stderr, stderr
+    assert stderr.rstrip().endswith("server closed (4 sessions were open)"), stderr
+    assert "again: aborting the sessions left" in stderr, stderr
+    assert "Traceback" not in stderr
+    # The second signal, not the end of the 2 s shutdown grace, ended the wait.
+    assert re.search(r"aborting the \d+ sessions that had not flushed yet", stderr), stderr
+    assert "within the 2 s grace" not in stderr, stderr
+
+
+async def test_one_signal_waits_for_the_grace_with_stuck_sessions() -> None:
+    """The case the second signal cuts short: without it, the close takes the grace."""
+    srv = await start_serve("--max-pending-output", str(64 * 1024 * 1024))
+    stuck = await _stuck_sessions(srv.port, 3)
+    try:
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.stderr is not None
+        async with asyncio.timeout(TIMEOUT):
+            stderr = (await srv.process.stderr.read()).decode()
+            status = await srv.process.wait()
+    finally:
+        for sock in stuck:
+            sock.close()
+    assert status == 0, stderr
+    assert re.search(r"\d+ sessions did not flush within the 2 s grace", stderr), stderr
+    assert stderr.rstrip().endswith("server closed (4 sessions were open)"), stderr

@@ -21,6 +21,8 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
+from ssl import SSLContext, create_default_context
 from types import TracebackType
 from typing import cast
 
@@ -48,6 +50,7 @@ __all__ = [
     "ProtocolViolation",
     "connect",
     "parse_address",
+    "tls_context",
 ]
 
 #: A server's events can be long (``us`` lists every member of a room), so the
@@ -94,6 +97,14 @@ def parse_address(address: str, default_port: int = 8080) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"invalid address {address!r}: port out of range")
     return host, port
+
+
+def tls_context(ca: str | Path | None = None) -> SSLContext:
+    """A client TLS context that checks the server's certificate and name: against the
+    system's CAs, or only against the CA certificate(s) in the PEM file ``ca``.
+
+    Raises OSError (ssl.SSLError) if ``ca`` cannot be read or is not a certificate."""
+    return create_default_context(cafile=None if ca is None else str(ca))
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -323,8 +334,13 @@ async def connect(
     on_event: EventCallback | None = None,
     on_data: DataCallback | None = None,
     max_line_length: int = DEFAULT_CLIENT_MAX_LINE_LENGTH,
+    ssl: SSLContext | bool | None = None,
 ) -> ChatClient:
     """Connect and wait for ``login_successful``.
+
+    ``ssl``: None or False for plain TCP; True for TLS checked against the system's CAs;
+    an SSLContext (e.g. :func:`tls_context` with a CA file) for anything else. The
+    server's name is checked against ``host``.
 
     With ``on_event``, every later event is passed to it (in order, on the event loop)
     instead of being queued for ``async for``. With ``on_data``, every byte received
@@ -336,7 +352,10 @@ async def connect(
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         transport, protocol = await loop.create_connection(
-            lambda: _ClientProtocol(max_line_length, on_event, on_data), host, port
+            lambda: _ClientProtocol(max_line_length, on_event, on_data),
+            host,
+            port,
+            ssl=tls_context() if ssl is True else (ssl or None),
         )
         try:
             await protocol.login

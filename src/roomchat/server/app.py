@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable, Iterable
 
 from roomchat.protocol import RoomDetail
@@ -16,7 +17,14 @@ from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.system import open_files_limit
 
-__all__ = ["ChatServer", "ServerStartError", "format_address", "limits_summary", "serve"]
+__all__ = [
+    "ChatServer",
+    "ServerStartError",
+    "format_address",
+    "limits_summary",
+    "serve",
+    "tls_context",
+]
 
 log = logging.getLogger("roomchat.server")
 
@@ -28,7 +36,12 @@ class ServerStartError(Exception):
 class ChatServer:
     """A running roomchat server. Create it with :meth:`start`; stop it with :meth:`close`."""
 
-    def __init__(self, config: ServerConfig, rooms: Iterable[RoomDetail]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        rooms: Iterable[RoomDetail],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
         loop = asyncio.get_running_loop()
         self.outbox = Outbox(loop.call_soon, config.coalesce_window)
@@ -39,9 +52,14 @@ class ChatServer:
             outbox=self.outbox,
             max_line_length=config.max_line_length,
             max_pending_output=config.max_pending_output,
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+            tls=tls,
+            tls_handshake_timeout=config.tls_handshake_timeout,
         )
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
+        self._hurry = asyncio.Event()
 
     @property
     def connections(self) -> set[ChatConnection]:
@@ -53,7 +71,8 @@ class ChatServer:
         """Load the rooms, connect the bus and listen.
 
         Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
-        server = cls(config, load_rooms(config.rooms_path))
+        tls = tls_context(config)
+        server = cls(config, load_rooms(config.rooms_path), tls)
         loop = asyncio.get_running_loop()
         await server.bus.start()
         try:
@@ -107,8 +126,20 @@ class ChatServer:
             for connection in connections:
                 if connection.session is not None:
                     connection.session.close("server shutdown", announce=False)
-            await self._wait_connections_gone(self.config.shutdown_grace)
-            for connection in list(self.connections):
+                else:  # still in its TLS handshake: nothing to flush
+                    connection.abort("server shutdown")
+            grace = self.config.shutdown_grace
+            await self._wait_connections_gone(grace, hurry=self._hurry)
+            if left := list(self.connections):
+                if self._hurry.is_set():
+                    log.info("aborting the %d sessions that had not flushed yet", len(left))
+                else:
+                    log.info(
+                        "%d sessions did not flush within the %g s grace: aborting them",
+                        len(left),
+                        grace,
+                    )
+            for connection in left:
                 connection.abort("server shutdown")
             await self._wait_connections_gone(1.0)
             if self._server is not None:
@@ -121,12 +152,46 @@ class ChatServer:
         finally:
             self._closed.set_result(None)
 
-    async def _wait_connections_gone(self, timeout: float) -> None:
+    def hurry(self) -> None:
+        """Cut short the shutdown grace of a close in progress (or the next one): the
+        sessions that have not flushed yet are aborted at once."""
+        self._hurry.set()
+
+    async def _wait_connections_gone(
+        self, timeout: float, hurry: asyncio.Event | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # connection_lost runs on the loop; give it turns until every session is gone.
         while self.connections and loop.time() < deadline:
+            if hurry is not None and hurry.is_set():
+                return
             await asyncio.sleep(0.01)
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (TLS 1.2 or newer), or None without a certificate.
+
+    Raises ServerStartError with a one-line reason."""
+    cert, key = config.tls_cert, config.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing = "certificate" if cert is None else "key"
+        raise ServerStartError(f"TLS needs both a certificate and a key: the {missing} is missing")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one too
+        if isinstance(exc, ssl.SSLError):
+            reason = f"not a valid PEM certificate and matching key ({exc.reason or exc})"
+        else:
+            reason = exc.strerror or str(exc)
+        raise ServerStartError(
+            f"cannot load TLS certificate {str(cert)!r} with key {str(key)!r}: {reason}"
+        ) from None
+    return context
 
 
 def format_address(sockname: object) -> str:
@@ -153,12 +218,25 @@ async def serve(
 
     Once listening it logs the "roomchat listening on HOST:PORT ..." line, or, when
     given, calls ``on_listening`` instead (a ``--workers`` worker: its parent logs that
-    line once for all of them)."""
+    line once for all of them). A second signal during the close cuts the shutdown
+    grace short: what is left is aborted, and the close still ends with its "server
+    closed" line."""
     server = await ChatServer.start(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    hurried = False
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal hurried
+        if not stop.is_set():
+            stop.set()
+        elif not hurried:
+            hurried = True
+            log.info("%s again: aborting the sessions left", signum.name)
+            server.hurry()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     if on_listening is not None:
         on_listening(server)
     else:
@@ -169,10 +247,20 @@ async def serve(
             server.bus.description,
             limits_summary(config),
         )
+    log.info(
+        "TLS %s; connection limits: %s in all, %s per IP address",
+        f"on (handshake timeout {config.tls_handshake_timeout:g} s)"
+        if server.hub.tls is not None
+        else "off",
+        config.max_connections or "no limit",
+        config.max_connections_per_ip or "no limit",
+    )
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        await server.close()
+        try:
+            await server.close()  # the handlers stay: a second signal hurries it
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)

@@ -123,6 +123,50 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="Processes sharing the port (SO_REUSEPORT) and the bus, under one supervising "
     "parent; more than 1 needs a Redis --bus.",
 )
+@click.option(
+    "--tls-cert",
+    envvar="ROOMCHAT_TLS_CERT",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM certificate chain: serve TLS (1.2 or newer) instead of plain TCP. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    envvar="ROOMCHAT_TLS_KEY",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    envvar="ROOMCHAT_TLS_HANDSHAKE_TIMEOUT",
+    default=5.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(0.1, 600.0),
+    help="Seconds a client has to complete the TLS handshake before it is dropped.",
+)
+@click.option(
+    "--max-connections",
+    envvar="ROOMCHAT_MAX_CONNECTIONS",
+    default=0,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    help="Connections open at once; more are closed before their login "
+    "(0: no limit but the open-files one).",
+)
+@click.option(
+    "--max-connections-per-ip",
+    envvar="ROOMCHAT_MAX_CONNECTIONS_PER_IP",
+    default=0,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    help="Connections open at once from one IP address (0: no limit).",
+)
 def command(
     host: str,
     port: int,
@@ -134,6 +178,11 @@ def command(
     bus_url: str,
     bus_lease: float,
     workers: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_handshake_timeout: float,
+    max_connections: int,
+    max_connections_per_ip: int,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     if workers > 1 and not shared_bus(bus_url):
@@ -157,6 +206,11 @@ def command(
         coalesce_window=coalesce_us / 1e6,
         bus_url=bus_url,
         bus_lease=bus_lease,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_handshake_timeout=tls_handshake_timeout,
+        max_connections=max_connections,
+        max_connections_per_ip=max_connections_per_ip,
     )
     # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
     if problem := system.raise_open_files():

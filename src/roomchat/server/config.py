@@ -53,6 +53,17 @@ class ServerConfig:
     backlog: int = 4096
     #: SO_REUSEPORT: several processes listen on the same port (``--workers``).
     reuse_port: bool = False
+    #: TLS: the certificate chain and its private key, PEM files (both or neither).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Seconds a client has to complete the TLS handshake before it is dropped (with a
+    #: log line): a plain-text client that sends nothing is gone after this.
+    tls_handshake_timeout: float = 5.0
+    #: Connections open at once (0: no limit but the open-files one); above it a new
+    #: connection is closed at once, before its login.
+    max_connections: int = 0
+    #: The same, per client IP address (0: no limit).
+    max_connections_per_ip: int = 0
 
 
 class RoomsFileError(Exception):

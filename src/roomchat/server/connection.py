@@ -9,12 +9,24 @@ session's :class:`~roomchat.server.outbox.Mailbox`. It is given the few things i
 Slow consumers (docs/protocol.md): the transport's high-water mark is the session's
 ``max_pending_output``; passing it calls ``pause_writing``, and the session is aborted on
 the next turn (not from inside a fan-out that is iterating over room members).
+
+Admission (docs/architecture.md, "Bounds"): before anything else a new connection is
+checked against ``max_connections``, ``max_connections_per_ip`` and the open-files limit
+(:data:`FD_RESERVE`); over one it is closed at once, counted in :attr:`Hub.refused` and
+logged (the first refusal of each kind, then every 1000th).
+
+TLS: the connection is accepted as plain TCP and upgraded with ``loop.start_tls``, so
+that admission costs no handshake and a failed or timed-out handshake (a plain-text
+client on the TLS port) is logged with the peer's address: asyncio and uvloop both drop
+those silently when ``create_server`` does the handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -22,9 +34,27 @@ from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.session import Session, new_session_id, new_user_id
 
-__all__ = ["ChatConnection", "Hub"]
+__all__ = ["FD_RESERVE", "ChatConnection", "Hub", "open_files_limit"]
 
 log = logging.getLogger("roomchat.server")
+
+#: File descriptors kept free for everything but sessions (bus reconnects, the loop's
+#: own, log files): a connection whose descriptor is this close to the open-files limit
+#: is refused, so that accept() itself does not run out (see docs/architecture.md).
+FD_RESERVE = 16
+
+#: Refusals of one kind logged: the first, then every this many.
+_REFUSALS_LOGGED_EVERY = 1000
+
+
+def open_files_limit() -> int:
+    """The soft RLIMIT_NOFILE (0 when unknown or unlimited: no open-files check)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 0 if soft == resource.RLIM_INFINITY else soft
 
 
 @dataclass(eq=False)
@@ -35,17 +65,75 @@ class Hub:
     outbox: Outbox
     max_line_length: int
     max_pending_output: int
-    #: The open connections (the server closes them at shutdown).
+    #: The open connections (the server closes them at shutdown), TLS handshakes included.
     connections: set[ChatConnection] = field(default_factory=set)
+    #: 0: no limit (but the open-files one).
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
+    #: Server-side TLS context: connections are upgraded before their session starts.
+    tls: ssl.SSLContext | None = None
+    tls_handshake_timeout: float = 5.0
+    #: The open-files limit the admission check keeps FD_RESERVE descriptors under.
+    fd_limit: int = field(default_factory=open_files_limit)
+    #: Connections refused, by reason: "max_connections", "max_connections_per_ip",
+    #: "open_files".
+    refused: Counter[str] = field(default_factory=Counter)
+    #: Open connections per client IP (kept only with a per-IP limit).
+    per_ip: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, ip: str, fd: int) -> str | None:
+        """Why a new connection from ``ip`` (on descriptor ``fd``) is refused, or None."""
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            return "max_connections"
+        if self.max_connections_per_ip and self.per_ip[ip] >= self.max_connections_per_ip:
+            return "max_connections_per_ip"
+        # Descriptors are handed out lowest first: one this high means at most
+        # FD_RESERVE are left, whatever holds the others.
+        if self.fd_limit and fd >= self.fd_limit - FD_RESERVE:
+            return "open_files"
+        return None
+
+    def refuse(self, reason: str, name: str) -> None:
+        self.refused[reason] += 1
+        count = self.refused[reason]
+        if count == 1 or count % _REFUSALS_LOGGED_EVERY == 0:
+            limit = {
+                "max_connections": f"--max-connections {self.max_connections} reached",
+                "max_connections_per_ip": (
+                    f"--max-connections-per-ip {self.max_connections_per_ip} reached"
+                ),
+                "open_files": f"fewer than {FD_RESERVE} of {self.fd_limit} open files left",
+            }.get(reason, reason)
+            log.warning(
+                "refused a connection from %s: %s (%d refused so far for this reason; "
+                "logged for the first, then every %dth)",
+                name,
+                limit,
+                count,
+                _REFUSALS_LOGGED_EVERY,
+            )
 
 
 class ChatConnection(asyncio.Protocol):
-    __slots__ = ("_hub", "_reason", "_transport", "session")
+    __slots__ = (
+        "_early",
+        "_handshake",
+        "_hub",
+        "_ip",
+        "_reason",
+        "_tls",
+        "_transport",
+        "session",
+    )
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._transport: asyncio.Transport | None = None
         self._reason = "connection lost"
+        self._ip: str | None = None  # set once admitted: counted in the hub until released
+        self._tls = False
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []  # bytes read before start_tls took the transport
         self.session: Session | None = None
 
     def __repr__(self) -> str:
@@ -54,31 +142,124 @@ class ChatConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self._transport = transport = cast(asyncio.Transport, transport)
+        tcp = cast(asyncio.Transport, transport)
         hub = self._hub
-        peer = transport.get_extra_info("peername")
-        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+        peer = tcp.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            ip, name = str(peer[0]), f"{peer[0]}:{peer[1]}"
+        else:
+            ip, name = "?", "?"
+        sock = tcp.get_extra_info("socket")
+        reason = hub.admit(ip, sock.fileno() if sock is not None else -1)
+        if reason is not None:
+            hub.refuse(reason, name)
+            tcp.abort()
+            return
+        self._ip = ip
+        hub.connections.add(self)
+        if hub.max_connections_per_ip:
+            hub.per_ip[ip] += 1
+        self._transport = tcp
+        if hub.tls is None:
+            self._start(tcp, name)
+        else:
+            tcp.pause_reading()  # nothing is read before start_tls takes the transport over
+            self._handshake = asyncio.ensure_future(self._start_tls(tcp, hub.tls, name))
+
+    async def _start_tls(self, tcp: asyncio.Transport, context: ssl.SSLContext, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            upgrade = asyncio.ensure_future(
+                loop.start_tls(
+                    tcp,
+                    self,
+                    context,
+                    server_side=True,
+                    ssl_handshake_timeout=self._hub.tls_handshake_timeout,
+                )
+            )
+            # Runs right after start_tls has put its protocol on the transport, before
+            # that protocol's connection_made (so before the loop reads again).
+            loop.call_soon(self._replay_early, tcp)
+            tls = await upgrade
+        except (Exception, asyncio.CancelledError) as exc:
+            # ssl.SSLError (e.g. plain text on the TLS port) is an OSError; so is the
+            # ConnectionAbortedError of a handshake that timed out.
+            tcp.abort()
+            self._release()
+            log.info("%s: TLS handshake failed, dropped: %s", name, _describe(exc))
+            return
+        finally:
+            self._handshake = None
+        if tls is None:  # closed meanwhile
+            self._release()
+            return
+        self._tls = True
+        self._transport = tls
+        self._start(tls, name)
+
+    def _replay_early(self, tcp: asyncio.Transport) -> None:
+        """Hand what was read before start_tls to its TLS protocol (the ClientHello).
+
+        uvloop starts reading right after connection_made even if it paused reading,
+        so a client that speaks first can be read before start_tls runs."""
+        data, self._early = b"".join(self._early), []
+        protocol = tcp.get_protocol()
+        if not data or protocol is self:
+            return
+        if isinstance(protocol, asyncio.BufferedProtocol) or hasattr(protocol, "buffer_updated"):
+            buffered = cast(asyncio.BufferedProtocol, protocol)
+            view = memoryview(data)
+            while view:
+                buffer = memoryview(buffered.get_buffer(len(view)))
+                size = min(len(buffer), len(view))
+                buffer[:size] = view[:size]
+                buffered.buffer_updated(size)
+                view = view[size:]
+        else:
+            cast(asyncio.Protocol, protocol).data_received(data)
+
+    def _start(self, transport: asyncio.Transport, name: str) -> None:
+        hub = self._hub
         # pause_writing fires when the transport holds more than this: a slow consumer.
         transport.set_write_buffer_limits(high=hub.max_pending_output)
         mailbox = hub.outbox.open(new_user_id(), new_session_id(), transport.write)
         self.session = session = Session(
             hub.rooms, mailbox, self, max_line_length=hub.max_line_length, name=name
         )
-        hub.connections.add(self)
         log.info("%r connected", session)
         session.start(hub.rooms.details)
 
     def data_received(self, data: bytes) -> None:
-        assert self.session is not None
-        self.session.receive_data(data)
+        session = self.session
+        if session is None:  # before start_tls took over (see _replay_early)
+            self._early.append(data)
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
+        session.receive_data(data)
 
     def eof_received(self) -> bool:
-        assert self.session is not None
+        if self.session is None:  # before start_tls took over: the handshake fails
+            return False
         self.session.receive_eof()
-        return True  # the session closes the transport once its output is queued
+        # The session closes the transport once its output is queued. A TLS transport
+        # closes itself after EOF (and logs a warning if asked to stay open).
+        return not self._tls
+
+    def _release(self) -> None:
+        ip, self._ip = self._ip, None
+        if ip is None:
+            return
+        hub = self._hub
+        hub.connections.discard(self)
+        if hub.max_connections_per_ip:
+            hub.per_ip[ip] -= 1
+            if hub.per_ip[ip] <= 0:
+                del hub.per_ip[ip]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._hub.connections.discard(self)
+        self._release()
         self._transport = None
         session = self.session
         if session is None:
@@ -120,3 +301,11 @@ class ChatConnection(asyncio.Protocol):
         if self._transport is not None:
             self._reason = reason
             self._transport.abort()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)  # e.g. HTTP_REQUEST, WRONG_VERSION_NUMBER
+    return str(exc) or type(exc).__name__

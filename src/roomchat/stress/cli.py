@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from roomchat.client import parse_address
+from roomchat.client import parse_address, tls_context
 from roomchat.stress.config import DEFAULT_RAMP, Config, RampConfig, SteadyConfig, parse_steps
 from roomchat.stress.report import report_table
 from roomchat.stress.runner import StressError, run_in_processes
@@ -33,6 +33,13 @@ def _common(func: F) -> F:
             help="Server to load, host:port (env ROOMCHAT_ADDR); several comma-separated "
             "(instances sharing rooms through Redis) split the users evenly. Nothing else "
             "is contacted.",
+        ),
+        click.option("--tls", is_flag=True, help="Connect with TLS (system CAs unless --tls-ca)."),
+        click.option(
+            "--tls-ca",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="PEM file of the CA(s) to trust (implies --tls).",
         ),
         click.option("--rooms", default=24, show_default=True, help="How many rooms to use."),
         click.option("--rooms-per-user", default=5, show_default=True, help="Rooms each joins."),
@@ -88,7 +95,13 @@ def _base(kwargs: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--addr") from None
     (host, port), *more = addrs
-    return {"host": host, "port": port, "more_addrs": tuple(more), **kwargs}
+    tls, tls_ca = kwargs.pop("tls"), kwargs.pop("tls_ca")
+    if tls_ca is not None:
+        try:
+            tls_context(tls_ca)  # fail here, with one line, rather than in every worker
+        except OSError as exc:
+            raise click.BadParameter(f"{tls_ca}: {exc}", param_hint="--tls-ca") from None
+    return {"host": host, "port": port, "more_addrs": tuple(more), "tls": tls_ca or tls, **kwargs}
 
 
 class _Live:

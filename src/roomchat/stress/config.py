@@ -73,6 +73,8 @@ class RunConfig:
     #: this many seconds of starting to connect (see Report.joins_kept_up).
     join_bound: float = 1.0
 
+    tls: bool | str = False  # TLS: True checks against the system's CAs, a str is a CA file
+
     def address_of(self, user: int) -> tuple[str, int]:
         """The server that user (global index) connects to."""
         if not self.more_addrs:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from roomchat.client import ChatClient, ConnectionClosed, ProtocolViolation, connect
+from roomchat.client import ChatClient, ConnectionClosed, ProtocolViolation, connect, tls_context
 from roomchat.protocol import (
     Event,
     JoinRoom,
@@ -105,6 +105,7 @@ class LoadWorker:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._tls = tls_context(None if cfg.tls is True else cfg.tls) if cfg.tls else None
         self.part = part
         self.tally = Tally(users=len(users))
         self.phase = "connecting"
@@ -234,6 +235,7 @@ class LoadWorker:
             client = await connect(
                 *self.cfg.address_of(user.index),
                 timeout=self.cfg.connect_timeout,
+                ssl=self._tls,
                 **self._receiving(user),
             )
         except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation):

@@ -8,6 +8,7 @@ they do not wait on the network beyond the transport's flow control.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -64,6 +65,10 @@ def describe_error(exc: BaseException) -> str:
         return "not a valid host name"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running?)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: server certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
@@ -87,9 +92,11 @@ class RoomChatApp(App[None]):
         connect_timeout: float = 10.0,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | bool | None = None,
     ) -> None:
         super().__init__()
         self.address = address
+        self.tls = tls  # passed to connect(ssl=...)
         self.default_address = address or default_address
         self.connect_timeout = connect_timeout
         self.state = ChatState(history_limit=history_limit, clock=clock)
@@ -127,7 +134,7 @@ class RoomChatApp(App[None]):
     @work(exclusive=True, group="session", exit_on_error=False)
     async def _run_session(self, host: str, port: int) -> None:
         try:
-            client = await connect(host, port, timeout=self.connect_timeout)
+            client = await connect(host, port, timeout=self.connect_timeout, ssl=self.tls)
         except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation, ValueError) as exc:
             # ValueError: a host name the resolver rejects (e.g. "ex..ample").
             self.post_message(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 __all__ = ["command"]
@@ -22,9 +24,23 @@ __all__ = ["command"]
     show_default=True,
     help="Seconds to wait for the server when connecting.",
 )
-def command(addr: str | None, connect_timeout: float) -> None:
+@click.option("--tls", is_flag=True, help="Connect with TLS, checking the server's certificate.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="PEM file of the CA(s) to trust instead of the system's (implies --tls).",
+)
+def command(addr: str | None, connect_timeout: float, tls: bool, tls_ca: Path | None) -> None:
     """Chat from the terminal (Textual UI)."""
     # Imported here so that `roomchat tui --help` stays fast.
+    from roomchat.client import tls_context
     from roomchat.tui.app import RoomChatApp
 
-    RoomChatApp(addr, connect_timeout=connect_timeout).run()
+    context = None
+    if tls or tls_ca is not None:
+        try:
+            context = tls_context(tls_ca)
+        except OSError as exc:
+            raise click.BadParameter(f"{tls_ca}: {exc}", param_hint="--tls-ca") from None
+    RoomChatApp(addr, connect_timeout=connect_timeout, tls=context).run()
