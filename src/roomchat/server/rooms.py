@@ -194,15 +194,14 @@ class ChatRoom:
         if joining.marked:  # told twice (an answer given locally after a lost reply)
             return
         joining.marked = True
+        # Receive from here on, but hold it back until user_joined_room goes first.
+        self._members[joining.member] = joining.held.append
+        if announcement is not None:
+            self.fan_out(announcement)
+        # Complete only after the announcement: completing lets the session carry out
+        # the commands it held, whose events must come after its "joined".
         if joining.users is not None:
             self._complete(joining)
-            if announcement is not None:
-                self.fan_out(announcement)
-        else:
-            # Receive from here on, but hold it back until user_joined_room goes first.
-            self._members[joining.member] = joining.held.append
-            if announcement is not None:
-                self.fan_out(announcement)
 
     def join_failed(self, key: str, error: RoomError) -> None:
         joining = self._joining.pop(key, None)
