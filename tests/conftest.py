@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
 import uvloop
+from hypothesis import settings
 
 from roomchat.server import ChatServer, ServerConfig
 
@@ -31,3 +33,9 @@ async def server() -> AsyncIterator[ChatServer]:
         yield srv
     finally:
         await srv.close()
+
+
+# Hypothesis: `HYPOTHESIS_PROFILE=long` (or `pytest --hypothesis-profile=long`) runs the
+# property and stateful tests far longer than `make test` does (tests/test_session_model.py).
+settings.register_profile("long", max_examples=1000, stateful_step_count=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
