@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
@@ -85,3 +86,12 @@ async def wait_eof(sock: socket.socket) -> None:
                 return
             if not chunk:
                 return
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait (giving the loop turns) until ``condition()`` holds; fail after TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not condition():
+        assert loop.time() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.005)
