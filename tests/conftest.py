@@ -4,10 +4,12 @@ redis-server processes (a single server, a 3-master cluster) on free ports."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import pytest
 import uvloop
+from hypothesis import settings
 
 from roomchat.server import ChatServer, ServerConfig
 from tests.redis_servers import RedisCluster, RedisServer
@@ -91,3 +93,9 @@ def redis_cluster_shared() -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.close(kill=True)
+
+
+# Hypothesis: `HYPOTHESIS_PROFILE=long` (or `pytest --hypothesis-profile=long`) runs the
+# property and stateful tests far longer than `make test` does (tests/test_session_model.py).
+settings.register_profile("long", max_examples=1000, stateful_step_count=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

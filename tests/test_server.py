@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -20,7 +21,9 @@ from roomchat.protocol import (
 )
 from roomchat.server import ChatServer, ServerConfig, load_rooms
 from tests.helpers import (
+    TIMEOUT,
     client_of,
+    eventually,
     joined,
     messages,
     next_event,
@@ -168,11 +171,20 @@ async def test_departure_announces_left_in_every_room(server: ChatServer, how: s
     alice.close()
 
 
-async def test_quit_closes_the_connection(server: ChatServer) -> None:
+async def test_quit_closes_the_connection(
+    server: ChatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="roomchat.server")
     client = await client_of(server)
+    assert len(server.connections) == 1
     await client.quit()
     await asyncio.wait_for(client.wait_closed(), 10)
-    assert client.closed
+    # The server closed it cleanly (an end of stream, not a reset) ...
+    assert client.close_reason == "connection closed"
+    # ... dropped the session, and says why.
+    await eventually(lambda: not server.connections, "the server dropped the session")
+    ends = [r.getMessage() for r in caplog.records if client.session_id in r.getMessage()]
+    assert ends[-1].endswith("disconnected: quit"), ends
 
 
 BAD_LINES = [
@@ -405,7 +417,51 @@ async def test_every_coalescing_window_delivers_everything_in_order(
         await bob.send("general", "b")
         expected = [f"a{n}" for n in range(20)] + ["b"]
         assert [m.content for m in await messages(bob, 21)] == expected
+        # Turns that came within the window of each other were coalesced (the outbox
+        # waited); with the window off it never waits. How long is for the benchmarks.
+        if window:
+            assert srv.outbox.pauses > 0
+        else:
+            assert srv.outbox.pauses == 0
         alice.close()
         bob.close()
     finally:
         await srv.close()
+
+
+def _log_in_one_after_another(port: int, count: int, wake: socket.socket) -> list[dict[str, str]]:
+    """Blocking clients (a thread: the server's waits hold up its own loop, and the test's
+    with it), each connecting once the previous one has its login."""
+    clients: list[socket.socket] = []
+    logins: list[dict[str, str]] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            clients.append(sock)
+            reader = sock.makefile("rb")
+            logins.append(json.loads(reader.readline()))  # TIMEOUT: fails if held up
+            reader.close()
+    finally:
+        wake.send(b"!")  # end the server's last wait (and every later one) at once
+        for sock in clients:
+            sock.close()
+    return logins
+
+
+async def test_accepting_is_never_held_up_by_the_coalescing_window() -> None:
+    # With a 30 s window every turn after the first waits: for the rest of the window,
+    # or until a connection arrives. If accepting waited for the window, the third
+    # client would get its login 30 s late, and its 10 s read timeout would fail.
+    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, coalesce_window=30.0))
+    waker, wake = socket.socketpair()
+    srv.outbox.watch(waker.fileno())  # so that the test can end the last wait
+    try:
+        count = 5
+        logins = await asyncio.to_thread(_log_in_one_after_another, srv.port, count, wake)
+        assert [login["_et"] for login in logins] == ["login_successful"] * count
+        assert len({login["s"] for login in logins}) == count
+        assert srv.outbox.pauses >= count - 1, "the server did wait between the connections"
+    finally:
+        await srv.close()
+        waker.close()
+        wake.close()

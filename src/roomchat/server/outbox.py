@@ -104,6 +104,7 @@ class Mailbox:
         """Nothing more is written; what is queued, now or later, is dropped."""
         self._write = None
         self._pending.clear()
+        self._own = 0
 
 
 class Outbox:
