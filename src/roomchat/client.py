@@ -315,7 +315,8 @@ class _ClientProtocol(asyncio.Protocol):
             transport = self.transport
             if self.closed.done() or transport is None or transport.is_closing():
                 return
-            if self._received != state["seen"]:
+            if self._received != state["seen"] or self.reading_paused:
+                # (paused: we are not reading, so the server's silence proves nothing)
                 state["seen"], state["silent"] = self._received, 0
             else:
                 state["silent"] += 1
