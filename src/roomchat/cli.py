@@ -1,4 +1,4 @@
-"""The ``roomchat`` command: ``roomchat serve``, ``roomchat tui``, ``roomchat stress``.
+"""The ``roomchat`` command: ``roomchat serve``, ``tui``, ``stress``, ``token``.
 
 Each sub-command lives with its part (``roomchat.server.cli``, ``roomchat.tui.cli``,
 ``roomchat.stress.cli``) and is imported only when it runs, so ``roomchat serve``
@@ -24,6 +24,7 @@ _SUBCOMMANDS = {
     "serve": ("roomchat.server.cli", "Run the chat server."),
     "tui": ("roomchat.tui.cli", "Chat from the terminal (Textual UI)."),
     "stress": ("roomchat.stress.cli", "Load-test a protocol v1 server and report."),
+    "token": ("roomchat.tokens_cli", "Mint a token proving a v2 user name."),
 }
 
 

@@ -1,4 +1,5 @@
-"""Protocol v1 of rust-chat-server: messages and a sans-I/O codec (no I/O here)."""
+"""The wire protocol of rust-chat-server (v1) and roomchat's opt-in v2: messages and a
+sans-I/O codec (no I/O here). See docs/protocol.md."""
 
 from __future__ import annotations
 
@@ -12,35 +13,83 @@ from roomchat.protocol.codec import (
     LineTooLong,
     encode,
     encode_head,
+    encode_tail_v2,
+    v1_of,
 )
 from roomchat.protocol.messages import (
     COMMAND_TYPES,
+    ERROR_CODES,
     EVENT_TYPES,
+    FEATURES,
+    MAX_ID_LENGTH,
+    V1_COMMAND_TYPES,
+    V1_EVENT_TYPES,
+    V2_COMMAND_TYPES,
+    V2_EVENT_TYPES,
     Command,
+    Error,
+    ErrorCode,
     Event,
+    Feature,
+    Hello,
+    History,
+    HistoryMessage,
     JoinRoom,
     LeaveRoom,
     LoginSuccessful,
     Message,
     ParticipationStatus,
+    Ping,
+    Pong,
     Quit,
+    RateLimited,
     RoomDetail,
     RoomParticipation,
     SendMessage,
+    ServerPing,
+    ServerPong,
+    Shutdown,
     UserJoinedRoom,
     UserMessage,
+    Welcome,
 )
+from roomchat.protocol.names import NAME_MAX_LENGTH, name_key, valid_name
+
+#: The protocol version a ``hello`` asks for and this package speaks at most.
+PROTOCOL_VERSION = 2
+#: Defaults a v2 server announces / applies (docs/protocol.md, "Limits").
+DEFAULT_HEARTBEAT_S = 30
+DEFAULT_IDLE_TIMEOUT_S = 60
+HISTORY_MAX = 100
 
 __all__ = [
     "COMMAND_TYPES",
+    "DEFAULT_HEARTBEAT_S",
+    "DEFAULT_IDLE_TIMEOUT_S",
     "DEFAULT_MAX_LINE_LENGTH",
+    "ERROR_CODES",
     "EVENT_TYPES",
+    "FEATURES",
+    "HISTORY_MAX",
+    "MAX_ID_LENGTH",
     "MESSAGE_TAIL",
+    "NAME_MAX_LENGTH",
+    "PROTOCOL_VERSION",
+    "V1_COMMAND_TYPES",
+    "V1_EVENT_TYPES",
+    "V2_COMMAND_TYPES",
+    "V2_EVENT_TYPES",
     "BadLine",
     "Command",
     "CommandDecoder",
+    "Error",
+    "ErrorCode",
     "Event",
     "EventDecoder",
+    "Feature",
+    "Hello",
+    "History",
+    "HistoryMessage",
     "JoinRoom",
     "LeaveRoom",
     "LineDecoder",
@@ -48,12 +97,23 @@ __all__ = [
     "LoginSuccessful",
     "Message",
     "ParticipationStatus",
+    "Ping",
+    "Pong",
     "Quit",
+    "RateLimited",
     "RoomDetail",
     "RoomParticipation",
     "SendMessage",
+    "ServerPing",
+    "ServerPong",
+    "Shutdown",
     "UserJoinedRoom",
     "UserMessage",
+    "Welcome",
     "encode",
     "encode_head",
+    "encode_tail_v2",
+    "name_key",
+    "v1_of",
+    "valid_name",
 ]

@@ -1,4 +1,4 @@
-"""Encoding and sans-I/O decoding of protocol v1 lines.
+"""Encoding and sans-I/O decoding of protocol v1 and v2 lines.
 
 Nothing here touches a socket, an event loop or a clock: feed bytes in, take
 messages out (see shared/STYLE.md, "The protocol does no I/O").
@@ -11,7 +11,16 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from roomchat.protocol.messages import Command, Event, Message
+from roomchat.protocol.messages import (
+    MAX_ID_LENGTH,
+    Command,
+    Event,
+    JoinRoom,
+    LeaveRoom,
+    Message,
+    Quit,
+    SendMessage,
+)
 
 __all__ = [
     "DEFAULT_MAX_LINE_LENGTH",
@@ -23,6 +32,8 @@ __all__ = [
     "LineTooLong",
     "encode",
     "encode_head",
+    "encode_tail_v2",
+    "v1_of",
 ]
 
 #: Default cap on one line's length in bytes, excluding its terminator.
@@ -66,12 +77,68 @@ def encode_head(message: Message) -> bytes:
     return line[: -len(empty_last)]
 
 
+def encode_tail_v2(seq: int, timestamp: int) -> bytes:
+    """What follows the content of a v2 ``user_message``: ``,"q":SEQ,"ts":TS}`` + CRLF.
+
+    ``encode_head(UserMessage(r, u, "")) + <JSON of content> + encode_tail_v2(q, ts)`` is
+    exactly ``encode(UserMessage(r, u, content, q, ts))``; with :data:`MESSAGE_TAIL`
+    instead of this tail it is the v1 line.
+    """
+    return b',"q":%d,"ts":%d}\r\n' % (seq, timestamp)
+
+
+_V2_USER_MESSAGE_FIELDS = b',"q":'
+_V2_PARTICIPATION_FIELDS = b',"ts":'
+
+
+def v1_of(v2_line: bytes) -> bytes:
+    """The v1 line of a v2 ``user_message`` or ``room_participation`` line (CRLF included).
+
+    v2 appends its fields (``,"q":N,"ts":T`` or ``,"ts":T``) after the last v1 field, and
+    ``,"q":`` / ``,"ts":`` cannot occur inside a JSON string (a ``"`` in a string is
+    always escaped), so cutting at the last one and closing the object gives v1's bytes.
+    A line with neither (already v1) is returned unchanged.
+    """
+    cut = v2_line.rfind(_V2_USER_MESSAGE_FIELDS)
+    if cut < 0:
+        cut = v2_line.rfind(_V2_PARTICIPATION_FIELDS)
+        if cut < 0:
+            return v2_line
+    return v2_line[:cut] + MESSAGE_TAIL
+
+
 @dataclass(frozen=True, slots=True)
 class BadLine:
-    """A complete line that is not a valid message. The session may carry on."""
+    """A complete line that is not a valid message. The session may carry on.
+
+    ``command`` and ``id`` are the line's ``_ct`` and ``id`` when it is a JSON object
+    that has them as strings (``id`` up to 64 characters): a v2 server echoes them in
+    its ``bad_command`` error. They are found only on this (rare) path.
+    """
 
     line: bytes
     reason: str
+    command: str | None = None
+    id: str | None = None
+
+
+class _Probe(msgspec.Struct, gc=False):
+    # What a bad line can still tell: its command tag and id, if any (any JSON types).
+    ct: Any = msgspec.field(default=None, name="_ct")
+    id: Any = None
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+
+
+def _bad_line(line: bytes, reason: str) -> BadLine:
+    try:
+        probe = _probe_decoder.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return BadLine(line, reason)
+    command = probe.ct if isinstance(probe.ct, str) else None
+    ident = probe.id if isinstance(probe.id, str) and len(probe.id) <= MAX_ID_LENGTH else None
+    return BadLine(line, reason, command, ident)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +164,10 @@ class LineDecoder(Generic[T]):
     """
 
     __slots__ = ("_decode", "_discarding", "_max", "_partial")
+
+    # Overridden by CommandDecoder to be lenient with v1 sessions.
+    def _invalid(self, line: bytes, exc: msgspec.DecodeError) -> Any:
+        return _bad_line(line, str(exc))
 
     def __init__(self, message_type: Any, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         if max_line_length < 1:
@@ -171,7 +242,9 @@ class LineDecoder(Generic[T]):
             return
         try:
             out.append(self._decode(line))
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except msgspec.DecodeError as exc:
+            out.append(self._invalid(line, exc))
+        except UnicodeDecodeError as exc:
             out.append(BadLine(line, str(exc)))
         except RecursionError:
             # msgspec recurses per nesting level: "[[[[..." a few KB deep exhausts the
@@ -179,13 +252,76 @@ class LineDecoder(Generic[T]):
             out.append(BadLine(line, "JSON nested too deeply"))
 
 
+# v1's commands as v1 decodes them: only v1's fields, anything else ignored whatever its
+# type. Used only when a v1 session's line fails the v2 decoding.
+class _V1JoinRoom(msgspec.Struct, frozen=True, gc=False, tag_field="_ct", tag="join_room"):
+    room: str = msgspec.field(name="r")
+
+
+class _V1LeaveRoom(msgspec.Struct, frozen=True, gc=False, tag_field="_ct", tag="leave_room"):
+    room: str = msgspec.field(name="r")
+
+
+class _V1SendMessage(msgspec.Struct, frozen=True, gc=False, tag_field="_ct", tag="send_message"):
+    room: str = msgspec.field(name="r")
+    content: str = msgspec.field(name="c")
+
+
+class _V1Quit(msgspec.Struct, frozen=True, gc=False, tag_field="_ct", tag="quit"):
+    pass
+
+
+_v1_decoder = msgspec.json.Decoder(_V1JoinRoom | _V1LeaveRoom | _V1SendMessage | _V1Quit)
+
+
+def _v1_command(line: bytes) -> Command | None:
+    """``line`` decoded with v1's rules (extra fields ignored), or None."""
+    try:
+        v1 = _v1_decoder.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(v1, _V1SendMessage):
+        return SendMessage(v1.room, v1.content)
+    if isinstance(v1, _V1JoinRoom):
+        return JoinRoom(v1.room)
+    if isinstance(v1, _V1LeaveRoom):
+        return LeaveRoom(v1.room)
+    return Quit()
+
+
 class CommandDecoder(LineDecoder[Command]):
-    """Decodes what a client sends (the server's side)."""
+    """Decodes what a client sends (the server's side): v1's commands and v2's.
 
-    __slots__ = ()
+    Version 1 (the default, until :meth:`upgrade`): a v1 command whose v2 fields are
+    ill-typed (``"id": 5``, ``"h": "x"``) is decoded as v1 decodes it, those fields
+    ignored, because to v1 they are unknown fields. Version 2: such a line is a
+    :class:`BadLine` (the server answers ``bad_command``). Well-typed v2 fields and v2
+    commands (``hello``, ``ping``, ``pong``) are decoded in both; a v1 session ignores
+    them (docs/protocol.md).
+    """
 
-    def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+    __slots__ = ("_version",)
+
+    def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH, *, version: int = 1) -> None:
         super().__init__(Command, max_line_length)
+        if version not in (1, 2):
+            raise ValueError("version must be 1 or 2")
+        self._version = version
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def upgrade(self) -> None:
+        """The session now speaks version 2 (the server sent ``welcome``)."""
+        self._version = 2
+
+    def _invalid(self, line: bytes, exc: msgspec.DecodeError) -> Any:
+        if self._version == 1 and isinstance(exc, msgspec.ValidationError):
+            command = _v1_command(line)
+            if command is not None:
+                return command
+        return _bad_line(line, str(exc))
 
 
 class EventDecoder(LineDecoder[Event]):

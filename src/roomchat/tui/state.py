@@ -20,6 +20,7 @@ from roomchat.protocol import (
     LoginSuccessful,
     RoomParticipation,
     UserJoinedRoom,
+    UserMessage,
 )
 
 __all__ = [
@@ -119,6 +120,8 @@ class ChatState:
         """
         if isinstance(event, LoginSuccessful):
             return self._login(event)
+        if not isinstance(event, UserJoinedRoom | RoomParticipation | UserMessage):
+            return Update(None, changed=False)  # v2's events: the TUI speaks v1 for now
         room = self.rooms.get(event.room)
         if room is None:
             return Update(event.room, changed=False)
