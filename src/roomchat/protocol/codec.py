@@ -163,7 +163,7 @@ class LineDecoder(Generic[T]):
       :class:`BadLine` value. The decoder never raises on any input.
     """
 
-    __slots__ = ("_decode", "_discarding", "_max", "_partial")
+    __slots__ = ("_decode", "_decode_lines", "_discarding", "_max", "_partial")
 
     # Overridden by CommandDecoder to be lenient with v1 sessions.
     def _invalid(self, line: bytes, exc: msgspec.DecodeError) -> Any:
@@ -172,7 +172,9 @@ class LineDecoder(Generic[T]):
     def __init__(self, message_type: Any, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         if max_line_length < 1:
             raise ValueError("max_line_length must be positive")
-        self._decode = _decoder_for(message_type).decode
+        decoder = _decoder_for(message_type)
+        self._decode = decoder.decode
+        self._decode_lines = decoder.decode_lines
         self._max = max_line_length
         self._partial = bytearray()
         self._discarding = False
@@ -204,6 +206,28 @@ class LineDecoder(Generic[T]):
                 self._line(line[:-1], out)
         if not data:
             return out
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._hold(data, out)
+            return out
+        # The fast path: every complete line of the read decoded by msgspec in one call
+        # (its decode_lines keeps lines apart: a string cannot span two). Any line that
+        # is bad, blank-but-spaces or too long makes it fail as a whole; then the lines
+        # are taken one by one below, with their exact outcomes.
+        complete = data[:end]
+        if end <= self._max or max(map(len, complete.split(b"\n"))) <= self._max:
+            try:
+                decoded = self._decode_lines(complete)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                pass
+            else:
+                if out:
+                    out += decoded
+                else:
+                    out = decoded
+                if end + 1 < len(data):
+                    self._hold(data[end + 1 :], out)
+                return out
         lines = data.split(b"\n")
         rest = lines.pop()
         for line in lines:

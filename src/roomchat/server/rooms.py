@@ -25,7 +25,8 @@ after its ``user_joined_room``, so it sees exactly the events after its join, in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -33,6 +34,7 @@ import msgspec
 from roomchat.protocol import (
     MESSAGE_TAIL,
     RoomDetail,
+    SendMessage,
     UserJoinedRoom,
     UserMessage,
     encode,
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 _encode_json = msgspec.json.Encoder().encode
+_content = operator.attrgetter("content")
 
 
 class Member(Protocol):
@@ -236,7 +239,7 @@ class ChatRoom:
 class UserSessionHandle:
     """One session's membership of one room: post through it, hand it back to leave."""
 
-    __slots__ = ("_head", "member", "room")
+    __slots__ = ("_between", "_head", "member", "room")
 
     def __init__(self, room: ChatRoom, member: Member) -> None:
         self.room = room
@@ -244,9 +247,16 @@ class UserSessionHandle:
         # Everything of a user_message but its content is fixed for this handle: encoded
         # once, by the protocol module (the wire format is written in one place).
         self._head = encode_head(UserMessage(room.name, member.user_id, ""))
+        self._between = MESSAGE_TAIL + self._head  # from one content to the next
 
     def send_message(self, content: str) -> None:
         self.room.post(self._head + _encode_json(content) + MESSAGE_TAIL)
+
+    def send_messages(self, messages: Sequence[SendMessage]) -> None:
+        """Several messages at once: their events, in order, posted as one piece (each
+        still its own line), so that every member gets one append for all of them."""
+        contents = map(_encode_json, map(_content, messages))
+        self.room.post(self._head + self._between.join(contents) + MESSAGE_TAIL)
 
 
 class RoomManager:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from roomchat.protocol import (
     BadLine,
@@ -153,19 +153,31 @@ class Session:
         self.mailbox.close()
 
     def _handle(self, items: list[_Item]) -> None:
-        for index, item in enumerate(items):
+        index, count = 0, len(items)
+        while index < count:
             if self.closed:
                 return
+            item = items[index]
+            index += 1
             if type(item) is SendMessage:  # by far the most frequent: checked first
-                handle = self._handles.get(item.room)
-                if handle is not None:
+                room = item.room
+                handle = self._handles.get(room)
+                # A run of messages to one room (a busy client's read holds many) is
+                # encoded and posted as one event: the members get one append for all.
+                end = index
+                while end < count and type(run := items[end]) is SendMessage and run.room == room:
+                    end += 1
+                if handle is None:
+                    self._ignore(f"send_message to room {room!r} not joined", end - index + 1)
+                elif end == index:
                     handle.send_message(item.content)
                 else:
-                    self._ignore(f"send_message to room {item.room!r} not joined")
+                    handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
+                index = end
             elif type(item) is JoinRoom:
                 self._join(item.room)
                 if self._joining is not None:  # in progress: keep the rest for later
-                    self._backlog.extend(items[index + 1 :])
+                    self._backlog.extend(items[index:])
                     return
             else:
                 self._other(item)
@@ -244,13 +256,14 @@ class Session:
             if room is not None and self.mailbox in room:
                 self._rooms.leave(room, self.mailbox)
 
-    def _ignore(self, what: str) -> None:
+    def _ignore(self, what: str, times: int = 1) -> None:
         # v1 has no error event (docs/protocol.md): ignore, log, keep the session open.
         # The log is capped per session so that a flood of bad lines cannot flood it.
-        self._ignored += 1
-        count = self._ignored
-        if count <= _IGNORED_LOGGED or count % 1000 == 0:
-            log.warning("%r: ignored #%d: %s", self, count, what)
+        before = self._ignored
+        self._ignored = count = before + times
+        if before < _IGNORED_LOGGED or count // 1000 > before // 1000:
+            suffix = f" (x{times})" if times > 1 else ""
+            log.warning("%r: ignored #%d: %s%s", self, count, what, suffix)
 
     # -- ending ----------------------------------------------------------------------
     def close(self, reason: str, *, announce: bool = True) -> None:

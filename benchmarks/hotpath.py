@@ -1,0 +1,127 @@
+"""The server's Python hot path alone, without sockets: CPU per message and per delivery.
+
+Sessions (the real sans-I/O ``Session``) get their commands straight from pre-built
+byte chunks, rooms fan out on the in-process bus, and the outbox "writes" into a
+function that only counts bytes. What is measured is everything the server does in
+Python per message and per recipient (decode, dispatch, encode once, fan out, flush),
+none of the kernel's work. Used to compare hot-path changes; the load scenarios in
+run.py measure the whole server.
+
+    .venv/bin/python benchmarks/hotpath.py                 # every shape
+    .venv/bin/python benchmarks/hotpath.py --shape small   # one
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from roomchat.protocol import RoomDetail, SendMessage, encode
+from roomchat.server.bus import MemoryBus
+from roomchat.server.outbox import Outbox
+from roomchat.server.rooms import RoomManager
+from roomchat.server.session import Session
+
+
+class _Quiet:
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self, reason: str) -> None: ...
+    def abort(self, reason: str) -> None: ...
+
+
+class World:
+    def __init__(self, rooms: int) -> None:
+        self.pending: list[Callable[[], None]] = []
+        self.outbox = Outbox(self.pending.append, 0.0)
+        bus = MemoryBus()
+        details = [RoomDetail(f"room-{i}", "") for i in range(rooms)]
+        self.manager = RoomManager(details, bus, bus.presence, self.outbox.room_fanned_out)
+        self.bytes_out = 0
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.writes += 1
+
+    def session(self, n: int) -> Session:
+        mailbox = self.outbox.open(f"u{n:04d}", f"s{n}", self.write)
+        session = Session(self.manager, mailbox, _Quiet(), max_line_length=65536)
+        session.start(self.manager.details)
+        return session
+
+    def turn(self) -> None:
+        pending, self.pending[:] = list(self.pending), []
+        for callback in pending:
+            callback()
+
+
+def run(shape: str, members: int, rooms: int, per_read: int, reads: int) -> dict[str, float]:
+    world = World(rooms)
+    sessions = [world.session(n) for n in range(members * rooms)]
+    for n, session in enumerate(sessions):
+        line = b'{"_ct":"join_room","r":"room-%d"}\n' % (n % rooms)
+        session.receive_data(line)
+    world.turn()
+
+    def chunk(n: int) -> bytes:
+        room = f"room-{n % rooms}"
+        content = "x" * 48
+        return b"".join(encode(SendMessage(room, f"{i:06d} {content}")) for i in range(per_read))
+
+    # In big rooms a tenth of the members send; in small rooms everyone does.
+    step = 1 if members <= 2 else max(1, members // 10)
+    senders = [(session, chunk(n)) for n, session in enumerate(sessions)][::step]
+    sent = deliveries = 0
+    start = time.process_time()
+    for _ in range(reads):  # one loop turn: every sender's read, then the flush
+        for session, data in senders:
+            session.receive_data(data)
+        sent += per_read * len(senders)
+        deliveries += per_read * len(senders) * members
+        world.turn()
+    cpu = time.process_time() - start
+    return {
+        "messages": sent,
+        "deliveries": deliveries,
+        "ns_per_message": 1e9 * cpu / sent,
+        "ns_per_delivery": 1e9 * cpu / deliveries,
+        "writes": world.writes,
+    }
+
+
+SHAPES = {
+    # name: (members per room, rooms, messages per read, reads)
+    "small": (2, 24, 50, 200),  # 2-member rooms, many messages per read (small-room ceiling)
+    "seed": (2, 24, 1, 2000),  # 2-member rooms, one message per read (the seed's shape)
+    "big": (1000, 1, 10, 100),  # one 1,000-member room
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), action="append")
+    parser.add_argument("--repeat", type=int, default=5, help="best of N")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply each shape's reads (e.g. to diff two valgrind instruction counts)",
+    )
+    args = parser.parse_args()
+    for shape in args.shape or list(SHAPES):
+        members, rooms, per_read, reads = SHAPES[shape]
+        reads = max(1, round(reads * args.scale))
+        best = min(
+            (run(shape, members, rooms, per_read, reads) for _ in range(args.repeat)),
+            key=lambda r: r["ns_per_message"],
+        )
+        print(
+            f"{shape:6} {members:5} members x {rooms:3} rooms, {per_read:3} msgs/read: "
+            f"{best['ns_per_message']:8.0f} ns/message, {best['ns_per_delivery']:6.0f} ns/delivery"
+        )
+
+
+if __name__ == "__main__":
+    main()
