@@ -136,6 +136,26 @@ def test_send_reaches_every_member_and_no_one_else(world: World) -> None:
     assert carol.events() == []
 
 
+def test_a_message_then_a_leave_in_one_read_is_still_echoed_that_turn(world: World) -> None:
+    # Found by the model (test_session_model): the room no longer flushed the leaver.
+    alice, bob = world.client("alice"), world.client("bob")
+    in_room(world, "general", alice, bob)
+    alice.feed(SendMessage("general", "bye"), LeaveRoom("general"))
+    assert alice.events() == [said("general", "alice", "bye")]
+    assert bob.events() == [said("general", "alice", "bye"), left("general", "alice")]
+
+
+def test_runs_of_messages_to_rooms_keep_the_order_of_the_read(world: World) -> None:
+    alice, bob = world.client("alice"), world.client("bob")
+    in_room(world, "general", alice, bob)
+    in_room(world, "random", alice, bob)
+    names = ["general", "general", "random", "random", "random", "general", "nowhere", "general"]
+    alice.feed(*[SendMessage(room, f"{n}") for n, room in enumerate(names)])
+    expected = [said(room, "alice", f"{n}") for n, room in enumerate(names) if room != "nowhere"]
+    assert alice.events() == expected
+    assert bob.events() == expected
+
+
 def test_one_write_per_session_per_turn(world: World) -> None:
     alice, bob = world.client("alice"), world.client("bob")
     in_room(world, "general", alice, bob)

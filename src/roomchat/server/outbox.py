@@ -89,6 +89,13 @@ class Mailbox:
         if self._own > FLUSH_AT:
             self.flush()
 
+    def flush_soon(self) -> None:
+        """Make sure what is pending is written by the end of the turn, though no room
+        that fanned out to it this turn will flush it (it has just left them)."""
+        if self._pending and not self._own:
+            self._own = 1  # registered: a later send() must not register it twice
+            self._outbox.add(self)
+
     def flush(self) -> None:
         """Write what is pending in one call (or drop it if the mailbox is closed)."""
         pending = self._pending

@@ -82,6 +82,9 @@ class Member(Protocol):
 
     def flush(self) -> None: ...
 
+    def flush_soon(self) -> None:
+        """See that what is queued is written this turn, whoever queued it."""
+
 
 #: Told after each fan-out with the room and the event's size (Outbox.room_fanned_out).
 FanOutHook = Callable[["ChatRoom", int], None]
@@ -233,7 +236,11 @@ class ChatRoom:
             del self._joining[member.key]
             self._members.pop(member, None)
             return True
-        return self._members.pop(member, None) is not None
+        if self._members.pop(member, None) is None:
+            return False
+        # What this room queued for it this turn is no longer flushed through the room.
+        member.flush_soon()
+        return True
 
 
 class UserSessionHandle:
