@@ -17,6 +17,7 @@ from roomchat.server.config import (
     RoomsFileError,
     ServerConfig,
 )
+from roomchat.server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["command"]
 
@@ -110,6 +111,25 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="With Redis: seconds after which an instance that stopped renewing its lease "
     "(killed, machine lost) is removed by the others and its users announced as left.",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    envvar="ROOMCHAT_METRICS",
+    default="",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Serve /metrics (Prometheus), /healthz and /readyz over HTTP at HOST:PORT "
+    "(port 0: any free port; docs/operating.md). [default: off]",
+)
+@click.option(
+    "--log-format",
+    envvar="ROOMCHAT_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    show_envvar=True,
+    help="text: one readable line per event; json: one JSON object per line.",
+)
 def command(
     host: str,
     port: int,
@@ -120,12 +140,19 @@ def command(
     coalesce_us: int,
     bus_url: str,
     bus_lease: float,
+    metrics: str,
+    log_format: str,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, log_format.lower())
+    metrics_address = None
+    if metrics.strip():
+        from roomchat.server.metrics import parse_address
+
+        try:
+            metrics_address = parse_address(metrics)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     config = ServerConfig(
         host=host,
         port=port,
@@ -135,6 +162,7 @@ def command(
         coalesce_window=coalesce_us / 1e6,
         bus_url=bus_url,
         bus_lease=bus_lease,
+        metrics=metrics_address,
     )
     _raise_open_files_limit()
     try:

@@ -53,6 +53,9 @@ class ServerConfig:
     backlog: int = 4096
     #: SO_REUSEPORT: several processes listen on the same port (``--workers``).
     reuse_port: bool = False
+    #: (host, port) of the HTTP endpoint for /metrics, /healthz, /readyz (port 0: any
+    #: free port, see ChatServer.metrics_port); None: off.
+    metrics: tuple[str, int] | None = None
 
 
 class RoomsFileError(Exception):

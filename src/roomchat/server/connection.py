@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.session import Session, new_session_id, new_user_id
+from roomchat.server.stats import ServerStats
 
 __all__ = ["ChatConnection", "Hub"]
 
@@ -37,6 +39,11 @@ class Hub:
     max_pending_output: int
     #: The open connections (the server closes them at shutdown).
     connections: set[ChatConnection] = field(default_factory=set)
+    #: The server's counters (stats.py), read by /metrics.
+    stats: ServerStats = field(default_factory=ServerStats)
+    #: Connections refused, by reason (whoever refuses one counts it here; /metrics
+    #: exports it as roomchat_connections_refused_total{reason=...}).
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 class ChatConnection(asyncio.Protocol):
@@ -62,10 +69,16 @@ class ChatConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=hub.max_pending_output)
         mailbox = hub.outbox.open(new_user_id(), new_session_id(), transport.write)
         self.session = session = Session(
-            hub.rooms, mailbox, self, max_line_length=hub.max_line_length, name=name
+            hub.rooms,
+            mailbox,
+            self,
+            max_line_length=hub.max_line_length,
+            name=name,
+            stats=hub.stats,
         )
         hub.connections.add(self)
-        log.info("%r connected", session)
+        hub.stats.connections_accepted += 1
+        log.info("%r connected", session, extra=session.log_fields)
         session.start(hub.rooms.details)
 
     def data_received(self, data: bytes) -> None:
@@ -85,16 +98,20 @@ class ChatConnection(asyncio.Protocol):
             return
         session.connection_lost()
         reason = f"{self._reason} ({exc})" if exc else self._reason
-        log.info("%r disconnected: %s", session, reason)
+        log.info(
+            "%r disconnected: %s", session, reason, extra={**session.log_fields, "reason": reason}
+        )
 
     def pause_writing(self) -> None:
         # More than max_pending_output is waiting in the transport: a slow consumer.
         session = self.session
         if session is not None and not session.closed:
+            self._hub.stats.slow_consumers += 1
             log.warning(
                 "%r: slow consumer, more than %d bytes pending, disconnecting",
                 session,
                 self._hub.max_pending_output,
+                extra={**session.log_fields, "reason": "slow consumer"},
             )
             session.mailbox.close()  # nothing more is queued for it from now on
             asyncio.get_running_loop().call_soon(session.abort, "slow consumer")
