@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import Bus, open_bus
@@ -15,7 +16,11 @@ from roomchat.server.config import ServerConfig, load_rooms
 from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
+from roomchat.server.stats import ServerStats
 from roomchat.system import open_files_limit
+
+if TYPE_CHECKING:
+    from roomchat.server.metrics import MetricsEndpoint
 
 __all__ = [
     "ChatServer",
@@ -44,9 +49,13 @@ class ChatServer:
     ) -> None:
         self.config = config
         loop = asyncio.get_running_loop()
-        self.outbox = Outbox(loop.call_soon, config.coalesce_window)
+        #: The counters behind /metrics (stats.py), shared by the outbox, rooms, sessions.
+        self.stats = stats = ServerStats()
+        self.outbox = Outbox(loop.call_soon, config.coalesce_window, stats)
         self.bus: Bus = open_bus(config.bus_url, self.outbox, lease=config.bus_lease)
-        self.rooms = RoomManager(rooms, self.bus, self.bus.presence, self.outbox.room_fanned_out)
+        self.rooms = RoomManager(
+            rooms, self.bus, self.bus.presence, self.outbox.room_fanned_out, stats
+        )
         self.hub = Hub(
             rooms=self.rooms,
             outbox=self.outbox,
@@ -56,7 +65,10 @@ class ChatServer:
             max_connections_per_ip=config.max_connections_per_ip,
             tls=tls,
             tls_handshake_timeout=config.tls_handshake_timeout,
+            stats=stats,
         )
+        #: The --metrics HTTP endpoint, when config.metrics asks for one.
+        self.metrics: MetricsEndpoint | None = None
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
         self._hurry = asyncio.Event()
@@ -93,7 +105,31 @@ class ChatServer:
             ) from None
         for sock in server._server.sockets:
             server.outbox.watch(sock.fileno())  # a coalescing wait never holds up accepting
+        if config.metrics is not None:
+            await server._start_metrics(*config.metrics)
         return server
+
+    async def _start_metrics(self, host: str, port: int) -> None:
+        from roomchat.server.metrics import MetricsEndpoint  # prometheus_client: only if asked
+
+        try:
+            self.metrics = await MetricsEndpoint.start(self, host, port)
+        except OSError as exc:
+            await self.close()
+            reason = exc.strerror or str(exc)
+            raise ServerStartError(f"cannot serve metrics on {host}:{port}: {reason}") from None
+        for fd in self.metrics.sockets:
+            self.outbox.watch(fd)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics endpoint actually bound (None: no endpoint)."""
+        return self.metrics.port if self.metrics is not None else None
+
+    @property
+    def listening(self) -> bool:
+        """Whether the server accepts connections (readiness)."""
+        return self._server is not None and self._server.is_serving()
 
     @property
     def port(self) -> int:
@@ -147,6 +183,10 @@ class ChatServer:
                     async with asyncio.timeout(1.0):
                         await self._server.wait_closed()
             await self.bus.close()
+            if self.metrics is not None:
+                for fd in self.metrics.sockets:
+                    self.outbox.unwatch(fd)
+                await self.metrics.close()
             self.outbox.close()
             log.info("server closed (%d sessions were open)", len(connections))
         finally:
@@ -255,6 +295,12 @@ async def serve(
         config.max_connections or "no limit",
         config.max_connections_per_ip or "no limit",
     )
+    if server.metrics is not None and config.metrics is not None:
+        host = config.metrics[0]
+        shown = f"[{host}]" if ":" in host else host
+        log.info(
+            "metrics on http://%s:%d/metrics (and /healthz, /readyz)", shown, server.metrics_port
+        )
     try:
         await stop.wait()
         log.info("shutting down")

@@ -19,6 +19,7 @@ from roomchat.server.config import (
     RoomsFileError,
     ServerConfig,
 )
+from roomchat.server.logs import LOG_FORMATS, configure_logging
 from roomchat.server.workers import WorkerRole, WorkersError, shared_bus, supervise
 
 __all__ = ["command"]
@@ -167,6 +168,25 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     type=click.IntRange(min=0),
     help="Connections open at once from one IP address (0: no limit).",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    envvar="ROOMCHAT_METRICS",
+    default="",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Serve /metrics (Prometheus), /healthz and /readyz over HTTP at HOST:PORT "
+    "(port 0: any free port; docs/operating.md). [default: off]",
+)
+@click.option(
+    "--log-format",
+    envvar="ROOMCHAT_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    show_envvar=True,
+    help="text: one readable line per event; json: one JSON object per line.",
+)
 def command(
     host: str,
     port: int,
@@ -183,6 +203,8 @@ def command(
     tls_handshake_timeout: float,
     max_connections: int,
     max_connections_per_ip: int,
+    metrics: str,
+    log_format: str,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     if workers > 1 and not shared_bus(bus_url):
@@ -191,12 +213,17 @@ def command(
             "(the in-process bus cannot share rooms between processes)"
         )
     worker = WorkerRole.from_environment()  # set by a --workers parent
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if worker is None
-        else worker.log_format,
+    configure_logging(
+        log_level, log_format.lower(), worker=None if worker is None else worker.index
     )
+    metrics_address = None
+    if metrics.strip():
+        from roomchat.server.metrics import parse_address
+
+        try:
+            metrics_address = parse_address(metrics)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     config = ServerConfig(
         host=host,
         port=port,
@@ -211,13 +238,14 @@ def command(
         tls_handshake_timeout=tls_handshake_timeout,
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,
+        metrics=metrics_address,
     )
     # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
     if problem := system.raise_open_files():
         log.warning("%s", problem)
     try:
         if workers > 1:
-            if status := supervise(config, workers, log_level):
+            if status := supervise(config, workers, log_level, log_format.lower()):
                 sys.exit(status)
         elif worker is not None:
             _run(worker.configure(config), worker.listening)

@@ -64,6 +64,9 @@ class ServerConfig:
     max_connections: int = 0
     #: The same, per client IP address (0: no limit).
     max_connections_per_ip: int = 0
+    #: (host, port) of the HTTP endpoint for /metrics, /healthz, /readyz (port 0: any
+    #: free port, see ChatServer.metrics_port); None: off.
+    metrics: tuple[str, int] | None = None
 
 
 class RoomsFileError(Exception):

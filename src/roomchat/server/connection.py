@@ -33,6 +33,7 @@ from typing import cast
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.session import Session, new_session_id, new_user_id
+from roomchat.server.stats import ServerStats
 
 __all__ = ["FD_RESERVE", "ChatConnection", "Hub", "open_files_limit"]
 
@@ -67,6 +68,8 @@ class Hub:
     max_pending_output: int
     #: The open connections (the server closes them at shutdown), TLS handshakes included.
     connections: set[ChatConnection] = field(default_factory=set)
+    #: The server's counters (stats.py), read by /metrics.
+    stats: ServerStats = field(default_factory=ServerStats)
     #: 0: no limit (but the open-files one).
     max_connections: int = 0
     max_connections_per_ip: int = 0
@@ -76,7 +79,7 @@ class Hub:
     #: The open-files limit the admission check keeps FD_RESERVE descriptors under.
     fd_limit: int = field(default_factory=open_files_limit)
     #: Connections refused, by reason: "max_connections", "max_connections_per_ip",
-    #: "open_files".
+    #: "open_files" (/metrics: roomchat_connections_refused_total{reason=...}).
     refused: Counter[str] = field(default_factory=Counter)
     #: Open connections per client IP (kept only with a per-IP limit).
     per_ip: Counter[str] = field(default_factory=Counter)
@@ -225,9 +228,15 @@ class ChatConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=hub.max_pending_output)
         mailbox = hub.outbox.open(new_user_id(), new_session_id(), transport.write)
         self.session = session = Session(
-            hub.rooms, mailbox, self, max_line_length=hub.max_line_length, name=name
+            hub.rooms,
+            mailbox,
+            self,
+            max_line_length=hub.max_line_length,
+            name=name,
+            stats=hub.stats,
         )
-        log.info("%r connected", session)
+        hub.stats.connections_accepted += 1
+        log.info("%r connected", session, extra=session.log_fields)
         session.start(hub.rooms.details)
 
     def data_received(self, data: bytes) -> None:
@@ -266,16 +275,20 @@ class ChatConnection(asyncio.Protocol):
             return
         session.connection_lost()
         reason = f"{self._reason} ({exc})" if exc else self._reason
-        log.info("%r disconnected: %s", session, reason)
+        log.info(
+            "%r disconnected: %s", session, reason, extra={**session.log_fields, "reason": reason}
+        )
 
     def pause_writing(self) -> None:
         # More than max_pending_output is waiting in the transport: a slow consumer.
         session = self.session
         if session is not None and not session.closed:
+            self._hub.stats.slow_consumers += 1
             log.warning(
                 "%r: slow consumer, more than %d bytes pending, disconnecting",
                 session,
                 self._hub.max_pending_output,
+                extra={**session.log_fields, "reason": "slow consumer"},
             )
             session.mailbox.close()  # nothing more is queued for it from now on
             asyncio.get_running_loop().call_soon(session.abort, "slow consumer")

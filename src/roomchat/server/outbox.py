@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from roomchat.server.stats import ServerStats
+
 __all__ = ["FLUSH_AT", "Mailbox", "Outbox", "Writer"]
 
 #: A room that fans out more than this in one turn has its members written at once, so
@@ -55,7 +57,7 @@ class _Room(Protocol):
 class Mailbox:
     """One session's outbound queue. The session and the rooms only append to it."""
 
-    __slots__ = ("_outbox", "_own", "_pending", "_write", "enqueue", "key", "user_id")
+    __slots__ = ("_outbox", "_own", "_pending", "_stats", "_write", "enqueue", "key", "user_id")
 
     def __init__(self, outbox: Outbox, user_id: str, key: str, write: Writer) -> None:
         self._outbox = outbox
@@ -68,6 +70,7 @@ class Mailbox:
         self.enqueue: Callable[[bytes], None] = self._pending.append
         self._own = 0  # bytes queued through send() since the last flush
         self._write: Writer | None = write
+        self._stats = outbox.stats
 
     def __repr__(self) -> str:
         return f"<mailbox {self.key} user {self.user_id}>"
@@ -105,6 +108,9 @@ class Mailbox:
         pending.clear()
         self._own = 0
         if self._write is not None:
+            stats = self._stats  # one write per session per turn: counted per write
+            stats.writes += 1
+            stats.bytes_out += len(data)
             self._write(data)
 
     def close(self) -> None:
@@ -124,13 +130,23 @@ class Outbox:
         "_priority",
         "_rooms",
         "_scheduled",
+        "_turn_began",
         "_turn_started",
         "_window",
         "pauses",
+        "stats",
     )
 
-    def __init__(self, call_soon: Callable[[Callable[[], None]], object], window: float = 0.0):
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], None]], object],
+        window: float = 0.0,
+        stats: ServerStats | None = None,
+    ):
         self._call_soon = call_soon
+        #: Writes, bytes out and the turn-duration histogram are counted here.
+        self.stats = stats if stats is not None else ServerStats()
+        self._turn_began = 0.0  # when this turn first queued output (the flush is due)
         self._mailboxes: list[Mailbox] = []
         self._rooms: dict[_Room, int] = {}  # room -> bytes it fanned out this turn
         self._scheduled = False
@@ -168,6 +184,7 @@ class Outbox:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
+            self._turn_began = time.perf_counter()
             self._call_soon(self.flush)
 
     def add(self, mailbox: Mailbox) -> None:
@@ -197,6 +214,11 @@ class Outbox:
                 member.flush()
         for mailbox in mailboxes:
             mailbox.flush()
+        if self._turn_began:
+            # From the turn's first queued output to its last write (roomchat_turn_seconds
+            # in docs/operating.md): the routing and writing of one turn, per turn.
+            self.stats.turn.observe(time.perf_counter() - self._turn_began)
+            self._turn_began = 0.0
         if self._window:
             self._coalesce()
 

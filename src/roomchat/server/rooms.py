@@ -40,6 +40,7 @@ from roomchat.protocol import (
     encode,
     encode_head,
 )
+from roomchat.server.stats import ServerStats
 
 if TYPE_CHECKING:
     from roomchat.server.bus import Bus
@@ -126,10 +127,24 @@ class _Joining:
 
 
 class ChatRoom:
-    __slots__ = ("_fanned_out", "_joining", "_members", "_publish", "description", "name")
+    __slots__ = (
+        "_fanned_out",
+        "_joining",
+        "_members",
+        "_publish",
+        "_stats",
+        "description",
+        "name",
+    )
 
-    def __init__(self, detail: RoomDetail, on_fan_out: FanOutHook | None = None) -> None:
+    def __init__(
+        self,
+        detail: RoomDetail,
+        on_fan_out: FanOutHook | None = None,
+        stats: ServerStats | None = None,
+    ) -> None:
         self.name = detail.name
+        self._stats = stats if stats is not None else ServerStats()
         self.description = detail.description
         self._fanned_out = on_fan_out or _ignore_fan_out
         # Local members -> their enqueue: a fan-out calls these directly.
@@ -170,8 +185,11 @@ class ChatRoom:
     def fan_out(self, event: bytes) -> None:
         """The bus hands back one of the room's events: queue it for every local member.
         The hot path: per member, one C-level list append."""
-        for enqueue in self._members.values():
+        members = self._members
+        for enqueue in members.values():
             enqueue(event)
+        # Once per fan-out, not per member (an event may hold a run of messages).
+        self._stats.deliveries += len(members) * event.count(b"\n")
         self._fanned_out(self, len(event))
 
     # -- joining -------------------------------------------------------------------------
@@ -277,9 +295,10 @@ class RoomManager:
         bus: Bus,
         presence: Presence,
         on_fan_out: FanOutHook | None = None,
+        stats: ServerStats | None = None,
     ) -> None:
         self.details = tuple(details)
-        self.rooms = {detail.name: ChatRoom(detail, on_fan_out) for detail in self.details}
+        self.rooms = {detail.name: ChatRoom(detail, on_fan_out, stats) for detail in self.details}
         self._bus = bus
         self._presence = presence
         for room in self.rooms.values():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
+from collections.abc import Iterable
 from typing import Protocol, cast
 
 from roomchat.protocol import (
@@ -40,6 +41,7 @@ from roomchat.protocol import (
 )
 from roomchat.server.outbox import Mailbox
 from roomchat.server.rooms import RoomError, RoomManager, UserSessionHandle
+from roomchat.server.stats import ServerStats
 
 __all__ = ["Connection", "Session", "new_session_id", "new_user_id"]
 
@@ -85,6 +87,7 @@ class Session:
         "_ignored",
         "_joining",
         "_rooms",
+        "_stats",
         "_waiting",
         "closed",
         "mailbox",
@@ -101,8 +104,10 @@ class Session:
         *,
         max_line_length: int,
         name: str = "?",
+        stats: ServerStats | None = None,
     ) -> None:
         self._rooms = rooms
+        self._stats = stats if stats is not None else ServerStats()
         self.mailbox = mailbox
         self.session_id = mailbox.key
         self.user_id = mailbox.user_id
@@ -121,6 +126,11 @@ class Session:
         return f"<session {self.session_id} user {self.user_id} from {self.name}>"
 
     @property
+    def log_fields(self) -> dict[str, str]:
+        """The session's identity as separate log fields (``extra=``; --log-format json)."""
+        return {"session": self.session_id, "user": self.user_id, "peer": self.name}
+
+    @property
     def rooms(self) -> list[str]:
         """The rooms this session is in (joins in progress not included)."""
         return list(self._handles)
@@ -132,6 +142,9 @@ class Session:
 
     def receive_data(self, data: bytes) -> None:
         items = self._decoder.feed(data)
+        stats = self._stats  # counted per read, not per line (stats.py)
+        stats.bytes_in += len(data)
+        stats.lines_in += len(items)
         if self._joining is None:
             self._handle(items)
         else:
@@ -141,13 +154,16 @@ class Session:
         """The client closed its side (e.g. nc at the end of its input): carry out a last
         unterminated command, then end the session as the original does."""
         self._eof = True
-        self._backlog.extend(self._decoder.feed_eof())
+        items = self._decoder.feed_eof()
+        self._stats.lines_in += len(items)
+        self._backlog.extend(items)
         if self._joining is None:
             self._drain_backlog()
 
     def connection_lost(self) -> None:
         """The connection is gone: leave every room (the others see "left")."""
         self.closed = True
+        self._dropped(self._backlog)
         self._backlog.clear()
         self._leave_all()
         self.mailbox.close()
@@ -156,6 +172,7 @@ class Session:
         index, count = 0, len(items)
         while index < count:
             if self.closed:
+                self._dropped(items[index:])
                 return
             item = items[index]
             index += 1
@@ -182,15 +199,29 @@ class Session:
             else:
                 self._other(item)
 
+    def _dropped(self, items: Iterable[_Item]) -> None:
+        """Lines never carried out (the session ended first): keep the count of
+        send_message lines (stats.messages_received) exact."""
+        self._stats.non_messages += sum(type(item) is not SendMessage for item in items)
+
     def _other(self, item: _Item) -> None:
+        stats = self._stats
+        stats.non_messages += 1
         if isinstance(item, LeaveRoom):
             self._leave(item.room)
         elif isinstance(item, Quit):
             self.close("quit")
         elif isinstance(item, BadLine):
+            stats.bad_lines += 1
             self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
         elif isinstance(item, LineTooLong):
-            log.warning("%r: line longer than %d bytes, closing", self, item.limit)
+            stats.lines_too_long += 1
+            log.warning(
+                "%r: line longer than %d bytes, closing",
+                self,
+                item.limit,
+                extra={**self.log_fields, "reason": "line too long"},
+            )
             self.abort("line too long")
 
     def _drain_backlog(self) -> None:
@@ -209,6 +240,7 @@ class Session:
 
     # -- commands --------------------------------------------------------------------
     def _join(self, room: str) -> None:
+        self._stats.non_messages += 1
         if room in self._handles:
             self._ignore(f"join_room {room!r}: already joined")
             return
@@ -261,9 +293,17 @@ class Session:
         # The log is capped per session so that a flood of bad lines cannot flood it.
         before = self._ignored
         self._ignored = count = before + times
+        self._stats.ignored += times
         if before < _IGNORED_LOGGED or count // 1000 > before // 1000:
             suffix = f" (x{times})" if times > 1 else ""
-            log.warning("%r: ignored #%d: %s%s", self, count, what, suffix)
+            log.warning(
+                "%r: ignored #%d: %s%s",
+                self,
+                count,
+                what,
+                suffix,
+                extra={**self.log_fields, "reason": what},
+            )
 
     # -- ending ----------------------------------------------------------------------
     def close(self, reason: str, *, announce: bool = True) -> None:

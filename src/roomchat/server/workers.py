@@ -95,7 +95,7 @@ def shared_bus(url: str) -> bool:
 
 
 # -- the parent ------------------------------------------------------------------------
-def supervise(config: ServerConfig, workers: int, log_level: str) -> int:
+def supervise(config: ServerConfig, workers: int, log_level: str, log_format: str = "text") -> int:
     """Run ``workers`` worker processes until SIGINT or SIGTERM; return the exit status.
 
     Raises RoomsFileError, BusError, ServerStartError or WorkersError with a one-line
@@ -108,7 +108,7 @@ def supervise(config: ServerConfig, workers: int, log_level: str) -> int:
         supervisor = _Supervisor(
             config=replace(config, port=port),
             count=workers,
-            env=_worker_env(replace(config, port=port), log_level),
+            env=_worker_env(replace(config, port=port), log_level, log_format),
             summary=(
                 f"{', '.join(format_address(sock.getsockname()) for sock in reserved)} "
                 f"with {len(rooms)} rooms, bus {bus}"
@@ -156,13 +156,14 @@ def _reserve_port(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def _worker_env(config: ServerConfig, log_level: str) -> dict[str, str]:
+def _worker_env(config: ServerConfig, log_level: str, log_format: str) -> dict[str, str]:
     """The environment of a worker: the whole ServerConfig as JSON in one variable (so
     every setting reaches the workers, and no secret, such as a Redis password in the
     bus URL, shows on a command line), and the log level its logging starts with."""
     env = dict(os.environ)
     env.update(
         ROOMCHAT_LOG_LEVEL=log_level,
+        ROOMCHAT_LOG_FORMAT=log_format,
         ROOMCHAT_WORKERS="1",
         **{CONFIG_ENV: msgspec.json.encode(config, enc_hook=str).decode()},
     )
@@ -396,17 +397,17 @@ class WorkerRole:
         value = os.environ.get(WORKER_INDEX_ENV, "")
         return cls(int(value)) if value.isdigit() else None
 
-    @property
-    def log_format(self) -> str:
-        return f"%(asctime)s %(levelname)s [worker {self.index}] %(name)s: %(message)s"
-
     def configure(self, config: ServerConfig) -> ServerConfig:
         """The parent's configuration (from the environment), listening with
         SO_REUSEPORT; ``config`` (from this process's own command line) is the fallback."""
         text = os.environ.get(CONFIG_ENV)
         if text:
             config = msgspec.json.decode(text, type=ServerConfig, dec_hook=_decode_path)
-        return replace(config, reuse_port=True)
+        metrics = config.metrics
+        if metrics is not None and metrics[1]:
+            # One metrics endpoint per worker (Prometheus scrapes each): PORT, PORT+1, ...
+            metrics = (metrics[0], metrics[1] + self.index - 1)
+        return replace(config, reuse_port=True, metrics=metrics)
 
     def listening(self, server: ChatServer) -> None:
         """Log "ready", tell the parent, and stop if the parent goes away."""

@@ -225,6 +225,18 @@ class RedisBus:
     def connected(self) -> bool:
         return self._online
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes not yet sent to Redis: this turn's commands and what the connections'
+        transports still hold (/metrics: roomchat_bus_queue_bytes)."""
+        total = 0
+        for node in self._nodes.values():
+            total += sum(map(len, node.parts))
+            for connection in (node.cmd, node.sub):
+                if connection is not None:
+                    total += connection.write_buffer
+        return total
+
     def publisher(self, room: ChatRoom) -> Callable[[bytes], None]:
         keys = self._room_keys(room)
         head = keys.publish_head
