@@ -96,12 +96,3 @@ async def wait_eof(sock: socket.socket) -> None:
                 return
             if not chunk:
                 return
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait (giving the loop turns) until ``condition()`` holds; fail after TIMEOUT."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.005)

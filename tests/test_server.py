@@ -23,13 +23,13 @@ from roomchat.server import ChatServer, ServerConfig, load_rooms
 from tests.helpers import (
     TIMEOUT,
     client_of,
-    eventually,
     joined,
     messages,
     next_event,
     raw_login,
     raw_socket,
     read_line,
+    until,
     wait_eof,
 )
 
@@ -182,7 +182,7 @@ async def test_quit_closes_the_connection(
     # The server closed it cleanly (an end of stream, not a reset) ...
     assert client.close_reason == "connection closed"
     # ... dropped the session, and says why.
-    await eventually(lambda: not server.connections, "the server dropped the session")
+    await until(lambda: not server.connections, "the server dropped the session")
     ends = [r.getMessage() for r in caplog.records if client.session_id in r.getMessage()]
     assert ends[-1].endswith("disconnected: quit"), ends
 
@@ -378,8 +378,10 @@ async def test_slow_consumer_is_cut_off_and_others_lose_nothing(bus_url: str) ->
                     received.append(event)
         assert [m.content for m in received] == [f"{n}:{payload}" for n in range(total)]
         await wait_eof(slow)
-        # The pending output of the slow consumer is gone with it.
+        # The pending output of the slow consumer is gone with it, and the memory it held
+        # is handed back to the system a moment later (server/memory.py).
         assert all(c.session is None or c.session.user_id != slow_user for c in srv.connections)
+        await until(lambda: srv.hub.trimmer.trims > 0, "freed memory was trimmed")
         slow.close()
         healthy.close()
         sender.close()

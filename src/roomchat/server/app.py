@@ -188,6 +188,7 @@ class ChatServer:
                     self.outbox.unwatch(fd)
                 await self.metrics.close()
             self.outbox.close()
+            self.hub.trimmer.cancel()
             log.info("server closed (%d sessions were open)", len(connections))
         finally:
             self._closed.set_result(None)

@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
+from roomchat.server.memory import MemoryTrimmer
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.session import Session, new_session_id, new_user_id
@@ -68,6 +69,8 @@ class Hub:
     max_pending_output: int
     #: The open connections (the server closes them at shutdown), TLS handshakes included.
     connections: set[ChatConnection] = field(default_factory=set)
+    #: Returns freed memory to the system after slow consumers are cut off (memory.py).
+    trimmer: MemoryTrimmer = field(default_factory=MemoryTrimmer)
     #: The server's counters (stats.py), read by /metrics.
     stats: ServerStats = field(default_factory=ServerStats)
     #: 0: no limit (but the open-files one).
@@ -292,6 +295,7 @@ class ChatConnection(asyncio.Protocol):
             )
             session.mailbox.close()  # nothing more is queued for it from now on
             asyncio.get_running_loop().call_soon(session.abort, "slow consumer")
+            self._hub.trimmer.soon()  # its unsent megabyte is freed: give it back (memory.py)
 
     def resume_writing(self) -> None:
         pass
