@@ -64,6 +64,8 @@ class FakeV2Server:
         self.refuse: dict[str, str] = {}  # name -> error code
         self.welcome_delay = 0.0
         self.answer_pings = True
+        #: (code, msg): answer every send_message with this error too (to count errors)
+        self.error_on_send: tuple[str, str] | None = None
         self.sessions: list[FakeSession] = []
         self.all_sessions: list[FakeSession] = []
         self.log: dict[str, list[HistoryMessage]] = {room.name: [] for room in ROOMS}
@@ -96,6 +98,12 @@ class FakeV2Server:
             if room in session.rooms:
                 session.send(UserMessage(room, user, content, seq, TS + seq))
         return seq
+
+    def broadcast(self, event: Event) -> None:
+        """Send ``event`` to every connected v2 session (an error, a shutdown notice...)."""
+        for session in self.sessions:
+            if session.v2:
+                session.send(event)
 
     def drop_all(self) -> None:
         """Every connection is cut, at once (no one is in any room any more)."""
@@ -165,6 +173,9 @@ class FakeV2Server:
         elif isinstance(item, SendMessage):
             if item.room in session.rooms:
                 self.post(item.room, session.user, item.content)
+            if self.error_on_send is not None and session.v2:
+                code, msg = self.error_on_send
+                session.send(Error(code, msg, "send_message", item.id))
         elif isinstance(item, LeaveRoom):
             session.rooms.discard(item.room)
         elif isinstance(item, Ping):

@@ -743,8 +743,10 @@ class ReconnectingClient:
         backoff_max: float = 15.0,
         max_line_length: int = DEFAULT_CLIENT_MAX_LINE_LENGTH,
         random_fraction: Callable[[], float] = random.random,
+        ssl: SSLContext | bool | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._ssl = ssl  # as connect()'s
         self._name, self._token = name, token
         self._hello_timeout = hello_timeout
         self._connect_timeout = connect_timeout
@@ -928,6 +930,7 @@ class ReconnectingClient:
             name=self._name,
             token=self._token,
             hello_timeout=self._hello_timeout,
+            ssl=self._ssl,
         )
         if client.version >= 2:
             # Keep the same user (a random id is a valid name) and the newest token.

@@ -5,6 +5,7 @@ Timing figures are reported by the tool, never asserted here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from roomchat.server import ChatServer, ServerConfig
 from roomchat.server.bus.redis import RedisBus
@@ -28,8 +30,9 @@ from roomchat.stress import (
     run_in_process,
 )
 from roomchat.stress.config import rooms_of_user
-from roomchat.stress.report import build_report
+from roomchat.stress.report import build_report, report_table
 from roomchat.stress.worker import LoadWorker
+from tests.fake_v2 import FakeV2Server
 from tests.helpers import TIMEOUT
 from tests.redis_servers import RedisServer
 
@@ -287,3 +290,106 @@ def test_cli_says_plainly_when_nothing_listens() -> None:
     )
     assert done.returncode != 0
     assert "no user could connect to 127.0.0.1:1" in done.stderr
+
+
+# --- protocol v2 (against the fake v2 server, tests/fake_v2.py) ---------------------------
+
+
+@pytest.mark.parametrize("check_every", [1, 2])
+async def test_v2_run_reports_the_version_and_errors_by_code(check_every: int) -> None:
+    async with FakeV2Server() as fake:
+        fake.error_on_send = ("rate_limited", "slow down")
+        cfg = SteadyConfig(
+            port=fake.port,
+            users=4,
+            rooms=2,
+            rooms_per_user=1,
+            rate=10,
+            duration=0.5,
+            warmup=0,
+            check_every=check_every,
+            v2=True,
+            name_prefix="load-",
+        )
+        report = await run_in_process(cfg)
+    assert report.protocol_version == 2
+    assert report.names == "load-0, load-1, ..."
+    assert sorted(h.name for h in fake.hellos()) == ["load-0", "load-1", "load-2", "load-3"]
+    # v2 user_message lines (with ,"q":..,"ts":..) are counted and checked as in v1
+    assert_all_delivered(report, 4)
+    assert report.deliveries == report.messages_sent * 2
+    # every send was answered with an error: each sender counted its own
+    assert report.errors_by_code == {"rate_limited": report.messages_sent}
+    table = _table_text(report)
+    assert f"rate_limited {report.messages_sent:,}" in table
+    assert "v2, names load-0, load-1, ..." in table
+
+
+async def test_v2_run_counts_refused_hellos() -> None:
+    async with FakeV2Server() as fake:
+        fake.refuse["u1"] = "name_taken"
+        cfg = SteadyConfig(
+            port=fake.port,
+            users=2,
+            rooms=2,
+            rooms_per_user=1,
+            rate=5,
+            duration=0.3,
+            warmup=0,
+            v2=True,
+            name_prefix="u",
+        )
+        report = await run_in_process(cfg)
+    assert (report.connected, report.failed) == (1, 1)
+    assert report.errors_by_code == {"name_taken": 1}
+
+
+async def test_v2_against_a_v1_server_falls_back_and_says_so(server: ChatServer) -> None:
+    cfg = SteadyConfig(
+        port=server.port,
+        users=2,
+        rooms=2,
+        rooms_per_user=1,
+        rate=5,
+        duration=0.3,
+        warmup=0,
+        v2=True,
+    )
+    report = await run_in_process(cfg)
+    if report.protocol_version == 1:  # the server of today: no v2 yet
+        assert any("stayed in v1" in note for note in report.notes)
+    assert_all_delivered(report, 2)
+    assert report.errors_by_code == {}
+
+
+async def test_v1_run_reports_version_1_and_no_errors(server: ChatServer) -> None:
+    cfg = SteadyConfig(port=server.port, users=2, rooms=2, rooms_per_user=1, rate=5, duration=0.3)
+    report = await run_in_process(cfg)
+    assert (report.protocol_version, report.errors_by_code, report.names) == (1, {}, None)
+    assert not any("v1" in note for note in report.notes)
+
+
+def test_name_prefix_needs_v2_and_a_valid_name() -> None:
+    with pytest.raises(ValueError, match="needs v2"):
+        SteadyConfig(name_prefix="u")
+    with pytest.raises(ValueError, match="name prefix"):
+        SteadyConfig(name_prefix="no spaces", v2=True)
+    assert SteadyConfig(name_prefix="u", v2=True).name_of(12) == "u12"
+    assert SteadyConfig().name_of(12) is None
+
+
+def test_cli_name_prefix_without_v2_is_a_usage_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "roomchat", "stress", "steady", "--name-prefix", "u"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "needs v2" in done.stderr
+
+
+def _table_text(report: Report) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(report_table(report))
+    return console.export_text()

@@ -6,7 +6,15 @@ import time
 
 import pytest
 
-from roomchat.protocol import RoomParticipation, SendMessage, UserJoinedRoom, UserMessage, encode
+from roomchat.protocol import (
+    Error,
+    History,
+    RoomParticipation,
+    SendMessage,
+    UserJoinedRoom,
+    UserMessage,
+    encode,
+)
 from roomchat.stress.config import LoadStep, RampConfig, SteadyConfig, parse_steps, rooms_of_user
 from roomchat.stress.report import build_report
 from roomchat.stress.stamp import MEASURED, WARMUP, line_head, make_line, parse_stamp
@@ -249,3 +257,33 @@ def test_first_connect_is_the_earliest_of_the_workers() -> None:
     for first in (0, 30, 20, 0):  # 0: that worker connected nobody
         total.add(Tally(first_connect_ns=first, last_join_ns=first + 5))
     assert (total.first_connect_ns, total.last_join_ns) == (20, 35)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 5, 13, 64, 10_000])
+async def test_counter_reads_v2_lines_and_counts_errors_by_code(chunk: int) -> None:
+    worker = LoadWorker(SteadyConfig(rooms=1, rooms_per_user=1, check_every=2, v2=True), [1])
+    worker._use_rooms(["a"])
+    user = worker._users[0]
+    count = worker._counter(user)
+    stream = encode(UserJoinedRoom("a", ("me",)))
+    stream += encode(History("a", (), 0, False))
+    stream += encode(RoomParticipation("a", "me", "joined", 1764355200123))
+    errors = [("rate_limited", "slow"), ("not_member", "x"), ("rate_limited", '"quoted"')]
+    for seq in range(6):
+        line = make_line(line_head("a"), 0, seq, 1, MEASURED, 30)
+        content = line[len(line_head("a")) : -4].decode()
+        stream += encode(UserMessage("a", "them", content, seq + 1, 1764355200000 + seq))
+        if seq % 2:
+            code, msg = errors[seq // 2]
+            stream += encode(Error(code, msg, "send_message", str(seq)))
+    assert b',"q":6,"ts":1764355200005}' in stream
+    if chunk:
+        reads = [stream[start : start + chunk] for start in range(0, len(stream), chunk)]
+    else:
+        reads = stream.splitlines(keepends=True)
+    for read in reads:
+        count(read)
+    tally = worker.tally
+    assert (tally.delivered_all, tally.delivered, user.counted) == (6, 6, 6)
+    assert tally.errors_by_code == {"rate_limited": 2, "not_member": 1}
+    assert tally.joined == 1

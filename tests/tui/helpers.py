@@ -19,7 +19,8 @@ from roomchat.protocol import (
 )
 from roomchat.tui.app import RoomChatApp
 from roomchat.tui.screens import ChatScreen
-from roomchat.tui.widgets import MemberList, MessageLog, RoomList
+from roomchat.tui.state import HistoryEnd, HistoryStart, StateEvent
+from roomchat.tui.widgets import MemberList, MessageLog, RoomList, StatusLine
 
 TIMEOUT = 10.0
 
@@ -69,6 +70,10 @@ def log_text(app: RoomChatApp) -> str:
     return "\n".join(chat(app).query_one(MessageLog).plain_lines())
 
 
+def status_text(app: RoomChatApp) -> str:
+    return str(chat(app).query_one(StatusLine).render()).strip()
+
+
 def members_text(app: RoomChatApp) -> str:
     return str(chat(app).query_one(MemberList).render())
 
@@ -96,12 +101,16 @@ DEMO_LOGIN = LoginSuccessful(
         RoomDetail("help", "Stuck? Ask here and someone will point the way."),
     ),
 )
-DEMO_EVENTS: tuple[Event, ...] = (
+DEMO_EVENTS: tuple[StateEvent, ...] = (
     UserJoinedRoom("rust", (DEMO_USER, "gopher")),
     RoomParticipation("rust", DEMO_USER, "joined"),
     UserMessage("rust", "gopher", "anyone tried the new tokio release?"),
     UserMessage("rust", "gopher", "the borrow checker and I are friends now"),
     UserJoinedRoom("general", (DEMO_USER, "alice", "bob")),
+    HistoryStart("general", catch_up=False),
+    UserMessage("general", "bob", "morning! coffee is on", 40, 1764355100000),
+    UserMessage("general", "alice", "thanks bob", 41, 1764355200000),
+    HistoryEnd("general"),
     RoomParticipation("general", DEMO_USER, "joined"),
     UserMessage("general", "alice", "hello everyone 👋"),
     UserMessage("general", DEMO_USER, "hi alice! roomchat speaks the rust-chat-server protocol."),
@@ -121,6 +130,7 @@ DEMO_EVENTS: tuple[Event, ...] = (
 def show_demo(app: RoomChatApp) -> None:
     """Put the app on the chat page with fixed rooms, members and messages."""
     app.handle_event(DEMO_LOGIN)
+    app.state.session(DEMO_USER, 2)
     app.state.activate("rust")
     for event in DEMO_EVENTS[:4]:
         app.handle_event(event)

@@ -81,6 +81,18 @@ def _common(func: F) -> F:
             show_default=True,
             help="Seconds a phase may overrun its plan before the run is abandoned.",
         ),
+        click.option(
+            "--v2",
+            is_flag=True,
+            help="Speak protocol v2 (hello/welcome; errors counted by code). A server without "
+            "v2 leaves the sessions in v1 after a 1 s wait, and the report says so.",
+        ),
+        click.option(
+            "--name-prefix",
+            default=None,
+            metavar="P",
+            help="With --v2: users take the names P0, P1, ... (default: random ids).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON line, no table."),
         click.option("--quiet", is_flag=True, help="No live progress."),
     ]
@@ -147,6 +159,8 @@ class _Live:
             f"delivered {(tally.delivered_all - delivered) / (now - then):,.0f}/s, "
             f"p99 {p99:g} ms, errors {tally.protocol_errors}"
         )
+        if tally.errors_by_code:
+            line += f", v2 errors {sum(tally.errors_by_code.values()):,}"
         if self.live is not None:
             self.live.update(Text(line))
         elif now - self.printed >= 2:
@@ -172,7 +186,8 @@ def _execute(cfg: Config, as_json: bool, quiet: bool) -> None:
 
 @click.group(name="stress")
 def command() -> None:
-    """Load-test a protocol v1 server and report throughput, loss and latency.
+    """Load-test a protocol v1 (or, with --v2, v2) server and report throughput, loss
+    and latency.
 
     Every run stops by itself: steady after warm-up + duration + drain, ramp after its
     load increments + drain.

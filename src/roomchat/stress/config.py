@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from roomchat.protocol import NAME_MAX_LENGTH, valid_name
+
 __all__ = [
     "DEFAULT_RAMP",
     "Config",
@@ -74,6 +76,10 @@ class RunConfig:
     join_bound: float = 1.0
 
     tls: bool | str = False  # TLS: True checks against the system's CAs, a str is a CA file
+    #: Say hello for protocol v2 (a server without v2 leaves the sessions in v1).
+    v2: bool = False
+    #: v2: user i asks for the name f"{name_prefix}{i}"; None: keep the random ids.
+    name_prefix: str | None = None
 
     def address_of(self, user: int) -> tuple[str, int]:
         """The server that user (global index) connects to."""
@@ -87,6 +93,10 @@ class RunConfig:
         """Every server loaded, as host:port[,host:port...]."""
         return ",".join(f"{h}:{p}" for h, p in ((self.host, self.port), *self.more_addrs))
 
+    def name_of(self, user: int) -> str | None:
+        """The name user (global index) asks for in its hello; None: its random id."""
+        return None if self.name_prefix is None else f"{self.name_prefix}{user}"
+
     def __post_init__(self) -> None:
         if self.rooms < 1 or not 1 <= self.rooms_per_user <= self.rooms:
             raise ValueError("need rooms >= 1 and 1 <= rooms-per-user <= rooms")
@@ -96,6 +106,17 @@ class RunConfig:
             raise ValueError("payload and drain timeout must not be negative")
         if self.join_bound <= 0:
             raise ValueError("join bound must be > 0")
+        if self.name_prefix is not None:
+            if not self.v2:
+                raise ValueError("name prefix needs v2 (names are a v2 feature)")
+            # room for up to 7 digits of user index (10 million users)
+            if not valid_name(self.name_prefix + "0") or (
+                len(self.name_prefix) + 7 > NAME_MAX_LENGTH
+            ):
+                raise ValueError(
+                    f"name prefix {self.name_prefix!r}: names are ASCII letters, digits, _ - ."
+                    f" and the prefix at most {NAME_MAX_LENGTH - 7} characters"
+                )
 
 
 @dataclass(frozen=True, slots=True)

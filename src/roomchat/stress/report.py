@@ -79,6 +79,12 @@ class Report(msgspec.Struct, frozen=True):
     join_end_ns: int  # last user's last join confirmation (0: nobody joined)
     rooms_used: list[str]
     notes: list[str]
+    # Protocol v2 (--v2). protocol_version: what the connected sessions speak (2 only if
+    # every one of them got a welcome; 0: nobody connected).
+    protocol_version: int = 1
+    names: str | None = None  # the users' names: "<prefix>0", ... (None: random ids)
+    #: v2 ``error`` events received, by code (refused hellos included).
+    errors_by_code: dict[str, int] = msgspec.field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
@@ -135,6 +141,18 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
     span = max(0.0, (tally.last_delivery_ns - window_start) / 1e9) if tally.delivered else 0.0
 
     rooms_used = next((r.rooms_used for r in results if r.rooms_used), [])
+    if not tally.connected:
+        version = 0
+    elif tally.sessions_v2 == tally.connected:
+        version = 2
+    else:
+        version = 1
+        if cfg.v2:
+            all_notes.append(
+                f"{tally.connected - tally.sessions_v2:,} of {tally.connected:,} sessions got no"
+                " welcome and stayed in v1 (the server has no v2?)"
+                + ("" if tally.sessions_v2 == 0 else f"; {tally.sessions_v2:,} speak v2")
+            )
     return Report(
         mode=cfg.mode,
         addr=cfg.addr,
@@ -183,6 +201,9 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
         join_end_ns=join_end,
         rooms_used=rooms_used,
         notes=all_notes,
+        protocol_version=version,
+        names=None if cfg.name_prefix is None else f"{cfg.name_prefix}0, {cfg.name_prefix}1, ...",
+        errors_by_code=dict(sorted(tally.errors_by_code.items())),
     )
 
 
@@ -216,7 +237,12 @@ def report_table(report: Report) -> Table:
         else "in load increments"
     )
     lost_pct = 100 * report.lost / report.deliveries_expected if report.deliveries_expected else 0
+    errors = ", ".join(f"{code} {count:,}" for code, count in report.errors_by_code.items())
     rows = [
+        (
+            "protocol version",
+            f"v{report.protocol_version}" + (f", names {report.names}" if report.names else ""),
+        ),
         ("users connected / failed", f"{report.connected:,} / {report.failed:,}"),
         ("rooms used / per user", f"{report.rooms} / {report.rooms_per_user}"),
         ("rate per user", f"{report.rate:g} msg/s, {report.payload} B content"),
@@ -245,6 +271,7 @@ def report_table(report: Report) -> Table:
         ("lost", f"{report.lost:,} ({lost_pct:.2f} %)"),
         ("duplicated / out of order", f"{report.duplicated:,} / {report.out_of_order:,}"),
         ("unexpected / protocol errors", f"{report.unexpected:,} / {report.protocol_errors:,}"),
+        ("errors received by code (v2)", errors or "none"),
         ("sessions closed by server", f"{report.disconnected:,}"),
         ("latency p50 / p90 / p99", f"{lat.p50:g} / {lat.p90:g} / {lat.p99:g} ms"),
         ("latency p99.9 / max", f"{lat.p999:g} / {lat.max:g} ms"),

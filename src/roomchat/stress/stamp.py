@@ -13,11 +13,13 @@ from __future__ import annotations
 from roomchat.protocol import MESSAGE_TAIL, SendMessage, encode_head
 
 __all__ = [
+    "ERROR_MARK",
     "JOINED_MARK",
     "MEASURED",
     "MEASURED_MARK",
     "MESSAGE_MARK",
     "PARTICIPATION_MARK",
+    "PING_MARK",
     "WARMUP",
     "Stamp",
     "line_head",
@@ -36,6 +38,12 @@ MESSAGE_MARK = b'"_et":"user_message"'
 MEASURED_MARK = b" " + MEASURED.encode() + b"|"
 JOINED_MARK = b'"_et":"user_joined_room"'
 PARTICIPATION_MARK = b'"_et":"room_participation"'
+# v2 (docs/protocol.md): an error's code comes right after its tag (the key order is
+# fixed), so the code is the bytes from the end of this mark to the next quote; codes
+# are plain ASCII words. A v2 user_message ends with ,"q":N,"ts":T after the content:
+# digits only, so the marks above are unaffected.
+ERROR_MARK = b'"_et":"error","code":"'
+PING_MARK = b'"_et":"ping"'
 
 
 def line_head(room: str) -> bytes:

@@ -69,11 +69,17 @@ class Tally(msgspec.Struct):
     max_connect_lag_us: int = 0  # how late the tool started an arrival's connection
     first_connect_ns: int = 0  # when the first user started to connect (monotonic; 0: none)
     last_join_ns: int = 0  # when the last user had every room confirmed (monotonic)
+    sessions_v2: int = 0  # connected sessions that speak v2 (the server sent welcome)
+    #: v2: ``error`` events received (and refused hellos), by code.
+    errors_by_code: dict[str, int] = msgspec.field(default_factory=dict)
 
     def add(self, other: Tally) -> None:
         for name in self.__struct_fields__:
             mine, theirs = getattr(self, name), getattr(other, name)
-            if name in _MAX_FIELDS:
+            if name == "errors_by_code":
+                for code, count in theirs.items():
+                    mine[code] = mine.get(code, 0) + count
+            elif name in _MAX_FIELDS:
                 setattr(self, name, max(mine, theirs))
             elif name == "first_connect_ns":  # the earliest of those set
                 setattr(self, name, min(mine, theirs) if mine and theirs else mine or theirs)
@@ -81,7 +87,10 @@ class Tally(msgspec.Struct):
                 setattr(self, name, mine + theirs)
 
     def copy(self) -> Tally:
-        return msgspec.structs.replace(self)
+        return msgspec.structs.replace(self, errors_by_code=dict(self.errors_by_code))
+
+    def count_error(self, code: str, count: int = 1) -> None:
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + count
 
 
 class SentLog(msgspec.Struct):

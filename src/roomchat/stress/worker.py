@@ -17,10 +17,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from roomchat.client import ChatClient, ConnectionClosed, ProtocolViolation, connect, tls_context
+from roomchat.client import (
+    ChatClient,
+    ConnectionClosed,
+    HelloRefused,
+    ProtocolViolation,
+    connect,
+    tls_context,
+)
 from roomchat.protocol import (
+    Error,
     Event,
     JoinRoom,
+    Pong,
     RoomParticipation,
     UserJoinedRoom,
     UserMessage,
@@ -28,11 +37,13 @@ from roomchat.protocol import (
 )
 from roomchat.stress.config import Config, rooms_of_user
 from roomchat.stress.stamp import (
+    ERROR_MARK,
     JOINED_MARK,
     MEASURED,
     MEASURED_MARK,
     MESSAGE_MARK,
     PARTICIPATION_MARK,
+    PING_MARK,
     WARMUP,
     line_head,
     make_line,
@@ -58,8 +69,10 @@ _POLL_WITHIN = 0.002
 _SETTLE_QUIET = 0.3  # seconds without any join event: the join storm is over
 _LATE_LIMIT = 1_000_000_000  # ns past the window's end after which a sender gives up
 _MAX_GAP = 100_000  # a sequence jump larger than this is not tracked message by message
-_TAIL_KEEP = max(len(MESSAGE_MARK), len(PARTICIPATION_MARK), len(JOINED_MARK)) - 1
+_TAIL_KEEP = max(len(MESSAGE_MARK), len(PARTICIPATION_MARK), len(JOINED_MARK), len(PING_MARK)) - 1
 _NEWLINE = ord("\n")
+_PONG = encode(Pong())
+_MAX_CODE = 64  # an error's code longer than this is not a code: the scan gives up on it
 
 
 class StressError(Exception):
@@ -236,11 +249,19 @@ class LoadWorker:
                 *self.cfg.address_of(user.index),
                 timeout=self.cfg.connect_timeout,
                 ssl=self._tls,
+                v2=self.cfg.v2,
+                name=self.cfg.name_of(user.index),
                 **self._receiving(user),
             )
+        except HelloRefused as exc:  # v2: name taken or invalid, shutting down, ...
+            self.tally.failed += 1
+            self.tally.count_error(exc.error.code)
+            return False
         except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation):
             self.tally.failed += 1
             return False
+        if client.version >= 2:
+            self.tally.sessions_v2 += 1
         took = time.monotonic_ns() - user.connect_ns
         self._login_histogram.record_value(min(max(took // 1000, 1), LATENCY_MAX_US))
         if not self.room_names:
@@ -297,11 +318,26 @@ class LoadWorker:
         tally = self.tally
         monotonic_ns = time.monotonic_ns
         wanted = len(user.rooms)
+        v2 = self.cfg.v2
         tail = b""
         joins = 0
+        error_part = b""  # from an error's mark to the end of a read that cut its code off
+
+        def count_errors(chunk: bytes, start: int) -> bytes:
+            """Count the error marks that begin at ``start`` or later, by code; return
+            the part of an error line whose code the read cut off (counted next time)."""
+            pos = chunk.find(ERROR_MARK, start)
+            while pos >= 0:
+                begin = pos + len(ERROR_MARK)
+                end = chunk.find(b'"', begin, begin + _MAX_CODE)
+                if end < 0:
+                    return chunk[pos:] if len(chunk) - begin < _MAX_CODE else b""
+                tally.count_error(chunk[begin:end].decode("ascii", "replace"))
+                pos = chunk.find(ERROR_MARK, end)
+            return b""
 
         def on_data(data: bytes) -> None:
-            nonlocal tail, joins
+            nonlocal tail, joins, error_part
             if tail:
                 chunk = tail + data
                 messages = chunk.count(MESSAGE_MARK) - tail.count(MESSAGE_MARK)
@@ -327,6 +363,21 @@ class LoadWorker:
                 if joins >= wanted:
                     for room in user.rooms:
                         self._joined(user, room)
+            if v2:
+                # Rare lines, found with one more scan per read: the server's pings
+                # (raw mode answers them itself) and errors (counted by code).
+                pings = (
+                    chunk.count(PING_MARK) - tail.count(PING_MARK)
+                    if tail
+                    else data.count(PING_MARK)
+                )
+                if pings and user.client is not None and not user.client.closed:
+                    user.client.write(_PONG)
+                if error_part:  # it holds every mark of the previous read not yet counted
+                    error_part = count_errors(error_part + data, 0)
+                else:  # a mark lying wholly in the tail was counted with the previous read
+                    start = max(0, len(tail) - len(ERROR_MARK) + 1) if tail else 0
+                    error_part = count_errors(chunk, start)
             tail = b"" if data[-1] == _NEWLINE else chunk[-_TAIL_KEEP:]
 
         return on_data
@@ -374,6 +425,8 @@ class LoadWorker:
                     latencies[latency] = latencies.get(latency, 0) + 1
             elif type(event) is RoomParticipation:
                 tally.join_events += 1
+            elif type(event) is Error:
+                tally.count_error(event.code)
             elif type(event) is UserJoinedRoom:
                 tally.join_events += 1
                 room = room_index.get(event.room, -1)

@@ -4,6 +4,10 @@ Network work runs in one async worker per session (connect, then read events); i
 reports back with messages, which the app applies to :class:`ChatState` and hands to
 the chat page to draw. Commands (join, leave, send) are written from the UI handlers:
 they do not wait on the network beyond the transport's flow control.
+
+The session is a :class:`~roomchat.client.ReconnectingClient`: protocol v2 when the
+server has it (else v1, silently), and after a drop it reconnects with backoff, re-joins
+the rooms and catches up on what it missed.
 """
 
 from __future__ import annotations
@@ -20,24 +24,47 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.worker import Worker, WorkerState
 
-from roomchat.client import ChatClient, ConnectionClosed, ProtocolViolation, connect, parse_address
-from roomchat.protocol import Event, LoginSuccessful
+from roomchat.client import (
+    ConnectionClosed,
+    HelloRefused,
+    ProtocolViolation,
+    ReconnectingClient,
+    parse_address,
+)
+from roomchat.protocol import History, LoginSuccessful, valid_name
 from roomchat.tui.screens import ChatScreen, ConnectScreen
-from roomchat.tui.state import DEFAULT_HISTORY_LIMIT, ChatState
+from roomchat.tui.state import (
+    DEFAULT_HISTORY_LIMIT,
+    JOIN_HISTORY,
+    ChatState,
+    HistoryEnd,
+    HistoryStart,
+    StateEvent,
+)
 
 __all__ = ["DEFAULT_ADDRESS", "RoomChatApp"]
 
 DEFAULT_ADDRESS = "localhost:8080"
 
 
+class Session(ReconnectingClient):
+    """The reconnecting client, also saying where each room's history begins and ends
+    (its messages arrive as user_message events), so that the past can be shown apart."""
+
+    def _catch_up(self, history: History) -> None:
+        self._emit(HistoryStart(history.room, catch_up=history.room in self.last_seq))  # type: ignore[arg-type]
+        super()._catch_up(history)
+        self._emit(HistoryEnd(history.room))  # type: ignore[arg-type]
+
+
 class SessionStarted(Message):
-    def __init__(self, client: ChatClient) -> None:
+    def __init__(self, client: Session) -> None:
         super().__init__()
         self.client = client
 
 
 class ServerEvent(Message):
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: StateEvent) -> None:
         super().__init__()
         self.event = event
 
@@ -59,6 +86,8 @@ class SessionEnded(Message):
 
 
 def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, HelloRefused):
+        return f"the server refused: {exc.error.code}: {exc.error.msg}"
     if isinstance(exc, TimeoutError):
         return "timed out waiting for the server"
     if isinstance(exc, UnicodeError):
@@ -93,21 +122,28 @@ class RoomChatApp(App[None]):
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         clock: Callable[[], float] = time.monotonic,
         tls: ssl.SSLContext | bool | None = None,
+        name: str = "",
+        hello_timeout: float = 1.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 15.0,
     ) -> None:
         super().__init__()
         self.address = address
         self.tls = tls  # passed to connect(ssl=...)
         self.default_address = address or default_address
+        self.user_name = name
         self.connect_timeout = connect_timeout
+        self.hello_timeout = hello_timeout  # how long to wait for a v2 welcome
+        self.backoff = (backoff_initial, backoff_max)
         self.state = ChatState(history_limit=history_limit, clock=clock)
-        self.client: ChatClient | None = None
+        self.client: Session | None = None
 
     def get_default_screen(self) -> ConnectScreen:
-        return ConnectScreen(self, self.default_address)
+        return ConnectScreen(self, self.default_address, self.user_name)
 
     def on_mount(self) -> None:
         if self.address is not None:
-            self.connect_to(self.address)
+            self.connect_to(self.address, self.user_name)
 
     # -- pages ---------------------------------------------------------------------
     @property
@@ -122,33 +158,59 @@ class RoomChatApp(App[None]):
         return screen if isinstance(screen, ChatScreen) else None
 
     # -- the network session (a worker) ---------------------------------------------
-    def connect_to(self, address: str) -> None:
+    def connect_to(self, address: str, name: str = "") -> None:
         try:
             host, port = parse_address(address)
         except ValueError as exc:
             self.connect_screen.show_status(f"Bad address: {exc}", error=True)
             return
+        name = name.strip()
+        if name and not valid_name(name):
+            self.connect_screen.show_status(
+                "Bad name: 1 to 32 ASCII letters, digits, _ - or .", error=True
+            )
+            return
         self.connect_screen.show_status(f"Connecting to {host}:{port}…")
-        self._run_session(host, port)
+        self._run_session(host, port, name or None)
 
     @work(exclusive=True, group="session", exit_on_error=False)
-    async def _run_session(self, host: str, port: int) -> None:
+    async def _run_session(self, host: str, port: int, name: str | None) -> None:
+        client = Session(
+            host,
+            port,
+            name=name,
+            hello_timeout=self.hello_timeout,
+            connect_timeout=self.connect_timeout,
+            backoff_initial=self.backoff[0],
+            backoff_max=self.backoff[1],
+            ssl=self.tls,
+        )
         try:
-            client = await connect(host, port, timeout=self.connect_timeout, ssl=self.tls)
+            await client.start()
         except (OSError, TimeoutError, ConnectionClosed, ProtocolViolation, ValueError) as exc:
             # ValueError: a host name the resolver rejects (e.g. "ex..ample").
+            # HelloRefused (a ConnectionClosed? no: a CommandError) is caught below.
+            self.post_message(
+                SessionFailed(f"Could not connect to {host}:{port}: {describe_error(exc)}")
+            )
+            return
+        except HelloRefused as exc:
             self.post_message(
                 SessionFailed(f"Could not connect to {host}:{port}: {describe_error(exc)}")
             )
             return
         try:
             self.post_message(SessionStarted(client))
-            async for event in client:
-                self.post_message(ServerEvent(event))
-            self.post_message(SessionEnded(client.close_reason or "connection closed"))
+            try:
+                async for event in client:
+                    self.post_message(ServerEvent(event))
+                reason = "connection closed"
+            except HelloRefused as exc:  # reconnecting: the name is no longer ours
+                reason = describe_error(exc)
+            self.post_message(SessionEnded(reason))
         finally:
             # Also reached when the worker is cancelled: the app is closing.
-            client.close()
+            await client.close()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # A bug in the session worker must show in the UI, not as a traceback.
@@ -157,7 +219,13 @@ class RoomChatApp(App[None]):
 
     def on_session_started(self, message: SessionStarted) -> None:
         self.client = message.client
-        self.handle_event(message.client.login)
+        current = message.client.client
+        assert current is not None  # started
+        self.handle_event(current.login)
+        self.state.session(current.user_id, current.version)
+        screen = self.chat_screen
+        if screen is not None and screen.is_mounted:
+            screen.show_all()
 
     def on_server_event(self, message: ServerEvent) -> None:
         self.handle_event(message.event)
@@ -174,7 +242,7 @@ class RoomChatApp(App[None]):
         self.connect_screen.show_status(notice, error=True)
         self.notify(notice, title="Disconnected", severity="error")
 
-    def handle_event(self, event: Event) -> None:
+    def handle_event(self, event: StateEvent) -> None:
         """Apply one server event to the state and redraw what it touched."""
         update = self.state.apply(event)
         if isinstance(event, LoginSuccessful):
@@ -187,12 +255,12 @@ class RoomChatApp(App[None]):
             screen.show_update(update)
 
     # -- commands from the chat page ------------------------------------------------------
-    async def _command(self, send: Callable[[ChatClient], Awaitable[None]], refused: str) -> bool:
+    async def _command(self, send: Callable[[Session], Awaitable[None]], refused: str) -> bool:
         """Send a command if connected; otherwise (or if the connection just dropped) say
         plainly that it was not sent: nothing typed is ever silently lost."""
         client = self.client
         try:
-            if client is None or client.closed:
+            if client is None or not client.connected:
                 raise ConnectionClosed("not connected")
             await send(client)
         except ConnectionClosed:
@@ -208,7 +276,9 @@ class RoomChatApp(App[None]):
         if screen is not None:
             screen.show_active_changed()
         if must_join:
-            await self._command(lambda c: c.join(room), f"cannot join #{room}.")
+            await self._command(
+                lambda c: c.join(room, history=JOIN_HISTORY), f"cannot join #{room}."
+            )
 
     async def leave_active_room(self) -> None:
         room = self.state.active

@@ -13,6 +13,7 @@ from textual.events import DescendantFocus
 from textual.screen import Screen
 from textual.widgets import Input, Label, OptionList, Static
 
+from roomchat.protocol import NAME_MAX_LENGTH
 from roomchat.tui.state import ChatState, Update
 from roomchat.tui.widgets import (
     MemberList,
@@ -20,6 +21,7 @@ from roomchat.tui.widgets import (
     MessageLog,
     RoomHeader,
     RoomList,
+    StatusLine,
     UsagePanel,
     UserInfo,
 )
@@ -30,7 +32,7 @@ __all__ = ["ChatController", "ChatScreen", "ConnectScreen"]
 class ChatController(Protocol):
     """What the pages ask of the app, which owns the connection."""
 
-    def connect_to(self, address: str) -> None: ...
+    def connect_to(self, address: str, name: str = "") -> None: ...
 
     async def open_room(self, room: str) -> None: ...
 
@@ -40,17 +42,18 @@ class ChatController(Protocol):
 
 
 class ConnectScreen(Screen[None]):
-    """A server-address box; Enter connects, errors show below it."""
+    """A server-address box and an optional name; Enter connects, errors show below."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "app.quit", "Quit"),
         Binding("escape", "blur_address", "Leave the box", show=False),
     ]
 
-    def __init__(self, controller: ChatController, address: str) -> None:
+    def __init__(self, controller: ChatController, address: str, name: str = "") -> None:
         super().__init__()
         self._controller = controller
         self._address = address
+        self._name = name
         self.status_text = ""
         self._status_error = False
 
@@ -59,6 +62,13 @@ class ConnectScreen(Screen[None]):
             yield Label("roomchat", id="connect-title")
             yield Label("Server address")
             yield Input(self._address, placeholder="host:port", id="address")
+            yield Label("Name (optional)")
+            yield Input(
+                self._name,
+                placeholder="empty: a random id",
+                max_length=NAME_MAX_LENGTH,
+                id="name",
+            )
             yield Static("", id="connect-status")
             yield Static(
                 Text.assemble(
@@ -74,9 +84,11 @@ class ConnectScreen(Screen[None]):
                 id="connect-help",
             )
 
-    @on(Input.Submitted, "#address")
+    @on(Input.Submitted, "#address, #name")
     def _submitted(self, event: Input.Submitted) -> None:
-        self._controller.connect_to(event.value)
+        address = self.query_one("#address", Input).value
+        name = self.query_one("#name", Input).value
+        self._controller.connect_to(address, name)
 
     def action_blur_address(self) -> None:
         self.set_focus(None)
@@ -123,6 +135,7 @@ class ChatScreen(Screen[None]):
                 with VerticalScroll(id="members-box", can_focus=False):
                     yield MemberList(id="members")
                 yield UsagePanel(id="usage")
+        yield StatusLine(id="status-line")
 
     def on_mount(self) -> None:
         self.query_one(RoomList).border_title = "Rooms"
@@ -136,6 +149,10 @@ class ChatScreen(Screen[None]):
     def show_all(self) -> None:
         self.query_one(RoomList).show_rooms(self._state)
         self._show_active_room()
+        self.show_status()
+
+    def show_status(self) -> None:
+        self.query_one(StatusLine).show_status(self._state)
 
     def _show_active_room(self) -> None:
         self.query_one(RoomHeader).show_room(self._state)
@@ -147,6 +164,9 @@ class ChatScreen(Screen[None]):
         # Until mounted there is nothing to redraw: on_mount draws the whole state.
         if not update.changed or not self.is_mounted:
             return
+        if update.status:
+            self.show_status()
+            return
         if update.room is None:
             self.show_all()
             return
@@ -154,7 +174,9 @@ class ChatScreen(Screen[None]):
         if update.room == self._state.active_room:
             self.query_one(RoomHeader).show_room(self._state)
             self.query_one(MemberList).show_members(self._state)
-            if update.line is not None:
+            if update.redraw:
+                self.query_one(MessageLog).show_room(self._state.active)
+            elif update.line is not None:
                 self.query_one(MessageLog).add_line(update.line)
 
     def show_active_changed(self) -> None:

@@ -10,42 +10,80 @@ only what it must.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from roomchat.client import Disconnected, MissedMessages, Reconnected
 from roomchat.protocol import (
+    Error,
     Event,
     LoginSuccessful,
+    RateLimited,
     RoomParticipation,
+    Shutdown,
     UserJoinedRoom,
     UserMessage,
 )
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
+    "JOIN_HISTORY",
     "ChatLine",
     "ChatState",
+    "HistoryEnd",
+    "HistoryStart",
     "LineKind",
     "RoomState",
+    "StateEvent",
     "Update",
 ]
 
 #: Messages kept per room, as in the original client; older ones are dropped.
 DEFAULT_HISTORY_LIMIT = 100
+#: v2: how many past messages a join asks for (shown above the live ones).
+JOIN_HISTORY = 50
 
-LineKind = Literal["message", "joined", "left"]
+#: ``notice``: a separator the client itself adds (history, gap, reconnected).
+LineKind = Literal["message", "joined", "left", "notice"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChatLine:
-    """One line of a room's history: a message, or a join/leave notice."""
+    """One line of a room's history: a message, a join/leave notice, or a separator."""
 
     kind: LineKind
     user_id: str
     content: str = ""
     own: bool = False  # written by (or about) this session's user
+    past: bool = False  # a message from the room's history, sent before we joined
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStart:
+    """The messages of a room's v2 ``history`` follow (as user_message events): the
+    room's past on a first join, or (``catch_up``) what was missed while disconnected."""
+
+    room: str
+    catch_up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEnd:
+    """The messages of the room's ``history`` are over; live messages follow."""
+
+    room: str
+
+
+#: Everything :meth:`ChatState.apply` takes: the server's events, the reconnecting
+#: client's own (Disconnected, Reconnected, MissedMessages) and the history markers.
+StateEvent = Event | Disconnected | Reconnected | MissedMessages | HistoryStart | HistoryEnd
+
+GAP_NOTICE = "some messages were missed"
+HISTORY_NOTICE = "history"
+RECONNECTED_NOTICE = "reconnected"
 
 
 @dataclass(slots=True)
@@ -59,6 +97,9 @@ class RoomState:
     members: set[str] = field(default_factory=set)
     lines: collections.deque[ChatLine] = field(init=False)
     unread: int = 0
+    #: While a history is being replayed: "history" (first join) or "catch_up".
+    replaying: Literal["history", "catch_up"] | None = None
+    replayed: int = 0  # messages of the current replay so far
 
     def __post_init__(self) -> None:
         self.lines = collections.deque(maxlen=self.history_limit)
@@ -74,6 +115,8 @@ class Update:
     room: str | None
     line: ChatLine | None = None
     changed: bool = True
+    redraw: bool = False  # the room's lines changed in bulk: redraw its log
+    status: bool = False  # only the status line changed
 
 
 class ChatState:
@@ -93,6 +136,12 @@ class ChatState:
         self.rooms: dict[str, RoomState] = {}
         self.active_room: str | None = None
         self.connected_at: float | None = None
+        # The status line: protocol version, connection, the latest error or notice.
+        self.version = 0  # 0: not connected yet
+        self.reconnecting = False
+        self.status: str = ""  # what to say besides the version ("" : all is well)
+        self.status_error = False  # the status is an error (drawn in red)
+        self._shutdown_msg: str | None = None
 
     # -- reading -------------------------------------------------------------------
     @property
@@ -112,16 +161,58 @@ class ChatState:
         return max(0, int(self._clock() - self.connected_at))
 
     # -- server events -------------------------------------------------------------
-    def apply(self, event: Event) -> Update:
-        """Apply one server event.
+    def status_text(self) -> str:
+        """The status line's text (the widget styles it)."""
+        parts = [f"v{self.version}" if self.version else "connecting…"]
+        if self.user_id is not None:
+            parts.append(f"@{self.user_id}")
+        if self.status:
+            parts.append(self.status)
+        elif not self.reconnecting and self.version:
+            parts.append("connected")
+        return "  ·  ".join(parts)
+
+    def session(self, user_id: str, version: int) -> Update:
+        """The session's user id and protocol version (v2: the welcome's)."""
+        self.user_id = user_id
+        self.version = version
+        return Update(None)
+
+    def _set_status(self, text: str, *, error: bool = False) -> Update:
+        self.status, self.status_error = text, error
+        return Update(None, status=True)
+
+    def apply(self, event: StateEvent) -> Update:
+        """Apply one server event (or one of the reconnecting client's).
 
         Events about rooms the client does not know, or has left (a message already on its
         way when the leave was sent), are ignored.
         """
         if isinstance(event, LoginSuccessful):
             return self._login(event)
+        if isinstance(event, Error):
+            return self._set_status(f"error {event.code}: {event.msg}", error=True)
+        if isinstance(event, Shutdown):
+            self._shutdown_msg = event.msg or "server restarting"
+            seconds = math.ceil(event.reconnect_ms / 1000)
+            return self._set_status(f"{self._shutdown_msg}, reconnecting in {seconds} s")
+        if isinstance(event, RateLimited):
+            return self._set_status(f"sending too fast: slowed down for {event.retry_ms} ms")
+        if isinstance(event, Disconnected):
+            return self._disconnected(event)
+        if isinstance(event, Reconnected):
+            self.reconnecting = False
+            self._shutdown_msg = None
+            self.user_id, self.version = event.user_id, event.version
+            for joined in self.rooms.values():
+                if joined.joined:
+                    joined.lines.append(ChatLine("notice", "", RECONNECTED_NOTICE))
+            self._set_status("")
+            return Update(None)
+        if isinstance(event, HistoryStart | HistoryEnd | MissedMessages):
+            return self._history(event)
         if not isinstance(event, UserJoinedRoom | RoomParticipation | UserMessage):
-            return Update(None, changed=False)  # v2's events: the TUI speaks v1 for now
+            return Update(None, changed=False)  # pings, pongs, welcome: nothing to show
         room = self.rooms.get(event.room)
         if room is None:
             return Update(event.room, changed=False)
@@ -142,11 +233,41 @@ class ChatState:
             return Update(room.name, line)
         # UserMessage: every member gets it, the sender included (PROTOCOL.md, Events).
         own = event.user_id == self.user_id
-        line = ChatLine("message", event.user_id, event.content, own=own)
+        past = room.replaying == "history"
+        if past and room.replayed == 0:
+            room.lines.append(ChatLine("notice", "", HISTORY_NOTICE))
+        if room.replaying is not None:
+            room.replayed += 1
+        line = ChatLine("message", event.user_id, event.content, own=own, past=past)
         room.lines.append(line)
-        if room.name != self.active_room and not own:
+        if room.name != self.active_room and not own and not past:
             room.unread += 1
-        return Update(room.name, line)
+        # A replay's lines are drawn all at once at its end (one redraw, not one a line).
+        return Update(room.name, None if room.replaying else line, changed=not room.replaying)
+
+    def _disconnected(self, event: Disconnected) -> Update:
+        self.reconnecting = True
+        seconds = event.retry_in
+        when = f"{math.ceil(seconds)} s" if seconds >= 1 else f"{seconds:.1f} s"
+        if self._shutdown_msg is not None:
+            return self._set_status(f"{self._shutdown_msg}, reconnecting in {when}")
+        return self._set_status(f"reconnecting… (next try in {when}: {event.reason})", error=True)
+
+    def _history(self, event: HistoryStart | HistoryEnd | MissedMessages) -> Update:
+        room = self.rooms.get(event.room)
+        if room is None:
+            return Update(event.room, changed=False)
+        if isinstance(event, HistoryStart):
+            room.replaying = "catch_up" if event.catch_up else "history"
+            room.replayed = 0
+            return Update(room.name, changed=False)
+        if isinstance(event, HistoryEnd):
+            changed = room.replayed > 0
+            room.replaying, room.replayed = None, 0
+            return Update(room.name, changed=changed, redraw=changed)
+        # MissedMessages: some messages are lost for good (or v1: cannot be known).
+        room.lines.append(ChatLine("notice", "", GAP_NOTICE))
+        return Update(room.name, room.lines[-1])
 
     def _login(self, event: LoginSuccessful) -> Update:
         self.reset()
@@ -190,3 +311,7 @@ class ChatState:
         self.rooms = {}
         self.active_room = None
         self.connected_at = None
+        self.version = 0
+        self.reconnecting = False
+        self.status, self.status_error = "", False
+        self._shutdown_msg = None

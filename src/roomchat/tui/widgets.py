@@ -19,6 +19,7 @@ __all__ = [
     "MessageLog",
     "RoomHeader",
     "RoomList",
+    "StatusLine",
     "UsagePanel",
     "UserInfo",
     "format_line",
@@ -38,11 +39,15 @@ def room_prompt(room: RoomState, active: bool) -> Text:
 
 
 def format_line(line: ChatLine) -> Text:
-    """A history line: ``@user: text``; join/leave notices in italics; own lines marked."""
+    """A history line: ``@user: text``; join/leave notices in italics; own lines marked;
+    messages from before the join (the room's history) dimmed; the client's own
+    separators (history, missed messages, reconnected) as ``── text ──``."""
     marker = "» " if line.own else "  "
     user_style = "bold cyan" if line.own else "bold"
+    if line.kind == "notice":
+        return Text(f"── {line.content} ──", style="dim yellow", justify="center")
     if line.kind == "message":
-        text = Text()
+        text = Text(style="dim" if line.past else "")
         text.append(marker, style="bold cyan")
         text.append(f"@{line.user_id}", style=user_style)
         text.append(": ")
@@ -174,6 +179,19 @@ class MemberList(Static):
                 text.append(f"@{user} (you)\n", style="bold cyan")
             else:
                 text.append(f"@{user}\n")
+        self.update(text)
+
+
+class StatusLine(Static):
+    """One line at the bottom of the chat page: protocol version, user, connection state,
+    the latest error or server notice."""
+
+    def show_status(self, state: ChatState) -> None:
+        text = Text(" " + state.status_text(), no_wrap=True, overflow="ellipsis")
+        if state.status_error:
+            text.stylize("bold red")
+        elif state.reconnecting or state.status:
+            text.stylize("bold yellow")
         self.update(text)
 
 
