@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit bench tui stress clean install install-dev redis
+.PHONY: run test lint typecheck unit bench soak tui stress clean install install-dev redis
 
 run: $(VENV)/.installed
 	$(BIN)/roomchat serve $(ARGS)
@@ -26,8 +26,11 @@ test: $(VENV)/.installed-dev redis
 unit: $(VENV)/.installed-dev redis
 	$(BIN)/pytest $(ARGS)
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev redis
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+soak: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 # The tests start their own redis-server processes (>= 7) on free ports; this finds one
 # (or $ROOMCHAT_REDIS_SERVER) or, as root on Debian, installs the package without
