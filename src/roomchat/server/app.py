@@ -14,6 +14,7 @@ from roomchat.server.config import ServerConfig, load_rooms
 from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
+from roomchat.server.web import WebServer
 
 __all__ = ["ChatServer", "ServerStartError", "serve"]
 
@@ -40,6 +41,8 @@ class ChatServer:
             max_pending_output=config.max_pending_output,
         )
         self._server: asyncio.Server | None = None
+        #: The web client and WebSocket sessions (``--ws``), or None.
+        self.web: WebServer | None = None
         self._closed: asyncio.Future[None] | None = None
 
     @property
@@ -73,7 +76,27 @@ class ChatServer:
             ) from None
         for sock in server._server.sockets:
             server.outbox.watch(sock.fileno())  # a coalescing wait never holds up accepting
+        if config.ws:
+            await server._start_web()
         return server
+
+    async def _start_web(self) -> None:
+        config = self.config
+        try:
+            self.web = await WebServer.start(
+                self.hub,
+                config.ws,
+                config.ws_origins,
+                tls_cert=getattr(config, "tls_cert", None),
+                tls_key=getattr(config, "tls_key", None),
+                backlog=config.backlog,
+            )
+        except (OSError, ValueError) as exc:
+            await self.close()
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            raise ServerStartError(
+                f"cannot serve the web client on {config.ws}: {reason}"
+            ) from None
 
     @property
     def port(self) -> int:
@@ -102,6 +125,8 @@ class ChatServer:
                 for sock in self._server.sockets:
                     self.outbox.unwatch(sock.fileno())
                 self._server.close()
+            if self.web is not None:
+                self.web.close_sessions()
             connections = list(self.connections)
             for connection in connections:
                 if connection.session is not None:
@@ -110,6 +135,8 @@ class ChatServer:
             for connection in list(self.connections):
                 connection.abort("server shutdown")
             await self._wait_connections_gone(1.0)
+            if self.web is not None:
+                await self.web.wait_closed(self.config.shutdown_grace)
             if self._server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):

@@ -110,6 +110,25 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="With Redis: seconds after which an instance that stopped renewing its lease "
     "(killed, machine lost) is removed by the others and its users announced as left.",
 )
+@click.option(
+    "--ws",
+    envvar="ROOMCHAT_WS",
+    default="",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Serve the web client at http://HOST:PORT/ and WebSocket sessions at /ws "
+    "(e.g. 127.0.0.1:8081). [default: off]",
+)
+@click.option(
+    "--ws-origin",
+    "ws_origins",
+    envvar="ROOMCHAT_WS_ORIGIN",
+    multiple=True,
+    show_envvar=True,
+    metavar="ORIGIN",
+    help="A page origin (scheme://host[:port]) allowed to open WebSocket sessions; "
+    "repeat or separate with spaces/commas; * allows any. [default: same origin only]",
+)
 def command(
     host: str,
     port: int,
@@ -120,6 +139,8 @@ def command(
     coalesce_us: int,
     bus_url: str,
     bus_lease: float,
+    ws: str,
+    ws_origins: tuple[str, ...],
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -135,6 +156,8 @@ def command(
         coalesce_window=coalesce_us / 1e6,
         bus_url=bus_url,
         bus_lease=bus_lease,
+        ws=ws.strip(),
+        ws_origins=tuple(o for item in ws_origins for o in item.replace(",", " ").split()),
     )
     _raise_open_files_limit()
     try:

@@ -53,6 +53,10 @@ class ServerConfig:
     backlog: int = 4096
     #: SO_REUSEPORT: several processes listen on the same port (``--workers``).
     reuse_port: bool = False
+    #: ``--ws HOST:PORT``: the web client and WebSocket sessions (server/web.py); "" off.
+    ws: str = ""
+    #: ``--ws-origin``: pages allowed to open WebSocket sessions; () same origin, "*" any.
+    ws_origins: tuple[str, ...] = ()
 
 
 class RoomsFileError(Exception):
