@@ -310,7 +310,7 @@ class App {
       const avatar = el("span", "avatar small", user.slice(0, 2));
       avatar.style.setProperty("--hue", String(hueOf(user)));
       avatar.setAttribute("aria-hidden", "true");
-      item.append(avatar, el("span", "", this.isOwn(user) ? `${user} (you)` : user));
+      item.append(avatar, el("span", "member-name", this.isOwn(user) ? `${user} (you)` : user));
       list.append(item);
     }
   }
