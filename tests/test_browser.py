@@ -13,24 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.browser import ServerThread, chromium_available, save_screenshots
-
-pytestmark = pytest.mark.skipif(
-    not chromium_available(), reason="no chromium/chromedriver (scripts/ensure-chromium)"
-)
-
-if chromium_available():
-    from selenium.common.exceptions import NoAlertPresentException
-    from selenium.webdriver.chrome.webdriver import WebDriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from tests.browser import new_driver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, RoomParticipation, UserMessage
+from tests.browser import ServerThread, chromium_available, new_driver, save_screenshots
+
+pytestmark = pytest.mark.skipif(
+    not chromium_available(),
+    reason="no chromium/chromedriver (make test runs scripts/ensure-chromium)",
+)
 
 WAIT = 10.0
 XSS = "<script>alert(1)</script> and <img src=x onerror=alert(1)>"
