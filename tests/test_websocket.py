@@ -22,7 +22,7 @@ from roomchat.protocol import (
     encode,
 )
 from roomchat.server import ChatServer, ServerConfig, load_rooms
-from roomchat.server.web import CSP, OriginPolicy, frame_events, parse_address
+from roomchat.server.web import CSP, OriginPolicy, WebConnection, frame_events, parse_address
 from tests.helpers import TIMEOUT, client_of, joined, next_event, raw_socket, read_line
 
 MAX_LINE = 4096
@@ -449,3 +449,108 @@ def test_parse_address() -> None:
     for bad in ("8081", "host:", "host:http", "h:70000"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+# -- the input fast path and websockets' parser share one stream ------------------------------
+def _client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A masked client frame of any opcode and size."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        header = bytes((first, 0x80 | n))
+    elif n < 65536:
+        header = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + mask + masked
+
+
+async def _read_frames(
+    sock: socket.socket, buffer: bytearray, count: int
+) -> list[tuple[int, bytes]]:
+    """``count`` server frames (opcode, payload) from a raw socket."""
+    loop = asyncio.get_running_loop()
+    frames: list[tuple[int, bytes]] = []
+    async with asyncio.timeout(TIMEOUT):
+        while len(frames) < count:
+            while True:
+                if len(buffer) >= 2:
+                    length, head = buffer[1] & 0x7F, 2
+                    if length == 126 and len(buffer) >= 4:
+                        length, head = int.from_bytes(buffer[2:4], "big"), 4
+                    elif length == 127 and len(buffer) >= 10:
+                        length, head = int.from_bytes(buffer[2:10], "big"), 10
+                    if (length < 126 or head > 2) and len(buffer) >= head + length:
+                        break
+                chunk = await loop.sock_recv(sock, 65536)
+                assert chunk, "connection closed"
+                buffer += chunk
+            frames.append((buffer[0] & 0x0F, bytes(buffer[head : head + length])))
+            del buffer[: head + length]
+    return frames
+
+
+@pytest.mark.parametrize("fast_input", [True, False])
+async def test_frames_split_and_mixed_with_control_frames_and_fragments(
+    server: ChatServer, fast_input: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path for plain text frames hands everything else, and every partial
+    frame, to websockets' parser: the stream reads the same either way."""
+    monkeypatch.setattr(WebConnection, "FAST_INPUT", fast_input)
+    assert server.web is not None
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", server.web.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    buffer = bytearray()
+    async with asyncio.timeout(TIMEOUT):
+        while b"\r\n\r\n" not in buffer:
+            buffer += await loop.sock_recv(sock, 65536)
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    buffer[:] = rest
+    [(opcode, login)] = await _read_frames(sock, buffer, 1)
+    assert opcode == 1 and json.loads(login)["_et"] == "login_successful"
+
+    def send(content: str) -> bytes:
+        command = {"_ct": "send_message", "r": "general", "c": content}
+        return _client_frame(1, json.dumps(command).encode())
+
+    big = "B" * 300  # a 16-bit length
+    stream = b"".join(
+        [
+            _client_frame(1, b'{"_ct":"join_room","r":"general"}'),
+            _client_frame(9, b"ping!"),  # a ping between text frames
+            send("a"),
+            _client_frame(1, b'{"_ct":"send_message",', fin=False),  # a fragmented message
+            _client_frame(0, b'"r":"general","c":"b"}'),
+            send(big),
+            send("c"),
+            send("d"),
+            send("e"),
+        ]
+    )
+    # Cut the stream at awkward places: inside headers, masks and payloads.
+    cuts = [1, 7, 40, 41, 90, 150, 151, 400, len(stream) - 3]
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        await loop.sock_sendall(sock, stream[start:cut])
+        start = cut
+        await asyncio.sleep(0.01)
+    frames = await _read_frames(sock, buffer, 9)
+    assert (10, b"ping!") in frames  # the pong
+    events = [json.loads(payload) for opcode, payload in frames if opcode == 1]
+    assert [e["_et"] for e in events[:2]] == ["user_joined_room", "room_participation"]
+    assert [e["c"] for e in events[2:]] == ["a", "b", big, "c", "d", "e"]
+    sock.close()
