@@ -183,5 +183,19 @@ def test_two_pages_and_a_tcp_client_chat_and_survive_a_restart(
     wait_for(alice, sees_message("bob is back"))
     # Messages from before the restart are still there, and still marked as own.
     assert "hello from alice" in texts(alice, "#messages .msg.own .text")
+
+    # The keyboard alone: Escape goes back to the rooms, arrows move, Enter opens (joins).
+    alice.find_element(By.ID, "message-input").send_keys(Keys.ESCAPE)
+    assert alice.switch_to.active_element.get_attribute("data-room") == "general"
+    alice.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    assert alice.switch_to.active_element.get_attribute("data-room") == "random"
+    alice.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(alice, lambda d: d.find_element(By.ID, "message-input").is_enabled())
+    assert alice.find_element(By.ID, "room-title").text == "# random"
+    assert alice.switch_to.active_element.get_attribute("id") == "message-input"
+    # #general, no longer open, counts what arrives.
+    say(bob, "unread one")
+    general = '#room-list button[data-room="general"] .badge'
+    wait_for(alice, lambda d: texts(d, general) == ["1"])
     tcp.close()
     assert time.monotonic() - started < 60

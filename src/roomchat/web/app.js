@@ -33,6 +33,7 @@ class App {
     this.client = null;
     this.rooms = new Map(); // name -> {name, description, joined, unread, members:Set, items:[]}
     this.current = null;
+    this.focusComposer = false;
     this.bindConnectPage();
     this.bindChat();
   }
@@ -231,9 +232,9 @@ class App {
     room.unread = 0;
     if (!room.joined) this.client.join(name);
     $("chat-view").dataset.pane = "room";
+    this.focusComposer = true; // now, or once the join is answered
     this.renderRooms();
     this.renderRoom();
-    $("message-input").focus();
   }
 
   leaveRoom() {
@@ -249,6 +250,7 @@ class App {
   }
 
   backToRooms() {
+    this.focusComposer = false;
     $("chat-view").dataset.pane = "rooms";
     const button = this.current
       ? $("room-list").querySelector(`button[data-room="${CSS.escape(this.current)}"]`)
@@ -265,6 +267,10 @@ class App {
     input.disabled = !room.joined;
     input.placeholder = room.joined ? `Message #${room.name}` : "Joining…";
     $("send-button").disabled = !room.joined;
+    if (room.joined && this.focusComposer) {
+      this.focusComposer = false;
+      input.focus();
+    }
     $("leave-button").disabled = !room.joined;
     $("members-button").disabled = false;
     const list = $("messages");
@@ -334,6 +340,21 @@ class App {
       if (event.key === "Escape" && $("members").classList.contains("open")) {
         this.toggleMembers(false);
       }
+    });
+    // Arrow keys (and Home/End) move between rooms; Enter or Space opens one.
+    $("room-list").addEventListener("keydown", (event) => {
+      const buttons = [...$("room-list").querySelectorAll("button")];
+      const index = buttons.indexOf(document.activeElement);
+      if (index < 0) return;
+      const next = {
+        ArrowDown: index + 1,
+        ArrowUp: index - 1,
+        Home: 0,
+        End: buttons.length - 1,
+      }[event.key];
+      if (next === undefined) return;
+      event.preventDefault();
+      buttons[Math.max(0, Math.min(buttons.length - 1, next))].focus();
     });
     $("leave-button").addEventListener("click", () => this.leaveRoom());
     $("back-button").addEventListener("click", () => this.backToRooms());
