@@ -24,7 +24,7 @@ Shapes: ``fanout`` (100 clients in one room; one of them sends RATE messages/s, 
 delivered to all 100) and ``seed`` (48 clients, 24 rooms of 2, each sending 200
 messages/s: the seed benchmark's shape).
 
-    .venv/bin/python benchmarks/ws_libs.py                     # everything (~2 minutes)
+    .venv/bin/python benchmarks/ws_libs.py                     # everything (~3 minutes)
     .venv/bin/python benchmarks/ws_libs.py --shells websockets,picows --windows 3000
 
 picows is not a roomchat dependency: ``pip install picows`` to include it (it is skipped

@@ -47,7 +47,7 @@ def main() -> None:
             time.sleep(0.2)
         WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "message-input").is_enabled())
         box = driver.find_element(By.ID, "message-input")
-        server.call(others[0].send("general", "morning all 👋 anyone tried the new web client?"))
+        server.call(others[0].send("general", "morning all! anyone tried the new web client?"))
         time.sleep(0.2)
         box.send_keys("I'm on it right now, from the browser", Keys.ENTER)
         time.sleep(0.2)

@@ -7,7 +7,10 @@ import asyncio
 import base64
 import json
 import os
+import re
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -554,3 +557,47 @@ async def test_frames_split_and_mixed_with_control_frames_and_fragments(
     assert [e["_et"] for e in events[:2]] == ["user_joined_room", "room_participation"]
     assert [e["c"] for e in events[2:]] == ["a", "b", big, "c", "d", "e"]
     sock.close()
+
+
+# -- roomchat serve --ws ---------------------------------------------------------------------
+async def _serve(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "roomchat",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_serve_logs_the_url_to_open() -> None:
+    process = await _serve("--ws", "127.0.0.1:0")
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while b"web client on " not in (line := await process.stderr.readline()):
+                assert line, "no web client line"
+        match = re.search(rb"web client on (http://127\.0\.0\.1:\d+/)", line)
+        assert match is not None, line
+        async with asyncio.timeout(TIMEOUT):  # then the start-up line: signals handled
+            while b"roomchat listening" not in await process.stderr.readline():
+                pass
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999"])
+async def test_serve_with_a_bad_ws_address_is_one_line_and_nonzero(address: str) -> None:
+    process = await _serve("--ws", address)
+    _, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode != 0
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "--ws" in lines[0], lines

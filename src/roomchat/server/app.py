@@ -92,7 +92,10 @@ class ChatServer:
                 backlog=config.backlog,
             )
         except (OSError, ValueError) as exc:
-            await self.close()
+            assert self._server is not None
+            self._server.close()
+            await self.bus.close()
+            self.outbox.close()
             reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             raise ServerStartError(
                 f"cannot serve the web client on {config.ws}: {reason}"

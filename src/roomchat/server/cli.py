@@ -116,6 +116,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     default="",
     show_envvar=True,
     metavar="HOST:PORT",
+    callback=lambda ctx, param, value: _ws_address(value),
     help="Serve the web client at http://HOST:PORT/ and WebSocket sessions at /ws "
     "(e.g. 127.0.0.1:8081). [default: off]",
 )
@@ -164,6 +165,18 @@ def command(
         _run(config)
     except (RoomsFileError, ServerStartError, BusError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _ws_address(value: str) -> str:
+    from roomchat.server.web import parse_address
+
+    value = value.strip()
+    if value:
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--ws'") from None
+    return value
 
 
 def _raise_open_files_limit() -> None:

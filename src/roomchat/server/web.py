@@ -14,10 +14,13 @@ outbox, the same limits. Only the framing differs:
 
 :class:`WebConnection` is an ``asyncio.Protocol`` like
 :class:`~roomchat.server.connection.ChatConnection`, driven by websockets' sans-I/O
-:class:`websockets.server.ServerProtocol` (which parses the HTTP request, the handshake
-and the incoming frames, answers pings and runs the closing handshake). Frames going out
-are plain text frames built here: a server's frames are unmasked, so a frame is a 2-, 4-
-or 10-byte header and the payload (compression is never negotiated).
+:class:`websockets.server.ServerProtocol` (which parses the HTTP request and the
+handshake, answers pings, reassembles fragments, reports protocol errors and runs the
+closing handshake). Two shortcuts keep it as cheap as picows (docs/websocket.md has the
+measurements): frames going out are plain text frames built here (a server's frames are
+unmasked, so a frame is a 2-, 4- or 10-byte header and the payload; compression is never
+negotiated), and complete, plain incoming text frames are read here
+(:meth:`WebConnection._simple_text_frames`), everything else by websockets.
 
 Bad input (docs/websocket.md): a binary frame closes with 1003, a frame longer than
 ``max_line_length`` closes with 1009 (websockets' ``max_size``), invalid JSON and unknown
