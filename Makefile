@@ -6,10 +6,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit bench soak tui stress clean install install-dev redis
+.PHONY: run test lint typecheck unit bench soak tui stress clean install install-dev redis chromium
 
+# The web client too: open http://127.0.0.1:8081/ (ARGS="--ws ..." moves it, "--ws ''" is off).
 run: $(VENV)/.installed
-	$(BIN)/roomchat serve $(ARGS)
+	$(BIN)/roomchat serve --ws 127.0.0.1:8081 $(ARGS)
 
 tui: $(VENV)/.installed
 	$(BIN)/roomchat tui $(ARGS)
@@ -17,13 +18,13 @@ tui: $(VENV)/.installed
 stress: $(VENV)/.installed
 	$(BIN)/roomchat stress $(ARGS)
 
-test: $(VENV)/.installed-dev redis
+test: $(VENV)/.installed-dev redis chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest $(ARGS)
 
-unit: $(VENV)/.installed-dev redis
+unit: $(VENV)/.installed-dev redis chromium
 	$(BIN)/pytest $(ARGS)
 
 bench: $(VENV)/.installed-dev redis
@@ -37,6 +38,11 @@ soak: $(VENV)/.installed-dev
 # starting its service.
 redis:
 	@scripts/ensure-redis
+
+# The browser tests (tests/test_browser.py) drive Debian's chromium through its
+# chromedriver; this finds them or, as root on Debian, installs the two packages.
+chromium:
+	@scripts/ensure-chromium
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -17,6 +17,7 @@ from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.stats import ServerStats
+from roomchat.server.web import WebServer
 from roomchat.system import open_files_limit
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class ChatServer:
         #: The --metrics HTTP endpoint, when config.metrics asks for one.
         self.metrics: MetricsEndpoint | None = None
         self._server: asyncio.Server | None = None
+        #: The web client and WebSocket sessions (``--ws``), or None.
+        self.web: WebServer | None = None
         self._closed: asyncio.Future[None] | None = None
         self._hurry = asyncio.Event()
 
@@ -107,6 +110,8 @@ class ChatServer:
             server.outbox.watch(sock.fileno())  # a coalescing wait never holds up accepting
         if config.metrics is not None:
             await server._start_metrics(*config.metrics)
+        if config.ws:
+            await server._start_web()
         return server
 
     async def _start_metrics(self, host: str, port: int) -> None:
@@ -130,6 +135,24 @@ class ChatServer:
     def listening(self) -> bool:
         """Whether the server accepts connections (readiness)."""
         return self._server is not None and self._server.is_serving()
+
+    async def _start_web(self) -> None:
+        config = self.config
+        try:
+            self.web = await WebServer.start(
+                self.hub,
+                config.ws,
+                config.ws_origins,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                backlog=config.backlog,
+            )
+        except (OSError, ValueError) as exc:
+            await self.close()
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            raise ServerStartError(
+                f"cannot serve the web client on {config.ws}: {reason}"
+            ) from None
 
     @property
     def port(self) -> int:
@@ -158,6 +181,8 @@ class ChatServer:
                 for sock in self._server.sockets:
                     self.outbox.unwatch(sock.fileno())
                 self._server.close()
+            if self.web is not None:
+                self.web.close_sessions()
             connections = list(self.connections)
             for connection in connections:
                 if connection.session is not None:
@@ -178,6 +203,8 @@ class ChatServer:
             for connection in left:
                 connection.abort("server shutdown")
             await self._wait_connections_gone(1.0)
+            if self.web is not None:
+                await self.web.wait_closed(self.config.shutdown_grace)
             if self._server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):

@@ -187,6 +187,26 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     show_envvar=True,
     help="text: one readable line per event; json: one JSON object per line.",
 )
+@click.option(
+    "--ws",
+    envvar="ROOMCHAT_WS",
+    default="",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    callback=lambda ctx, param, value: _ws_address(value),
+    help="Serve the web client at http://HOST:PORT/ and WebSocket sessions at /ws "
+    "(e.g. 127.0.0.1:8081). [default: off]",
+)
+@click.option(
+    "--ws-origin",
+    "ws_origins",
+    envvar="ROOMCHAT_WS_ORIGIN",
+    multiple=True,
+    show_envvar=True,
+    metavar="ORIGIN",
+    help="A page origin (scheme://host[:port]) allowed to open WebSocket sessions; "
+    "repeat or separate with spaces/commas; * allows any. [default: same origin only]",
+)
 def command(
     host: str,
     port: int,
@@ -205,6 +225,8 @@ def command(
     max_connections_per_ip: int,
     metrics: str,
     log_format: str,
+    ws: str,
+    ws_origins: tuple[str, ...],
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     if workers > 1 and not shared_bus(bus_url):
@@ -239,6 +261,8 @@ def command(
         max_connections=max_connections,
         max_connections_per_ip=max_connections_per_ip,
         metrics=metrics_address,
+        ws=ws.strip(),
+        ws_origins=tuple(o for item in ws_origins for o in item.replace(",", " ").split()),
     )
     # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
     if problem := system.raise_open_files():
@@ -259,3 +283,15 @@ def command(
 
 def _run(config: ServerConfig, on_listening: Callable[[ChatServer], None] | None = None) -> None:
     system.run(serve(config, on_listening=on_listening))
+
+
+def _ws_address(value: str) -> str:
+    from roomchat.server.web import parse_address
+
+    value = value.strip()
+    if value:
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--ws'") from None
+    return value
