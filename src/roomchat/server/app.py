@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import ssl
 from collections.abc import Callable, Iterable
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import Bus, open_bus
-from roomchat.server.config import ServerConfig, load_rooms
+from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
 from roomchat.server.connection import ChatConnection, Hub
+from roomchat.server.context import SessionContext
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.system import open_files_limit
@@ -45,8 +47,31 @@ class ChatServer:
         self.config = config
         loop = asyncio.get_running_loop()
         self.outbox = Outbox(loop.call_soon, config.coalesce_window)
-        self.bus: Bus = open_bus(config.bus_url, self.outbox, lease=config.bus_lease)
-        self.rooms = RoomManager(rooms, self.bus, self.bus.presence, self.outbox.room_fanned_out)
+        self.bus: Bus = open_bus(
+            config.bus_url, self.outbox, lease=config.bus_lease, history=config.history
+        )
+        self.rooms = RoomManager(
+            rooms,
+            self.bus,
+            self.bus.presence,
+            self.outbox.room_fanned_out,
+            history=config.history,
+        )
+        secret_file = config.auth_secret_file
+        require = config.require_tokens
+        self.context = SessionContext(
+            secret=load_secret(secret_file) if secret_file else secrets.token_bytes(32),
+            require_tokens=(secret_file is not None) if require is None else require,
+            token_ttl=config.token_ttl,
+            heartbeat=config.heartbeat,
+            idle_timeout=config.idle_timeout,
+            flood_rate=config.flood_rate,
+            flood_burst=config.flood_burst,
+            history=config.history,
+            reconnect_ms=config.shutdown_reconnect_ms,
+            clock=loop.time,
+            call_later=loop.call_later,
+        )
         self.hub = Hub(
             rooms=self.rooms,
             outbox=self.outbox,
@@ -56,6 +81,7 @@ class ChatServer:
             max_connections_per_ip=config.max_connections_per_ip,
             tls=tls,
             tls_handshake_timeout=config.tls_handshake_timeout,
+            context=self.context,
         )
         self._server: asyncio.Server | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -72,7 +98,10 @@ class ChatServer:
 
         Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
         tls = tls_context(config)
-        server = cls(config, load_rooms(config.rooms_path), tls)
+        try:
+            server = cls(config, load_rooms(config.rooms_path), tls)
+        except SecretFileError as exc:
+            raise ServerStartError(str(exc)) from None
         loop = asyncio.get_running_loop()
         await server.bus.start()
         try:
@@ -123,8 +152,11 @@ class ChatServer:
                     self.outbox.unwatch(sock.fileno())
                 self._server.close()
             connections = list(self.connections)
+            if self.context.liveness is not None:
+                self.context.liveness.stop()
             for connection in connections:
                 if connection.session is not None:
+                    connection.session.shutdown_notice()  # v2: the notice goes first
                     connection.session.close("server shutdown", announce=False)
                 else:  # still in its TLS handshake: nothing to flush
                     connection.abort("server shutdown")
