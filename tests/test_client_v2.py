@@ -1,9 +1,11 @@
 """The client library speaking v2 (against a fake v2 server, tests/fake_v2.py) and
-falling back to v1 (against the real roomchat server of today, which ignores hello)."""
+falling back to v1 (against the fake with its v2 turned off, which ignores hello as
+rust-chat-server does). The real server's v2 is tests/test_server_v2.py's."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -33,7 +35,6 @@ from roomchat.protocol import (
     UserMessage,
     encode,
 )
-from roomchat.server import ChatServer
 from tests.fake_v2 import TS, FakeV2Server
 from tests.helpers import TIMEOUT, joined, messages
 
@@ -174,10 +175,18 @@ async def test_a_v1_client_of_a_v2_server_sees_v1_only() -> None:
         v2.close()
 
 
-# --- falling back to v1 against today's real server ---------------------------------------
+# --- falling back to v1 against a server without v2 ---------------------------------------
 
 
-async def test_fallback_to_v1_against_a_server_without_v2(server: ChatServer) -> None:
+@pytest.fixture
+async def server() -> AsyncIterator[FakeV2Server]:
+    """A server that ignores hello (v1 only)."""
+    async with FakeV2Server() as fake:
+        fake.speaks_v2 = False
+        yield fake
+
+
+async def test_fallback_to_v1_against_a_server_without_v2(server: FakeV2Server) -> None:
     client = await connect(
         "127.0.0.1", server.port, v2=True, name="alice", hello_timeout=0.2, timeout=TIMEOUT
     )
@@ -189,15 +198,15 @@ async def test_fallback_to_v1_against_a_server_without_v2(server: ChatServer) ->
     await client.send("general", "still v1", id="ignored")
     [message] = await messages(client, 1)
     assert message == UserMessage("general", client.user_id, "still v1")
-    result = await client.join_and_wait("random", history=5, timeout=TIMEOUT)
+    result = await client.join_and_wait("other", history=5, timeout=TIMEOUT)
     assert result.history is None
-    assert result.joined.room == "random"
+    assert result.joined.room == "other"
     with pytest.raises(RuntimeError):
         await client.ping()
     client.close()
 
 
-async def test_reconnecting_client_falls_back_to_v1(server: ChatServer) -> None:
+async def test_reconnecting_client_falls_back_to_v1(server: FakeV2Server) -> None:
     async with ReconnectingClient("127.0.0.1", server.port, hello_timeout=0.2) as rc:
         assert rc.version == 1
         await rc.join("general")

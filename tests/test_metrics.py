@@ -90,7 +90,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[name, tuple(sorted(labels.items()))]
 
 
-async def eventually(server: ChatServer, check: str, predicate: object) -> Samples:
+async def until(server: ChatServer, check: str, predicate: object) -> Samples:
     """Scrape until ``predicate(samples)`` holds (the server counts as it gets to it)."""
     assert callable(predicate)
     async with asyncio.timeout(TIMEOUT):
@@ -153,7 +153,7 @@ async def test_numbers_move_as_clients_come_talk_and_go(server: ChatServer) -> N
     for client in clients:
         client.close()
         await client.wait_closed()
-    samples = await eventually(
+    samples = await until(
         server, "everyone gone", lambda s: value(s, "roomchat_connections_open") == 0
     )
     assert value(samples, "roomchat_sessions", version="1") == 0
@@ -178,7 +178,7 @@ async def test_bad_line_ignored_command_and_long_line_are_counted(server: ChatSe
     sock.sendall(b"x" * (server.config.max_line_length + 10))
     await wait_eof(sock)
     sock.close()
-    samples = await eventually(
+    samples = await until(
         server, "closed", lambda s: value(s, "roomchat_lines_too_long_total") == 1
     )
     assert value(samples, "roomchat_bad_lines_total") == 1

@@ -14,6 +14,7 @@ from roomchat.protocol.codec import (
     encode,
     encode_head,
     encode_tail_v2,
+    encode_ts_tail_v2,
     v1_of,
 )
 from roomchat.protocol.messages import (
@@ -113,6 +114,7 @@ __all__ = [
     "encode",
     "encode_head",
     "encode_tail_v2",
+    "encode_ts_tail_v2",
     "name_key",
     "v1_of",
     "valid_name",

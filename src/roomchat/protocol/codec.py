@@ -33,6 +33,7 @@ __all__ = [
     "encode",
     "encode_head",
     "encode_tail_v2",
+    "encode_ts_tail_v2",
     "v1_of",
 ]
 
@@ -85,6 +86,12 @@ def encode_tail_v2(seq: int, timestamp: int) -> bytes:
     instead of this tail it is the v1 line.
     """
     return b',"q":%d,"ts":%d}\r\n' % (seq, timestamp)
+
+
+def encode_ts_tail_v2(timestamp: int) -> bytes:
+    """What replaces :data:`MESSAGE_TAIL` at the end of a v1 ``room_participation`` to
+    make it v2: ``,"ts":TS}`` + CRLF (``line[:-3] + encode_ts_tail_v2(ts)``)."""
+    return b',"ts":%d}\r\n' % timestamp
 
 
 _V2_USER_MESSAGE_FIELDS = b',"q":'

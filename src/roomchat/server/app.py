@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import ssl
 from collections.abc import Callable, Iterable
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import Bus, open_bus
-from roomchat.server.config import ServerConfig, load_rooms
+from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
 from roomchat.server.connection import ChatConnection, Hub
+from roomchat.server.context import SessionContext
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.stats import ServerStats
@@ -53,9 +55,31 @@ class ChatServer:
         #: The counters behind /metrics (stats.py), shared by the outbox, rooms, sessions.
         self.stats = stats = ServerStats()
         self.outbox = Outbox(loop.call_soon, config.coalesce_window, stats)
-        self.bus: Bus = open_bus(config.bus_url, self.outbox, lease=config.bus_lease)
+        self.bus: Bus = open_bus(
+            config.bus_url, self.outbox, lease=config.bus_lease, history=config.history
+        )
         self.rooms = RoomManager(
-            rooms, self.bus, self.bus.presence, self.outbox.room_fanned_out, stats
+            rooms,
+            self.bus,
+            self.bus.presence,
+            self.outbox.room_fanned_out,
+            stats,
+            history=config.history,
+        )
+        secret_file = config.auth_secret_file
+        require = config.require_tokens
+        self.context = SessionContext(
+            secret=load_secret(secret_file) if secret_file else secrets.token_bytes(32),
+            require_tokens=(secret_file is not None) if require is None else require,
+            token_ttl=config.token_ttl,
+            heartbeat=config.heartbeat,
+            idle_timeout=config.idle_timeout,
+            flood_rate=config.flood_rate,
+            flood_burst=config.flood_burst,
+            history=config.history,
+            reconnect_ms=config.shutdown_reconnect_ms,
+            clock=loop.time,
+            call_later=loop.call_later,
         )
         self.hub = Hub(
             rooms=self.rooms,
@@ -67,6 +91,7 @@ class ChatServer:
             tls=tls,
             tls_handshake_timeout=config.tls_handshake_timeout,
             stats=stats,
+            context=self.context,
         )
         #: The --metrics HTTP endpoint, when config.metrics asks for one.
         self.metrics: MetricsEndpoint | None = None
@@ -87,7 +112,10 @@ class ChatServer:
 
         Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
         tls = tls_context(config)
-        server = cls(config, load_rooms(config.rooms_path), tls)
+        try:
+            server = cls(config, load_rooms(config.rooms_path), tls)
+        except SecretFileError as exc:
+            raise ServerStartError(str(exc)) from None
         loop = asyncio.get_running_loop()
         await server.bus.start()
         try:
@@ -184,8 +212,11 @@ class ChatServer:
             if self.web is not None:
                 self.web.close_sessions()
             connections = list(self.connections)
+            if self.context.liveness is not None:
+                self.context.liveness.stop()
             for connection in connections:
                 if connection.session is not None:
+                    connection.session.shutdown_notice()  # v2: the notice goes first
                     connection.session.close("server shutdown", announce=False)
                 else:  # still in its TLS handshake: nothing to flush
                     connection.abort("server shutdown")

@@ -10,11 +10,18 @@ from pathlib import Path
 import click
 
 from roomchat import system
-from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH
+from roomchat.protocol import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_LINE_LENGTH,
+    HISTORY_MAX,
+)
 from roomchat.server.app import ChatServer, ServerStartError, serve
 from roomchat.server.bus import BusError
 from roomchat.server.config import (
     DEFAULT_COALESCE_WINDOW,
+    DEFAULT_FLOOD_BURST,
+    DEFAULT_FLOOD_RATE,
     DEFAULT_MAX_PENDING_OUTPUT,
     RoomsFileError,
     ServerConfig,
@@ -207,6 +214,60 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="A page origin (scheme://host[:port]) allowed to open WebSocket sessions; "
     "repeat or separate with spaces/commas; * allows any. [default: same origin only]",
 )
+@click.option(
+    "--history",
+    envvar="ROOMCHAT_HISTORY",
+    default=HISTORY_MAX,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(0, 10_000),
+    help="v2: messages kept per room for history and catch-up (0: none).",
+)
+@click.option(
+    "--heartbeat",
+    envvar="ROOMCHAT_HEARTBEAT",
+    default=float(DEFAULT_HEARTBEAT_S),
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    help="v2: seconds without input before the server pings a session (0: no pings).",
+)
+@click.option(
+    "--idle-timeout",
+    envvar="ROOMCHAT_IDLE_TIMEOUT",
+    default=float(DEFAULT_IDLE_TIMEOUT_S),
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    help="v2: seconds without input before a session is closed (0: never).",
+)
+@click.option(
+    "--flood-rate",
+    envvar="ROOMCHAT_FLOOD_RATE",
+    default=DEFAULT_FLOOD_RATE,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    help="Commands per second a session may send before it is read more slowly (0: off).",
+)
+@click.option(
+    "--flood-burst",
+    envvar="ROOMCHAT_FLOOD_BURST",
+    default=DEFAULT_FLOOD_BURST,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=1),
+    help="Commands a session may send at once above --flood-rate.",
+)
+@click.option(
+    "--auth-secret-file",
+    envvar="ROOMCHAT_AUTH_SECRET_FILE",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="v2: the token secret (see `roomchat token`); names then need a token. "
+    "Instances sharing a bus need the same file.",
+)
 def command(
     host: str,
     port: int,
@@ -227,6 +288,12 @@ def command(
     log_format: str,
     ws: str,
     ws_origins: tuple[str, ...],
+    history: int,
+    heartbeat: float,
+    idle_timeout: float,
+    flood_rate: float,
+    flood_burst: float,
+    auth_secret_file: Path | None,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     if workers > 1 and not shared_bus(bus_url):
@@ -263,6 +330,12 @@ def command(
         metrics=metrics_address,
         ws=ws.strip(),
         ws_origins=tuple(o for item in ws_origins for o in item.replace(",", " ").split()),
+        history=history,
+        heartbeat=heartbeat,
+        idle_timeout=idle_timeout,
+        flood_rate=flood_rate,
+        flood_burst=flood_burst,
+        auth_secret_file=auth_secret_file,
     )
     # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
     if problem := system.raise_open_files():

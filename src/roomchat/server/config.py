@@ -8,15 +8,26 @@ from pathlib import Path
 
 import msgspec
 
-from roomchat.protocol import DEFAULT_MAX_LINE_LENGTH, RoomDetail
+from roomchat import tokens
+from roomchat.protocol import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_LINE_LENGTH,
+    HISTORY_MAX,
+    RoomDetail,
+)
 
 __all__ = [
     "DEFAULT_COALESCE_WINDOW",
+    "DEFAULT_FLOOD_BURST",
+    "DEFAULT_FLOOD_RATE",
     "DEFAULT_MAX_PENDING_OUTPUT",
     "RoomsFileError",
+    "SecretFileError",
     "ServerConfig",
     "default_rooms_path",
     "load_rooms",
+    "load_secret",
     "parse_rooms",
 ]
 
@@ -26,6 +37,13 @@ DEFAULT_MAX_PENDING_OUTPUT = 1024 * 1024
 
 #: ``roomchat serve``'s coalescing window, in seconds (see ServerConfig.coalesce_window).
 DEFAULT_COALESCE_WINDOW = 0.003
+
+#: Flood control per session: commands per second, and the burst allowed above that.
+#: Far above what a person types or pastes (a 2000-line paste goes through at once), so
+#: only scripts notice; low enough that one connection cannot take a whole CPU alone.
+#: Load tests turn it off (benchmarks/run.py passes --flood-rate 0).
+DEFAULT_FLOOD_RATE = 1000.0
+DEFAULT_FLOOD_BURST = 2000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,44 @@ class ServerConfig:
     ws: str = ""
     #: ``--ws-origin``: pages allowed to open WebSocket sessions; () same origin, "*" any.
     ws_origins: tuple[str, ...] = ()
+    #: v2: messages kept per room for history and catch-up (0: none; seq still counts).
+    history: int = HISTORY_MAX
+    #: v2: seconds without input before the server pings (0: no heartbeats), and before
+    #: it closes the session with idle_timeout (0: never).
+    heartbeat: float = float(DEFAULT_HEARTBEAT_S)
+    idle_timeout: float = float(DEFAULT_IDLE_TIMEOUT_S)
+    #: Flood control, every session: commands per second and burst (rate 0: off).
+    flood_rate: float = DEFAULT_FLOOD_RATE
+    flood_burst: float = DEFAULT_FLOOD_BURST
+    #: v2 tokens: the HMAC secret's file. None: a random secret per process (tokens do
+    #: not survive a restart nor work on another instance).
+    auth_secret_file: Path | None = None
+    #: Tokens-required mode (every chosen name needs a token). None: on exactly when
+    #: ``auth_secret_file`` is given.
+    require_tokens: bool | None = None
+    #: Lifetime of the tokens the server hands out in ``welcome``, seconds.
+    token_ttl: int = 24 * 3600
+    #: The shutdown notice's ``reconnect_ms``.
+    shutdown_reconnect_ms: int = 2000
+
+
+class SecretFileError(Exception):
+    """The --auth-secret-file is missing, unreadable or too short."""
+
+
+def load_secret(path: Path) -> bytes:
+    """The token secret: the file's bytes without trailing whitespace (docs/protocol.md)."""
+    try:
+        secret = path.read_bytes().rstrip()
+    except OSError as exc:
+        raise SecretFileError(
+            f"cannot read the secret file {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    if len(secret) < tokens.MIN_SECRET_BYTES:
+        raise SecretFileError(
+            f"the secret in {str(path)!r} is shorter than {tokens.MIN_SECRET_BYTES} bytes"
+        )
+    return secret
 
 
 class RoomsFileError(Exception):

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
+from roomchat.server.context import SessionContext
 from roomchat.server.memory import MemoryTrimmer
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
@@ -86,6 +88,8 @@ class Hub:
     refused: Counter[str] = field(default_factory=Counter)
     #: Open connections per client IP (kept only with a per-IP limit).
     per_ip: Counter[str] = field(default_factory=Counter)
+    #: Names, tokens, heartbeats, flood control (v2 and flood control for all).
+    context: SessionContext = field(default_factory=SessionContext)
 
     def admit(self, ip: str, fd: int) -> str | None:
         """Why a new connection from ``ip`` (on descriptor ``fd``) is refused, or None."""
@@ -162,6 +166,8 @@ class ChatConnection(asyncio.Protocol):
             tcp.abort()
             return
         self._ip = ip
+        if sock is not None:
+            _keepalive(sock)
         hub.connections.add(self)
         if hub.max_connections_per_ip:
             hub.per_ip[ip] += 1
@@ -229,7 +235,11 @@ class ChatConnection(asyncio.Protocol):
         hub = self._hub
         # pause_writing fires when the transport holds more than this: a slow consumer.
         transport.set_write_buffer_limits(high=hub.max_pending_output)
-        mailbox = hub.outbox.open(new_user_id(), new_session_id(), transport.write)
+        names = hub.context.names
+        user_id = new_user_id()
+        while not names.claim_new(user_id):  # random ids and names share one namespace
+            user_id = new_user_id()
+        mailbox = hub.outbox.open(user_id, new_session_id(), transport.write)
         self.session = session = Session(
             hub.rooms,
             mailbox,
@@ -237,6 +247,7 @@ class ChatConnection(asyncio.Protocol):
             max_line_length=hub.max_line_length,
             name=name,
             stats=hub.stats,
+            context=hub.context,
         )
         hub.stats.connections_accepted += 1
         log.info("%r connected", session, extra=session.log_fields)
@@ -318,6 +329,29 @@ class ChatConnection(asyncio.Protocol):
         if self._transport is not None:
             self._reason = reason
             self._transport.abort()
+
+
+#: TCP keepalive on every accepted connection, so that a half-dead peer (a v1 one
+#: especially: it has no heartbeats) is found: first probe after 60 s of silence, then
+#: every 10 s, given up after 6 unanswered (about 2 minutes in all).
+KEEPALIVE = (60, 10, 6)
+
+
+def _keepalive(sock: object) -> None:
+    setsockopt = getattr(sock, "setsockopt", None)
+    if setsockopt is None:
+        return
+    try:
+        setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = KEEPALIVE
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        if hasattr(socket, "TCP_KEEPCNT"):
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    except OSError:  # not TCP (a test's socket pair), or not supported here
+        pass
 
 
 def _describe(exc: BaseException) -> str:

@@ -57,11 +57,23 @@ class _Room(Protocol):
 class Mailbox:
     """One session's outbound queue. The session and the rooms only append to it."""
 
-    __slots__ = ("_outbox", "_own", "_pending", "_stats", "_write", "enqueue", "key", "user_id")
+    __slots__ = (
+        "_outbox",
+        "_own",
+        "_pending",
+        "_stats",
+        "_write",
+        "enqueue",
+        "key",
+        "user_id",
+        "v2",
+    )
 
     def __init__(self, outbox: Outbox, user_id: str, key: str, write: Writer) -> None:
         self._outbox = outbox
         self.user_id = user_id
+        #: The session speaks version 2: rooms send it v2 bytes (set before any join).
+        self.v2 = False
         #: Identifies the session everywhere (presence keys, join markers on the bus).
         self.key = key
         self._pending: list[bytes] = []

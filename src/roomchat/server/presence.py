@@ -72,7 +72,7 @@ class MemoryPresence:
             users[user_id] = sessions
         else:
             del users[user_id]
-            room.post(left_event(room.name, user_id))
+            room.announce(left_event(room.name, user_id))
 
     def users(self, room: ChatRoom) -> tuple[str, ...]:
         return tuple(self._rooms.get(room, ()))

@@ -21,17 +21,32 @@ connections): the *reply* (the room's users at the moment of the join, for
 ``user_joined_room``) and the *marker* (the join's place in the room's stream of events).
 Events of the room fanned out between the two are kept for the joiner and handed over
 after its ``user_joined_room``, so it sees exactly the events after its join, in order.
+
+Version 2 (docs/protocol.md): a room keeps two member dicts, v1 sessions and v2 sessions.
+A message fans out to the v1 ones exactly as before (the v1 line, one C-level append
+each); only when the room has v2 members are the v2 bytes built, once per event (the v1
+line with ``,"q":N,"ts":T`` for a tail). Every message gets the room's next sequence
+number where its order is decided: in :meth:`ChatRoom.fan_out` in-process (the memory
+bus's publisher *is* ``fan_out``), in Redis with the Redis bus (which hands the number
+over through :meth:`ChatRoom.deliver`). The last ``history`` messages are kept as
+``(seq, ts, v1 line)`` (history.py). A v2 join gets ``history`` between
+``user_joined_room`` and what was held back for it, taken at the join's place in the
+room's order (the :class:`~roomchat.server.history.Snapshot` given with the reply).
 """
 
 from __future__ import annotations
 
 import operator
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from roomchat.protocol import (
+    HISTORY_MAX,
     MESSAGE_TAIL,
     RoomDetail,
     SendMessage,
@@ -39,7 +54,10 @@ from roomchat.protocol import (
     UserMessage,
     encode,
     encode_head,
+    encode_tail_v2,
+    encode_ts_tail_v2,
 )
+from roomchat.server.history import Entry, HistoryRequest, Snapshot, history_event
 from roomchat.server.stats import ServerStats
 
 if TYPE_CHECKING:
@@ -60,6 +78,13 @@ __all__ = [
 
 _encode_json = msgspec.json.Encoder().encode
 _content = operator.attrgetter("content")
+_time_ns = time.time_ns
+_TAIL_LENGTH = len(MESSAGE_TAIL)
+
+
+def now_ms() -> int:
+    """Server time for ``ts``: ms since the Unix epoch."""
+    return _time_ns() // 1_000_000
 
 
 class Member(Protocol):
@@ -76,6 +101,11 @@ class Member(Protocol):
     @property
     def enqueue(self) -> Callable[[bytes], None]:
         """Queue an encoded event; called once per delivery."""
+        ...
+
+    @property
+    def v2(self) -> bool:
+        """Whether the session speaks version 2 (fixed before its first join)."""
         ...
 
     def send(self, data: bytes) -> None:
@@ -116,12 +146,15 @@ class NotJoined(RoomError):
 class _Joining:
     """A join between its request and its completion."""
 
-    __slots__ = ("done", "held", "marked", "member", "users")
+    __slots__ = ("done", "held", "marked", "member", "request", "snapshot", "users", "v2")
 
-    def __init__(self, member: Member, done: JoinCallback) -> None:
+    def __init__(self, member: Member, done: JoinCallback, request: HistoryRequest | None) -> None:
         self.member = member
         self.done = done
+        self.v2 = getattr(member, "v2", False)
+        self.request = request  # v2: what history the joiner asked for
         self.users: tuple[str, ...] | None = None  # the reply, once it came
+        self.snapshot: Snapshot | None = None  # v2: the history at the join's place
         self.marked = False  # the marker came: events from here on are the joiner's
         self.held: list[bytes] = []  # events after the marker, before the reply
 
@@ -129,12 +162,16 @@ class _Joining:
 class ChatRoom:
     __slots__ = (
         "_fanned_out",
+        "_history",
         "_joining",
         "_members",
+        "_members2",
         "_publish",
         "_stats",
         "description",
+        "history_size",
         "name",
+        "seq",
     )
 
     def __init__(
@@ -142,18 +179,27 @@ class ChatRoom:
         detail: RoomDetail,
         on_fan_out: FanOutHook | None = None,
         stats: ServerStats | None = None,
+        *,
+        history: int = HISTORY_MAX,
     ) -> None:
         self.name = detail.name
         self._stats = stats if stats is not None else ServerStats()
         self.description = detail.description
         self._fanned_out = on_fan_out or _ignore_fan_out
-        # Local members -> their enqueue: a fan-out calls these directly.
+        # Local members -> their enqueue: a fan-out calls these directly. v1 sessions
+        # in the first, v2 sessions in the second (they get other bytes).
         self._members: dict[Member, Callable[[bytes], None]] = {}
+        self._members2: dict[Member, Callable[[bytes], None]] = {}
+        #: The room's latest sequence number (as this instance knows it).
+        self.seq = 0
+        self.history_size = history
+        # The last messages, (seq, ts, v1 line); None: no history kept (seq still counts).
+        self._history: deque[Entry] | None = deque(maxlen=history) if history > 0 else None
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
         self._publish: Callable[[bytes], None] = self.fan_out  # set by the bus
 
     def __repr__(self) -> str:
-        return f"<room {self.name!r}: {len(self._members)} local members>"
+        return f"<room {self.name!r}: {self.member_count} local members>"
 
     def connect(self, publish: Callable[[bytes], None]) -> None:
         """The bus says how this room posts (RoomManager wires it)."""
@@ -161,21 +207,29 @@ class ChatRoom:
 
     @property
     def members(self) -> list[Member]:
-        """The local sessions receiving this room's events, in order of arrival (a copy)."""
-        return list(self._members)
+        """The local sessions receiving this room's events (v1 ones first; a copy)."""
+        return [*self._members, *self._members2]
 
     @property
     def member_count(self) -> int:
-        return len(self._members)
+        return len(self._members) + len(self._members2)
 
     @property
     def busy(self) -> bool:
         """Whether any local session is in the room or joining it (bus interest)."""
-        return bool(self._members or self._joining)
+        return bool(self._members or self._members2 or self._joining)
 
     def __contains__(self, member: object) -> bool:
         """Whether a session is in the room or joining it."""
-        return member in self._members or any(j.member is member for j in self._joining.values())
+        return (
+            member in self._members
+            or member in self._members2
+            or any(j.member is member for j in self._joining.values())
+        )
+
+    def snapshot(self) -> Snapshot:
+        """The history this instance holds, at this moment of the room's order."""
+        return Snapshot(self.seq, tuple(self._history) if self._history is not None else ())
 
     # -- posting and fanning out ---------------------------------------------------------
     def post(self, event: bytes) -> None:
@@ -183,20 +237,68 @@ class ChatRoom:
         self._publish(event)
 
     def fan_out(self, event: bytes) -> None:
-        """The bus hands back one of the room's events: queue it for every local member.
-        The hot path: per member, one C-level list append."""
+        """A run of messages (one or more v1 ``user_message`` lines, from one sender)
+        whose place in the room's order is decided here (the in-process bus): number
+        them, keep them, queue them for every local member. The hot path: per v1 member,
+        one C-level list append for the whole run."""
+        count = event.count(b"\n")
+        first = self.seq + 1
+        self.seq += count
+        self._keep_and_fan_out(first, count, now_ms(), event)
+
+    def deliver(self, seq: int, ts: int, event: bytes) -> None:
+        """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
+        count = event.count(b"\n")
+        self.seq = seq + count - 1
+        self._keep_and_fan_out(seq, count, ts, event)
+
+    def _keep_and_fan_out(self, first: int, count: int, ts: int, event: bytes) -> None:
         members = self._members
         for enqueue in members.values():
             enqueue(event)
-        # Once per fan-out, not per member (an event may hold a run of messages).
-        self._stats.deliveries += len(members) * event.count(b"\n")
+        history, members2 = self._history, self._members2
+        if history is not None or members2:
+            # Per message only here, in C where possible: (seq, ts, line) entries.
+            lines = (event,) if count == 1 else event.split(b"\r\n")[:count]
+            entries = list(zip(range(first, first + count), repeat(ts), lines))
+            if history is not None:
+                history.extend(entries)
+            if members2:
+                event2 = b"".join(
+                    [
+                        line[: line.rindex(b"}")] + encode_tail_v2(seq, ts)
+                        for seq, ts, line in entries
+                    ]
+                )
+                for enqueue in members2.values():
+                    enqueue(event2)
+        # Once per fan-out, not per member.
+        self._stats.deliveries += (len(members) + len(members2)) * count
+        self._fanned_out(self, len(event))
+
+    def announce(self, event: bytes) -> None:
+        """A ``room_participation`` (v1 line) for every local member; v2 ones get ``ts``."""
+        for enqueue in self._members.values():
+            enqueue(event)
+        if self._members2:
+            event2 = event[:-_TAIL_LENGTH] + encode_ts_tail_v2(now_ms())
+            for enqueue in self._members2.values():
+                enqueue(event2)
+        self._stats.deliveries += len(self._members) + len(self._members2)
         self._fanned_out(self, len(event))
 
     # -- joining -------------------------------------------------------------------------
-    def begin_join(self, member: Member, done: JoinCallback) -> None:
-        if member in self._members or member.key in self._joining:
+    def begin_join(
+        self, member: Member, done: JoinCallback, request: HistoryRequest | None = None
+    ) -> None:
+        if member in self._members or member in self._members2 or member.key in self._joining:
             raise AlreadyJoined(f"already in room {self.name!r}")
-        self._joining[member.key] = _Joining(member, done)
+        self._joining[member.key] = _Joining(member, done, request)
+
+    def joining_request(self, key: str) -> HistoryRequest | None:
+        """The history a join in progress asked for (v2), if any."""
+        joining = self._joining.get(key)
+        return None if joining is None else joining.request
 
     def join_marker(self, key: str, announcement: bytes | None) -> None:
         """The join's place in the room's stream; ``announcement`` is the "joined" event
@@ -204,29 +306,36 @@ class ChatRoom:
         joining = self._joining.get(key)
         if joining is None:  # the joiner is gone already, or this is another instance's
             if announcement is not None:
-                self.fan_out(announcement)
+                self.announce(announcement)
             return
         if joining.marked:  # told twice (an answer given locally after a lost reply)
             return
         joining.marked = True
         if joining.users is None:
             # Receive from here on, but hold it back until user_joined_room goes first.
-            self._members[joining.member] = joining.held.append
+            members = self._members2 if joining.v2 else self._members
+            members[joining.member] = joining.held.append
+            if joining.v2 and joining.snapshot is None:
+                joining.snapshot = self.snapshot()
             if announcement is not None:
-                self.fan_out(announcement)
+                self.announce(announcement)
             return
         self._admit(joining)
         if announcement is not None:
-            self.fan_out(announcement)
+            self.announce(announcement)
         # Last: the session may carry on with its next commands (even quit) from here.
         joining.done(UserSessionHandle(self, joining.member))
 
-    def join_reply(self, key: str, users: Iterable[str]) -> None:
-        """Presence's answer: the room's users (each once) right after the join."""
+    def join_reply(self, key: str, users: Iterable[str], snapshot: Snapshot | None = None) -> None:
+        """Presence's answer: the room's users (each once) right after the join, and
+        (Redis) the room's history at the join's place in its order. Without one, a v2
+        joiner gets what this instance holds when the marker comes."""
         joining = self._joining.get(key)
         if joining is None:
             return
         joining.users = tuple(users)
+        if snapshot is not None:
+            joining.snapshot = snapshot
         if joining.marked:
             self._admit(joining)
             joining.done(UserSessionHandle(self, joining.member))
@@ -235,6 +344,7 @@ class ChatRoom:
         joining = self._joining.pop(key, None)
         if joining is not None:
             self._members.pop(joining.member, None)
+            self._members2.pop(joining.member, None)
             joining.done(error)
 
     def _admit(self, joining: _Joining) -> None:
@@ -243,6 +353,14 @@ class ChatRoom:
         del self._joining[member.key]
         assert joining.users is not None
         member.send(encode(UserJoinedRoom(self.name, joining.users)))
+        if joining.v2:
+            snapshot = joining.snapshot or self.snapshot()
+            request = joining.request or HistoryRequest()
+            member.send(history_event(self.name, snapshot, request, self.history_size))
+            for event in joining.held:
+                member.send(event)
+            self._members2[member] = member.enqueue
+            return
         for event in joining.held:
             member.send(event)
         self._members[member] = member.enqueue
@@ -253,8 +371,9 @@ class ChatRoom:
         if joining is not None and joining.member is member:
             del self._joining[member.key]
             self._members.pop(member, None)
+            self._members2.pop(member, None)
             return True
-        if self._members.pop(member, None) is None:
+        if self._members.pop(member, None) is None and self._members2.pop(member, None) is None:
             return False
         # What this room queued for it this turn is no longer flushed through the room.
         member.flush_soon()
@@ -287,7 +406,7 @@ class UserSessionHandle:
 class RoomManager:
     """Every room of the server, in rooms-file order, wired to a bus and a presence."""
 
-    __slots__ = ("_bus", "_presence", "details", "rooms")
+    __slots__ = ("_bus", "_presence", "details", "history", "rooms")
 
     def __init__(
         self,
@@ -296,21 +415,34 @@ class RoomManager:
         presence: Presence,
         on_fan_out: FanOutHook | None = None,
         stats: ServerStats | None = None,
+        *,
+        history: int = HISTORY_MAX,
     ) -> None:
         self.details = tuple(details)
-        self.rooms = {detail.name: ChatRoom(detail, on_fan_out, stats) for detail in self.details}
+        self.history = history
+        self.rooms = {
+            detail.name: ChatRoom(detail, on_fan_out, stats, history=history)
+            for detail in self.details
+        }
         self._bus = bus
         self._presence = presence
         for room in self.rooms.values():
             room.connect(bus.publisher(room))
 
-    def join_room(self, name: str, member: Member, done: JoinCallback) -> None:
+    def join_room(
+        self,
+        name: str,
+        member: Member,
+        done: JoinCallback,
+        request: HistoryRequest | None = None,
+    ) -> None:
         """Start a join; ``done`` gets the handle (perhaps before this returns).
-        Raises UnknownRoom or AlreadyJoined when that is known at once."""
+        Raises UnknownRoom or AlreadyJoined when that is known at once. ``request``:
+        the history a v2 joiner asked for."""
         room = self.rooms.get(name)
         if room is None:
             raise UnknownRoom(f"no room named {name!r}")
-        room.begin_join(member, done)
+        room.begin_join(member, done, request)
         self._presence.join(room, member)
 
     def drop_user_session_handle(self, handle: UserSessionHandle) -> None:

@@ -16,31 +16,61 @@ Bounds and bad input (docs/protocol.md, "What happens to bad input"): a line lon
 the limit aborts the session; a bad line or a command that cannot be carried out is
 ignored and logged (capped per session); a client that closes its side has its last
 unterminated command carried out, then the session ends as with ``quit``.
+
+Version 2 (docs/protocol.md, "Version 2"): a session whose first command is a ``hello``
+with ``v`` >= 2 gets ``welcome`` (or an error and the close), its decoder upgraded and its
+mailbox marked v2 (rooms then send it v2 bytes). From then on the commands v1 ignores
+get an ``error``; ``ping`` is answered. A v1 session stays exactly v1. Every session, v1
+included, has its commands counted against a token bucket (flood.py) when flood control
+is on: over budget, reading stops until the bucket has refilled.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import deque
-from collections.abc import Iterable
 from typing import Protocol, cast
 
+from roomchat import tokens
 from roomchat.protocol import (
+    FEATURES,
+    PROTOCOL_VERSION,
     BadLine,
     Command,
     CommandDecoder,
+    Error,
+    Hello,
     JoinRoom,
     LeaveRoom,
     LineTooLong,
     LoginSuccessful,
+    Ping,
+    Pong,
     Quit,
+    RateLimited,
     RoomDetail,
     SendMessage,
+    ServerPing,
+    ServerPong,
+    Shutdown,
+    Welcome,
     encode,
+    name_key,
+    valid_name,
 )
+from roomchat.server.context import SessionContext
+from roomchat.server.flood import Bucket
+from roomchat.server.history import HistoryRequest
 from roomchat.server.outbox import Mailbox
-from roomchat.server.rooms import RoomError, RoomManager, UserSessionHandle
+from roomchat.server.rooms import (
+    AlreadyJoined,
+    RoomError,
+    RoomManager,
+    UnknownRoom,
+    UserSessionHandle,
+)
 from roomchat.server.stats import ServerStats
 
 __all__ = ["Connection", "Session", "new_session_id", "new_user_id"]
@@ -50,7 +80,19 @@ log = logging.getLogger("roomchat.server")
 #: Ignored commands logged per session before the log goes quiet (then every 1000th).
 _IGNORED_LOGGED = 5
 
+#: Flood-control episodes logged per server before the log goes quiet (then every 1000th).
+_THROTTLES_LOGGED = 5
+
 _Item = Command | BadLine | LineTooLong
+
+
+class _Refused(Exception):
+    """A v2 command that cannot be carried out: its error code and message."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
 
 
 def new_session_id() -> str:
@@ -80,20 +122,31 @@ class Connection(Protocol):
 class Session:
     __slots__ = (
         "_backlog",
+        "_bucket",
         "_connection",
+        "_context",
         "_decoder",
         "_eof",
+        "_episode",
+        "_fresh",
         "_handles",
         "_ignored",
         "_joining",
+        "_name_held",
         "_rooms",
+        "_shutting_down",
         "_stats",
+        "_throttled",
         "_waiting",
         "closed",
+        "heard",
         "mailbox",
         "name",
+        "pinged",
+        "quiet_since",
         "session_id",
         "user_id",
+        "v2",
     )
 
     def __init__(
@@ -105,6 +158,7 @@ class Session:
         max_line_length: int,
         name: str = "?",
         stats: ServerStats | None = None,
+        context: SessionContext | None = None,
     ) -> None:
         self._rooms = rooms
         self._stats = stats if stats is not None else ServerStats()
@@ -112,7 +166,24 @@ class Session:
         self.session_id = mailbox.key
         self.user_id = mailbox.user_id
         self._connection = connection
+        self._context = context = context or SessionContext()
         self._decoder = CommandDecoder(max_line_length)
+        self.v2 = False
+        self._name_held = True  # the user id is held in context.names until the end
+        self._fresh = True  # no command yet: a first hello may make the session v2
+        self._shutting_down = False
+        # Flood control: None when off.
+        self._bucket = (
+            Bucket(context.flood_rate, max(1.0, context.flood_burst), context.clock)
+            if context.flood_rate > 0
+            else None
+        )
+        self._throttled = False  # reading stopped until the bucket refills
+        self._episode = False  # a v2 session was told rate_limited in this episode
+        # Heartbeats (liveness.py), used once v2.
+        self.heard = False
+        self.quiet_since = 0.0
+        self.pinged = False
         self._handles: dict[str, UserSessionHandle] = {}
         self._joining: str | None = None  # the room of the join in progress
         self._waiting = False  # that join is answered later: reading is paused
@@ -141,21 +212,80 @@ class Session:
         self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
 
     def receive_data(self, data: bytes) -> None:
+        self.heard = True
+        self._stats.bytes_in += len(data)  # counted per read, not per line (stats.py)
+        if self._fresh:
+            data = self._first_command(data)
         items = self._decoder.feed(data)
-        stats = self._stats  # counted per read, not per line (stats.py)
-        stats.bytes_in += len(data)
-        stats.lines_in += len(items)
+        bucket = self._bucket
+        if bucket is not None:  # flood control: one subtraction per batch
+            bucket.tokens -= len(items)
+            if bucket.tokens < 0:
+                self._throttle(bucket)
+            elif self._episode:
+                self._episode = False
         if self._joining is None:
             self._handle(items)
         else:
             self._backlog.extend(items)
+
+    def _first_command(self, data: bytes) -> bytes:
+        """Decode line by line up to the first command: a hello changes how the lines
+        after it are decoded (v2). Returns the bytes after that line."""
+        while self._fresh and not self.closed:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return data  # no complete line yet
+            line, data = data[: newline + 1], data[newline + 1 :]
+            items = self._decoder.feed(line)
+            if not items:
+                continue  # a blank line, or the end of a line begun earlier... kept
+            self._fresh = False
+            first, rest = items[0], items[1:]
+            if type(first) is Hello and first.version >= 2:
+                self._hello(first)
+                if rest and not self.closed:
+                    self._handle(rest)
+            elif self._joining is None:
+                self._handle(items)
+            else:
+                self._backlog.extend(items)
+        return data if not self.closed else b""
+
+    def _throttle(self, bucket: Bucket) -> None:
+        wait = bucket.refill()
+        if wait <= 0 or self._throttled:
+            return
+        context = self._context
+        context.stats["throttled"] += 1
+        count = context.stats["throttled"]
+        if count <= _THROTTLES_LOGGED or count % 1000 == 0:
+            log.warning(
+                "%r: over the flood limit (%g commands/s, burst %g): not read for %d ms "
+                "(#%d on this server)",
+                self,
+                bucket.rate,
+                bucket.burst,
+                round(wait * 1000),
+                count,
+            )
+        self._throttled = True
+        self._connection.pause_reading()
+        if self.v2 and not self._episode:
+            self._episode = True
+            self.mailbox.send(encode(RateLimited(max(1, round(wait * 1000)))))
+        context.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        if not self.closed and self._joining is None:
+            self._connection.resume_reading()
 
     def receive_eof(self) -> None:
         """The client closed its side (e.g. nc at the end of its input): carry out a last
         unterminated command, then end the session as the original does."""
         self._eof = True
         items = self._decoder.feed_eof()
-        self._stats.lines_in += len(items)
         self._backlog.extend(items)
         if self._joining is None:
             self._drain_backlog()
@@ -163,16 +293,24 @@ class Session:
     def connection_lost(self) -> None:
         """The connection is gone: leave every room (the others see "left")."""
         self.closed = True
-        self._dropped(self._backlog)
         self._backlog.clear()
         self._leave_all()
         self.mailbox.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Give back what the session held on the server (its name, its heartbeat)."""
+        context = self._context
+        if self._name_held:
+            self._name_held = False
+            context.names.release(self.user_id)
+        if context.liveness is not None:
+            context.liveness.discard(self)
 
     def _handle(self, items: list[_Item]) -> None:
         index, count = 0, len(items)
         while index < count:
             if self.closed:
-                self._dropped(items[index:])
                 return
             item = items[index]
             index += 1
@@ -184,36 +322,40 @@ class Session:
                 end = index
                 while end < count and type(run := items[end]) is SendMessage and run.room == room:
                     end += 1
-                if handle is None:
-                    self._ignore(f"send_message to room {room!r} not joined", end - index + 1)
-                elif end == index:
-                    handle.send_message(item.content)
+                self._stats.messages += end - index + 1
+                if handle is not None and not self._shutting_down:
+                    if end == index:
+                        handle.send_message(item.content)
+                    else:
+                        handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
                 else:
-                    handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
+                    for refused in items[index - 1 : end]:  # each has its own id (v2)
+                        assert isinstance(refused, SendMessage)
+                        if self._shutting_down:
+                            self._refuse(refused, "shutting_down", "the server is shutting down")
+                        else:
+                            self._refuse(refused, "not_member", f"not in room {room!r}")
                 index = end
             elif type(item) is JoinRoom:
-                self._join(item.room)
+                self._join(item)
                 if self._joining is not None:  # in progress: keep the rest for later
                     self._backlog.extend(items[index:])
                     return
             else:
                 self._other(item)
 
-    def _dropped(self, items: Iterable[_Item]) -> None:
-        """Lines never carried out (the session ended first): keep the count of
-        send_message lines (stats.messages_received) exact."""
-        self._stats.non_messages += sum(type(item) is not SendMessage for item in items)
-
     def _other(self, item: _Item) -> None:
         stats = self._stats
-        stats.non_messages += 1
         if isinstance(item, LeaveRoom):
-            self._leave(item.room)
+            self._leave(item)
         elif isinstance(item, Quit):
             self.close("quit")
         elif isinstance(item, BadLine):
             stats.bad_lines += 1
-            self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
+            if self.v2:
+                self._error("bad_command", item.reason, item.command, item.id)
+            else:
+                self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
         elif isinstance(item, LineTooLong):
             stats.lines_too_long += 1
             log.warning(
@@ -222,34 +364,155 @@ class Session:
                 item.limit,
                 extra={**self.log_fields, "reason": "line too long"},
             )
-            self.abort("line too long")
+            if self.v2:
+                self._error("line_too_long", f"a line passed {item.limit} bytes")
+                self.close("line too long")
+            else:
+                self.abort("line too long")
+        elif not self.v2:  # hello (not first), ping, pong: unknown to v1
+            self._ignore(f"{type(item).__name__} in a v1 session")
+        elif isinstance(item, Ping):
+            self.mailbox.send(encode(ServerPong(item.id)))
+        elif isinstance(item, Pong):
+            pass
+        elif isinstance(item, Hello):
+            self._error("bad_command", "this session said hello already", "hello", item.id)
+
+    # -- v2 ----------------------------------------------------------------------------
+    def _error(
+        self, code: str, msg: str, command: str | None = None, ident: str | None = None
+    ) -> None:
+        self.mailbox.send(encode(Error(code, msg, command, ident)))
+
+    def _refuse(self, item: Command, code: str, msg: str) -> None:
+        """A command that cannot be carried out: an error in v2, ignored in v1."""
+        if self.v2:
+            tag = type(item).__struct_config__.tag
+            self._error(code, msg, tag if isinstance(tag, str) else None, item.id)
+        else:
+            self._ignore(f"{type(item).__name__}: {msg}")
+
+    def _hello(self, hello: Hello) -> None:
+        context = self._context
+        context.stats["hellos"] += 1
+        try:
+            user = self._check_hello(hello)
+        except _Refused as refused:
+            context.stats["hellos_refused"] += 1
+            log.info("%r: hello refused (%s): %s", self, refused.code, refused.msg)
+            self._error(refused.code, refused.msg, "hello", hello.id)
+            self.close(f"hello refused: {refused.code}")
+            return
+        if user != self.user_id:
+            context.names.claim(user)
+            context.names.release(self.user_id)
+            self.user_id = self.mailbox.user_id = user
+        expires = int(time.time()) + context.token_ttl
+        token = tokens.mint(context.secret, user, expires)
+        self.v2 = self.mailbox.v2 = True
+        self._decoder.upgrade()
+        self.mailbox.send(
+            encode(
+                Welcome(
+                    min(hello.version, PROTOCOL_VERSION),
+                    self.session_id,
+                    user,
+                    token,
+                    FEATURES,
+                    context.announced_heartbeat,
+                    hello.id,
+                )
+            )
+        )
+        if context.liveness is not None:
+            context.liveness.add(self)
+        log.info("%r: speaks v2", self)
+
+    def _check_hello(self, hello: Hello) -> str:
+        """The user id the session gets, or _Refused."""
+        context = self._context
+        if self._shutting_down:
+            raise _Refused("shutting_down", "the server is shutting down")
+        name, token = hello.name, hello.token
+        if name is None:
+            if token is not None:
+                raise _Refused("bad_command", "a token without a name")
+            return self.user_id
+        if not valid_name(name):
+            raise _Refused("name_invalid", "a name is 1 to 32 of A-Z a-z 0-9 _ - . (no spaces)")
+        proven = token is not None and tokens.verify(context.secret, name, token, time.time())
+        if context.require_tokens and not proven:
+            raise _Refused("not_authorised", f"the name {name!r} needs a valid token")
+        if name_key(name) == name_key(self.user_id):
+            return self.user_id  # this session's own random id
+        holder = context.names.holder(name)
+        if holder is not None and (holder != name or not proven):
+            raise _Refused("name_taken", f"the name {name!r} is in use")
+        return name
+
+    # -- what the server and the sweeper ask -------------------------------------------
+    def send_ping(self) -> None:
+        if not self.closed:
+            self.mailbox.send(encode(ServerPing()))
+
+    def idle_timeout(self, quiet: float) -> None:
+        if self.closed:
+            return
+        log.info("%r: nothing received for %.1f s, closing", self, quiet)
+        self._context.stats["idle_timeouts"] += 1
+        self._error("idle_timeout", f"nothing received for {round(quiet)} s")
+        self.close("idle timeout")
+
+    def shutdown_notice(self) -> None:
+        """The server is about to close: v2 sessions are told; commands that still come
+        are refused with shutting_down."""
+        self._shutting_down = True
+        if self.v2 and not self.closed:
+            context = self._context
+            self.mailbox.send(encode(Shutdown(context.reconnect_ms, context.shutdown_msg)))
 
     def _drain_backlog(self) -> None:
         backlog = self._backlog
         while backlog and self._joining is None and not self.closed:
             item = backlog.popleft()
             if type(item) is JoinRoom:
-                self._join(item.room)
+                self._join(item)
             else:
                 self._handle([item])
         if self._joining is None and not self.closed:
             if self._eof:
                 self.close("client closed its side")
-            else:
+            elif not self._throttled:
                 self._connection.resume_reading()
 
     # -- commands --------------------------------------------------------------------
-    def _join(self, room: str) -> None:
-        self._stats.non_messages += 1
+    def _join(self, item: JoinRoom) -> None:
+        room = item.room
+        request = None
+        if self.v2:
+            if self._shutting_down:
+                self._refuse(item, "shutting_down", "the server is shutting down")
+                return
+            if item.history is not None and item.after is not None:
+                self._refuse(item, "bad_command", "h and after exclude each other")
+                return
+            request = HistoryRequest(item.history, item.after)
         if room in self._handles:
-            self._ignore(f"join_room {room!r}: already joined")
+            self._refuse(item, "already_joined", f"already in room {room!r}")
             return
         self._joining = room
         try:
-            self._rooms.join_room(room, self.mailbox, self._joined)
+            self._rooms.join_room(room, self.mailbox, self._joined, request)
         except RoomError as exc:
             self._joining = None
-            self._ignore(f"join_room: {exc}")
+            code = (
+                "unknown_room"
+                if isinstance(exc, UnknownRoom)
+                else "already_joined"
+                if isinstance(exc, AlreadyJoined)
+                else "bad_command"
+            )
+            self._refuse(item, code, str(exc))
             return
         if self._joining is not None:  # not answered yet: wait, reading nothing more
             self._waiting = True
@@ -269,10 +532,10 @@ class Session:
             self._waiting = False
             self._drain_backlog()
 
-    def _leave(self, room: str) -> None:
-        handle = self._handles.pop(room, None)
+    def _leave(self, item: LeaveRoom) -> None:
+        handle = self._handles.pop(item.room, None)
         if handle is None:
-            self._ignore(f"leave_room {room!r}: not joined")
+            self._refuse(item, "not_member", f"not in room {item.room!r}")
             return
         self._rooms.drop_user_session_handle(handle)
 
@@ -316,6 +579,7 @@ class Session:
             self._leave_all()
         self.closed = True
         self.mailbox.flush()
+        self._release()
         self._connection.close(reason)
 
     def abort(self, reason: str) -> None:
@@ -325,4 +589,5 @@ class Session:
         self.closed = True
         self._leave_all()
         self.mailbox.close()
+        self._release()
         self._connection.abort(reason)

@@ -62,10 +62,9 @@ class ServerStats:
         "connections_accepted",
         "deliveries",
         "ignored",
-        "lines_in",
         "lines_too_long",
         "loop_lag",
-        "non_messages",
+        "messages",
         "slow_consumers",
         "turn",
         "writes",
@@ -74,11 +73,8 @@ class ServerStats:
     def __init__(self) -> None:
         self.connections_accepted = 0
         self.bytes_in = 0  # bytes read from clients (per data_received)
-        #: Lines decoded from clients (per read: one addition for the whole batch).
-        self.lines_in = 0
-        #: ... of which not send_message (joins, leaves, quits, bad lines, too long),
-        #: counted on their own (rare) paths: messages received = lines_in - non_messages.
-        self.non_messages = 0
+        #: send_message commands carried out or refused (one addition per run of them).
+        self.messages = 0
         self.bad_lines = 0  # lines that are not a command (ignored)
         self.ignored = 0  # commands ignored, bad lines included (Session._ignore)
         self.lines_too_long = 0  # sessions closed for a line over the limit
@@ -91,8 +87,8 @@ class ServerStats:
 
     @property
     def messages_received(self) -> int:
-        """send_message commands decoded."""
-        return self.lines_in - self.non_messages
+        """send_message commands handled."""
+        return self.messages
 
     @property
     def ignored_commands(self) -> int:

@@ -83,7 +83,7 @@ class MemoryBus:
         pass
 
 
-def open_bus(url: str, outbox: Outbox, *, lease: float = 10.0) -> Bus:
+def open_bus(url: str, outbox: Outbox, *, lease: float = 10.0, history: int = 100) -> Bus:
     """The bus for ``url`` (not started yet). Raises BusError for a URL it cannot use."""
     scheme = url.partition("://")[0].lower() if "://" in url else url.lower()
     if scheme in ("", "memory"):
@@ -91,5 +91,5 @@ def open_bus(url: str, outbox: Outbox, *, lease: float = 10.0) -> Bus:
     if scheme in ("redis", "redis+cluster"):
         from roomchat.server.bus.redis import RedisBus
 
-        return RedisBus(url, outbox, lease=lease)
+        return RedisBus(url, outbox, lease=lease, history=history)
     raise BusError(f"unknown bus {url!r}: use memory:// or redis://HOST:PORT[/DB]")

@@ -33,9 +33,12 @@ from urllib.parse import unquote, urlsplit
 
 from redis.crc import key_slot
 
+from roomchat.protocol import HISTORY_MAX
 from roomchat.server.bus import BusError, scripts
 from roomchat.server.bus.resp import ReplyError, RespConnection, command, open_connection
+from roomchat.server.history import Snapshot
 from roomchat.server.presence import joined_event, left_event
+from roomchat.server.rooms import now_ms
 
 if TYPE_CHECKING:
     from roomchat.server.outbox import Outbox
@@ -150,14 +153,18 @@ def _tag(room: str) -> str:
 class _RoomKeys:
     """A room's keys and channel in Redis, all under one hash tag (one cluster slot)."""
 
-    __slots__ = ("channel", "keys", "publish_head", "slot")
+    __slots__ = ("channel", "keys", "post_head", "publish_head", "slot")
 
     def __init__(self, room: str, cluster: bool) -> None:
         prefix = f"rc:{{{_tag(room)}}}:"
         self.channel = (prefix + "c").encode()
-        #: sessions, users, order, order counter, left events, channel (scripts.py)
-        self.keys = (*((prefix + k).encode() for k in "suonl"), self.channel)
+        seq, stream = (prefix + "q").encode(), (prefix + "h").encode()
+        #: sessions, users, order, order counter, left events, channel, message counter,
+        #: history stream (scripts.py)
+        self.keys = (*((prefix + k).encode() for k in "suonl"), self.channel, seq, stream)
         self.slot = key_slot(self.channel)
+        #: The EVALSHA of POST up to its last argument (the line): set once connected.
+        self.post_head: bytes | None = None
         verb = b"SPUBLISH" if cluster else b"PUBLISH"
         self.publish_head = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
             len(verb),
@@ -183,10 +190,18 @@ class _Node:
 class RedisBus:
     """Rooms shared through Redis; see the module docstring."""
 
-    def __init__(self, url: str, outbox: Outbox, *, lease: float = DEFAULT_LEASE) -> None:
+    def __init__(
+        self,
+        url: str,
+        outbox: Outbox,
+        *,
+        lease: float = DEFAULT_LEASE,
+        history: int = HISTORY_MAX,
+    ) -> None:
         self._target = parse_redis_url(url)
         self._outbox = outbox
         self._lease = lease
+        self.history = history
         self.instance_id = secrets.token_hex(6)
         self.stats = BusStats()
         self.presence = RedisPresence(self)
@@ -238,8 +253,10 @@ class RedisBus:
         return total
 
     def publisher(self, room: ChatRoom) -> Callable[[bytes], None]:
+        """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
+        room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
+        message is numbered and delivered on this instance only (room.fan_out)."""
         keys = self._room_keys(room)
-        head = keys.publish_head
         fan_out = room.fan_out
         stats = self.stats
         on_reply = self._on_publish_reply
@@ -250,13 +267,39 @@ class RedisBus:
                 self._local_only(node is not None)
                 fan_out(event)
                 return
+            head = keys.post_head
+            if head is None:
+                head = keys.post_head = self._post_head(keys)
             if not node.parts:
                 self._schedule_flush()
-            node.parts.append(head + b"$%d\r\n" % len(event) + event + b"\r\n")
+            count = b"%d" % event.count(b"\n")  # a run of messages is one post
+            ts = b"%d" % now_ms()
+            node.parts.append(
+                b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                % (head, len(count), count, len(ts), ts, len(event), event)
+            )
             node.handlers.append(on_reply)
             stats.published += 1
 
         return publish
+
+    def _post_head(self, keys: _RoomKeys) -> bytes:
+        # EVALSHA sha 3 <counter> <stream> <channel> <history size> <verb> [line]: RESP
+        # of every argument but the last, built once per room.
+        whole = command(
+            b"EVALSHA",
+            self._shas["post"],
+            3,
+            keys.keys[6],
+            keys.keys[7],
+            keys.channel,
+            self.history,
+            self._verbs[2],
+            b"",
+            b"",
+            b"",
+        )
+        return whole[: -3 * len(b"$0\r\n\r\n")]  # count, time and lines: per post
 
     async def start(self) -> None:
         try:
@@ -435,8 +478,12 @@ class RedisBus:
             self.stats.received += 1
             if room is not None:
                 payload: bytes = push[2]
-                if payload[0] == 123:  # b"{": an event for every member
-                    room.fan_out(payload)
+                if payload[0] == 77:  # b"M": a message numbered by POST
+                    head, _, line = payload.partition(b"\n")
+                    seq, _, ts = head[1:].partition(b" ")
+                    room.deliver(int(seq), int(ts), line)
+                elif payload[0] == 123:  # b"{": an announcement for every member
+                    room.announce(payload)
                 else:
                     self._control(room, payload)
         elif room is None:
@@ -461,7 +508,7 @@ class RedisBus:
         elif kind == b"O":  # O<instance>\n<event>: re-asserted presence after an outage
             origin, _, event = payload[1:].partition(b"\n")
             if origin.decode() != self.instance_id and event:
-                room.fan_out(event)
+                room.announce(event)
 
     # -- connecting, losing, reconnecting ----------------------------------------------
     async def _connect(self) -> None:
@@ -722,16 +769,34 @@ class RedisPresence:
         bus = self._bus
         keys = bus._room_keys(room)
         key, user = member.key, member.user_id
+        v2 = getattr(member, "v2", False)
 
-        def reply(users: Any) -> None:
-            if isinstance(users, Exception):
-                if isinstance(users, ReplyError):
-                    bus._reply_error(users, f"join of room {room.name!r}")
+        def reply(answer: Any) -> None:
+            if isinstance(answer, Exception):
+                if isinstance(answer, ReplyError):
+                    bus._reply_error(answer, f"join of room {room.name!r}")
                 if member in room:
                     self._answer_locally(room, member)
                 return
-            room.join_reply(key, [u.decode() for u in users])
+            users, seq, entries = answer
+            snapshot = None
+            if v2:
+                held = [
+                    (first + n, int(fields[1]), line)
+                    for ident, fields in reversed(entries)
+                    for first in (int(ident.partition(b"-")[0]),)
+                    for n, line in enumerate(fields[3].split(b"\r\n")[:-1])
+                ]
+                snapshot = Snapshot(int(seq), held)
+            room.join_reply(key, [u.decode() for u in users], snapshot)
 
+        mode, count, after = b"", 0, 0
+        if v2:
+            request = room.joining_request(key)
+            if request is not None and request.after is not None:
+                mode, count, after = b"a", bus.history, min(request.after, 10**14)
+            elif request is not None and request.last:
+                mode, count = b"h", min(request.last, bus.history)
         bus.queue(
             room,
             bus.script(
@@ -743,6 +808,9 @@ class RedisPresence:
                 bus._verbs[2],
                 joined_event(room.name, user),
                 left_event(room.name, user),
+                mode,
+                count,
+                after,
             ),
             reply,
         )
@@ -769,7 +837,7 @@ class RedisPresence:
                 lambda reply: self._leave_reply(room, reply),
             )
         elif user not in sessions.values():
-            room.fan_out(left_event(room.name, user))
+            room.announce(left_event(room.name, user))
         if not room.busy:
             bus.lose_interest(room)
 

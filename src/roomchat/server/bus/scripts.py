@@ -13,19 +13,27 @@ A room's keys (``KEYS``), all under one hash tag (redis.py ``_RoomKeys``):
 5. ``l`` hash: user id -> its encoded "left" event (the wire format is written by the
    protocol module, never here)
 6. the room's channel
+7. ``q`` counter: the room's latest message sequence number (v2)
+8. ``h`` stream: the room's last messages, entry id ``<seq>-0``, fields ``t`` (server
+   ms) and ``m`` (the v1 line), trimmed with ``MAXLEN ~`` (v2 history)
 
 What goes through the channel: an encoded event (starts with ``{``) for every member;
 ``J<session key>\\n<"joined" event or nothing>``, a join's marker (rooms.py); and
 ``O<instance id>\\n<event>``, an announcement re-asserted after an outage, which the
-instance that made it skips (its own members saw it already).
+instance that made it skips (its own members saw it already); and
+``M<seq> <ts>\\n<v1 user_message line>``, a message numbered by POST: every instance
+builds the v2 bytes from it with the protocol module.
 """
 
 from __future__ import annotations
 
 __all__ = ["SCRIPTS"]
 
-# ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event.
-# Returns the room's users in arrival order.
+# ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event,
+# then the history wanted (v2): mode ('' none, 'h' the last N, 'a' after a number), N
+# (at most the history size), after. Returns {users in arrival order, the room's latest
+# sequence number, history entries newest first} - the history taken atomically with the
+# marker, so it ends exactly where the joiner's live messages begin.
 JOIN = """
 local marker = 'J' .. ARGV[1] .. '\\n'
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3]) == 1
@@ -35,7 +43,30 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3]) == 1
   marker = marker .. ARGV[5]
 end
 redis.call(ARGV[4], KEYS[6], marker)
-return redis.call('ZRANGE', KEYS[3], 0, -1)
+local seq = tonumber(redis.call('GET', KEYS[7]) or '0')
+local entries = {}
+if ARGV[7] == 'h' then
+  entries = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', ARGV[8])
+elseif ARGV[7] == 'a' then
+  -- Entries are runs of messages: the one holding after + 1 may start before it.
+  entries = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', ARGV[8])
+end
+return {redis.call('ZRANGE', KEYS[3], 0, -1), seq, entries}
+"""
+
+# A run of messages from one sender (one or more v1 user_message lines): number them,
+# keep them, publish them, in one step (so every instance sees the same numbers in the
+# same order). KEYS: counter, stream, channel. ARGV: history size (0: keep nothing),
+# publish verb, how many messages, their time (ms, the posting instance's clock), the
+# lines. The run is one stream entry, its id the first message's number. Returns it.
+POST = """
+local count = tonumber(ARGV[3])
+local first = redis.call('INCRBY', KEYS[1], count) - count + 1
+if ARGV[1] ~= '0' then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], first .. '-0', 't', ARGV[4], 'm', ARGV[5])
+end
+redis.call(ARGV[2], KEYS[3], 'M' .. first .. ' ' .. ARGV[4] .. '\\n' .. ARGV[5])
+return first
 """
 
 # ARGV: session key, user id, publish verb. Returns 1 if the session was there.
@@ -97,4 +128,4 @@ end
 return removed
 """
 
-SCRIPTS = {"join": JOIN, "leave": LEAVE, "assert": ASSERT}
+SCRIPTS = {"join": JOIN, "leave": LEAVE, "assert": ASSERT, "post": POST}

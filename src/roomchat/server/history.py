@@ -1,0 +1,76 @@
+"""v2 history: what a room keeps of its last messages, and the ``history`` event built
+from it for a join (docs/protocol.md, "History and catch-up").
+
+A room holds its last messages as ``(seq, ts, v1 line)`` entries, appended once per
+message (a C-level deque append: the v1 line is the bytes every v1 member got anyway).
+Only a v2 join reads them: it decodes the lines it sends (at most HISTORY_MAX) and
+encodes one ``history`` line with the protocol module.
+
+With the Redis bus the entries come from the room's stream in Redis, read by the join
+script atomically with the join's marker; the same :class:`Snapshot` shape carries them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from roomchat.protocol import History, HistoryMessage, UserMessage, encode
+
+__all__ = ["Entry", "HistoryRequest", "Snapshot", "history_event"]
+
+#: One held message: its sequence number, its server time (ms) and its v1 line.
+Entry = tuple[int, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A room's history at one point of its order: its latest sequence number and the
+    held messages up to it, oldest first."""
+
+    seq: int
+    entries: Sequence[Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """What a v2 ``join_room`` asked for: ``h`` (the last N) or ``after`` (catch-up)."""
+
+    last: int | None = None
+    after: int | None = None
+
+
+_decode_message = msgspec.json.Decoder(UserMessage).decode
+
+
+def history_event(room: str, snapshot: Snapshot, request: HistoryRequest, cap: int) -> bytes:
+    """The encoded ``history`` event answering ``request`` from ``snapshot``; at most
+    ``cap`` messages (the server's history size)."""
+    latest, held = snapshot.seq, snapshot.entries
+    gap = False
+    chosen: Sequence[Entry]
+    if request.after is not None:
+        after = request.after
+        if after > latest:  # the count restarted: everything held is new to the client
+            chosen, gap = held, True
+        else:
+            chosen = [entry for entry in held if entry[0] > after]
+        if len(chosen) > cap:
+            chosen = chosen[len(chosen) - cap :]
+        if after < latest and (not chosen or chosen[0][0] > after + 1):
+            gap = True
+    elif request.last:
+        count = min(request.last, cap)
+        chosen = list(held)[-count:] if count else []
+    else:
+        chosen = []
+    messages = []
+    for seq, ts, line in chosen:
+        try:
+            message = _decode_message(line)
+        except msgspec.DecodeError:
+            continue  # not a user_message line (never, but never fail a join over it)
+        messages.append(HistoryMessage(message.user_id, message.content, seq, ts))
+    return encode(History(room, tuple(messages), latest, gap))
