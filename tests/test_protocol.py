@@ -32,7 +32,7 @@ from roomchat.protocol import (
 Result = Message | BadLine | LineTooLong
 AnyDecoder = LineDecoder[Command] | LineDecoder[Event]
 
-# --- golden vectors (PROTOCOL.md, "Exact bytes") -----------------------------------
+# --- golden vectors (docs/protocol.md, "Exact bytes") -----------------------------------
 
 GOLDEN: list[tuple[bytes, Message]] = [
     (b'{"_ct":"join_room","r":"test"}', JoinRoom("test")),

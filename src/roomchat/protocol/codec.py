@@ -1,7 +1,7 @@
 """Encoding and sans-I/O decoding of protocol v1 and v2 lines.
 
 Nothing here touches a socket, an event loop or a clock: feed bytes in, take
-messages out (see shared/STYLE.md, "The protocol does no I/O").
+messages out (docs/architecture.md: the layers only point one way).
 """
 
 from __future__ import annotations

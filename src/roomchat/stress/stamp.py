@@ -5,7 +5,7 @@ its sequence number for that room, the send time (``time.monotonic_ns()``, one c
 for every process of the machine), all in hex, and ``m`` (measured) or ``w`` (warm-up).
 The line is built from pre-encoded parts: the codec's head of a send_message for the
 room (:func:`roomchat.protocol.encode_head`), then the content, which is ASCII without
-quotes or backslashes, so no JSON escaping is needed (PROTOCOL.md, send_message).
+quotes or backslashes, so no JSON escaping is needed (docs/protocol.md, send_message).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ class LoadWorker:
 
     async def _settle(self) -> None:
         """Wait (bounded) until the join storm is over: every join is announced to every
-        member of the room (PROTOCOL.md, room_participation), so n users joining one room
+        member of the room (docs/protocol.md, room_participation), so n users joining one room
         cause n * (n + 1) / 2 events; measuring before they are read would time the backlog."""
         self.phase = "settling"
         deadline = time.monotonic() + self.cfg.settle_timeout

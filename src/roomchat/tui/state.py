@@ -231,7 +231,7 @@ class ChatState:
             line = ChatLine(event.status, event.user_id, own=event.user_id == self.user_id)
             room.lines.append(line)
             return Update(room.name, line)
-        # UserMessage: every member gets it, the sender included (PROTOCOL.md, Events).
+        # UserMessage: every member gets it, the sender included (docs/protocol.md, Events).
         own = event.user_id == self.user_id
         past = room.replaying == "history"
         if past and room.replayed == 0:
