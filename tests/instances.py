@@ -20,6 +20,26 @@ TIMEOUT = 20.0
 LISTENING = re.compile(r"listening on [^ ]*?:(\d+) with (\d+) rooms")
 
 
+async def spawn_serve(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """``roomchat serve --host 127.0.0.1 --port 0 ARGS`` as a subprocess, its stderr piped
+    (the caller reads it: that is where the listening line and the logs go)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "roomchat",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
 class Instance:
     """One ``roomchat serve`` process on 127.0.0.1, port 0."""
 
@@ -32,21 +52,7 @@ class Instance:
 
     @classmethod
     async def start(cls, *args: str) -> Instance:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "roomchat",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        instance = cls(process)
+        instance = cls(await spawn_serve(*args))
         try:
             match = await instance.wait_for_log(LISTENING.pattern)
         except BaseException:

@@ -15,6 +15,7 @@ import pytest
 
 from roomchat.client import connect
 from roomchat.protocol import UserJoinedRoom
+from tests.instances import spawn_serve
 
 TIMEOUT = 20.0
 LISTENING = re.compile(rb"listening on [^ ]*?:(\d+) with (\d+) rooms")
@@ -45,20 +46,7 @@ async def run_roomchat(*args: str) -> tuple[int, str]:
 
 
 async def start_serve(*args: str) -> Served:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "roomchat",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_serve(*args)
     assert process.stderr is not None
     async with asyncio.timeout(TIMEOUT):
         while True:

@@ -18,6 +18,7 @@ import pytest
 from roomchat.client import connect
 from roomchat.protocol import UserJoinedRoom
 from roomchat.server.logs import JsonFormatter
+from tests.instances import spawn_serve
 from tests.test_cli import LISTENING, TIMEOUT, Served, assert_one_clean_line, run_roomchat
 
 METRICS = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
@@ -25,21 +26,7 @@ METRICS = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 async def start(*args: str, env: dict[str, str] | None = None) -> tuple[Served, list[bytes]]:
     """``roomchat serve`` on a free port; the server and its stderr lines up to listening."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "roomchat",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    process = await spawn_serve(*args, env=env)
     assert process.stderr is not None
     lines: list[bytes] = []
     async with asyncio.timeout(TIMEOUT):

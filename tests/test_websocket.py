@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -27,6 +26,7 @@ from roomchat.protocol import (
 from roomchat.server import ChatServer, ServerConfig, load_rooms
 from roomchat.server.web import CSP, OriginPolicy, WebConnection, frame_events, parse_address
 from tests.helpers import TIMEOUT, client_of, joined, next_event, raw_socket, read_line
+from tests.instances import spawn_serve
 
 MAX_LINE = 4096
 
@@ -560,21 +560,7 @@ async def test_frames_split_and_mixed_with_control_frames_and_fragments(
 
 
 # -- roomchat serve --ws ---------------------------------------------------------------------
-async def _serve(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "roomchat",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+_serve = spawn_serve
 
 
 async def test_serve_logs_the_url_to_open() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, UserJoinedRoom, UserMessage
+from tests.instances import spawn_serve
 from tests.redis_servers import RedisServer
 from tests.test_cli import TIMEOUT, assert_one_clean_line, run_roomchat
 
@@ -109,22 +110,7 @@ class Workers:
 
 
 async def start_workers(count: int, *args: str) -> Workers:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "roomchat",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        str(count),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_serve("--workers", str(count), *args)
     assert process.stderr is not None
     log = Log(process.stderr)
     at, match = await log.wait_for(LISTENING)

@@ -35,7 +35,13 @@ from redis.crc import key_slot
 
 from roomchat.protocol import HISTORY_MAX
 from roomchat.server.bus import BusError, scripts
-from roomchat.server.bus.resp import ReplyError, RespConnection, command, open_connection
+from roomchat.server.bus.resp import (
+    ReplyError,
+    RespConnection,
+    command,
+    open_connection,
+    reply_future,
+)
 from roomchat.server.history import Snapshot
 from roomchat.server.presence import joined_event, left_event
 from roomchat.server.rooms import now_ms
@@ -868,15 +874,6 @@ class RedisPresence:
         return int(removed)
 
     async def _call(self, room: ChatRoom, data: bytes) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(reply: Any) -> None:
-            if future.done():
-                return
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-        self._bus.queue(room, data, done)
+        future, handler = reply_future()
+        self._bus.queue(room, data, handler)
         return await future

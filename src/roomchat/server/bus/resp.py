@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import hiredis
 
-__all__ = ["ReplyError", "RespConnection", "command", "open_connection"]
+__all__ = ["ReplyError", "RespConnection", "command", "open_connection", "reply_future"]
 
 ReplyError = hiredis.ReplyError
 #: Called with the reply (a ReplyError for "-ERR ..."), or ConnectionError if none came.
@@ -50,6 +50,21 @@ def command(*args: bytes | str | int) -> bytes:
 
 def _ignore(reply: Any) -> None:
     pass
+
+
+def reply_future() -> tuple[asyncio.Future[Any], ReplyHandler]:
+    """A future and the reply handler that settles it (an error reply raises)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(reply: Any) -> None:
+        if future.done():
+            return
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
+
+    return future, done
 
 
 class RespConnection(asyncio.Protocol):
@@ -136,17 +151,8 @@ class RespConnection(asyncio.Protocol):
 
     async def call(self, *args: bytes | str | int) -> Any:
         """Send one command and wait for its reply; raises ReplyError or ConnectionError."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(reply: Any) -> None:
-            if future.done():
-                return
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-        self.send(command(*args), done)
+        future, handler = reply_future()
+        self.send(command(*args), handler)
         return await future
 
     def close(self) -> None:
