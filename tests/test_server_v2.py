@@ -186,6 +186,30 @@ async def test_v1_session_next_to_v2_gets_v1_bytes_only(server: ChatServer) -> N
     v2.close()
 
 
+async def test_a_run_of_messages_in_one_read_is_numbered_one_by_one(server: ChatServer) -> None:
+    # One read of five send_message lines is posted as one piece (the hot path): each
+    # message still gets its own number, and v1 members their exact v1 lines.
+    sock, buffer, v1_user = await raw_login(server)
+    v1 = Raw(sock, buffer, v1_user)
+    v2 = await raw(server)
+    await raw_join(v2)
+    await v1.send(b'{"_ct":"join_room","r":"general"}')
+    await v1.until("room_participation")
+    await v2.until("room_participation")
+    await v1.send(*[b'{"_ct":"send_message","r":"general","c":"%d"}' % n for n in range(5)])
+    for n in range(5):
+        assert await v1.line() == encode(UserMessage(ROOM, v1_user, str(n)))
+    seen = [json.loads(await v2.until("user_message")) for _ in range(5)]
+    assert [(m["c"], m["q"]) for m in seen] == [(str(n), n + 1) for n in range(5)]
+    # The history holds them one by one too.
+    late = await raw(server)
+    lines = await raw_join(late, extra=b',"h":3')
+    history = json.loads(next(line for line in lines if b'"history"' in line))
+    assert [(m["c"], m["q"]) for m in history["ms"]] == [("2", 3), ("3", 4), ("4", 5)]
+    for conn in (v1, v2, late):
+        conn.close()
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 
