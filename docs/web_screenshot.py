@@ -21,8 +21,8 @@ from roomchat.client import ChatClient, connect  # noqa: E402
 from tests.browser import ServerThread, new_driver  # noqa: E402
 
 
-async def tcp_user(port: int) -> ChatClient:
-    client = await connect("127.0.0.1", port)
+async def tcp_user(port: int, name: str) -> ChatClient:
+    client = await connect("127.0.0.1", port, v2=True, name=name)
     await client.join("general")
     return client
 
@@ -37,7 +37,8 @@ def main() -> None:
         driver.find_element(By.ID, "name-input").send_keys("Ada")
         time.sleep(0.3)
         driver.save_screenshot(str(ROOT / "docs" / "web-connect.png"))
-        others = [server.call(tcp_user(chat.port)) for _ in range(2)]
+        others = [server.call(tcp_user(chat.port, name)) for name in ("grace", "linus")]
+        server.call(others[1].send("general", "quiet morning so far"))  # history on join
         driver.find_element(By.ID, "connect-button").click()
         WebDriverWait(driver, 10).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#room-list button")

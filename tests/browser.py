@@ -76,8 +76,8 @@ class ServerThread:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return future.result(timeout)
 
-    def start(self, ws_port: int = 0) -> ChatServer:
-        config = ServerConfig(host="127.0.0.1", port=0, ws=f"127.0.0.1:{ws_port}")
+    def start(self, ws_port: int = 0, **settings: Any) -> ChatServer:
+        config = ServerConfig(host="127.0.0.1", port=0, ws=f"127.0.0.1:{ws_port}", **settings)
         self.server = self.call(ChatServer.start(config))
         return self.server
 

@@ -342,6 +342,32 @@ async def test_server_shutdown_closes_with_1001() -> None:
     assert srv.web is not None and not srv.web.connections
 
 
+async def test_v2_over_websocket_hello_history_and_shutdown_notice() -> None:
+    """v2 is the same over /ws: hello -> welcome with the name, join with history, and
+    the shutdown notice comes before the 1001 close (what the web client relies on)."""
+    srv = await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, ws="127.0.0.1:0"))
+    try:
+        ws, _ = await ws_login(srv)
+        await ws.send('{"_ct":"hello","v":2,"name":"ann"}')
+        welcome = await recv_json(ws)
+        assert welcome["_et"] == "welcome" and welcome["u"] == "ann", welcome
+        await ws.send('{"_ct":"join_room","r":"general","h":50}')
+        assert (await recv_json(ws))["_et"] == "user_joined_room"
+        history = await recv_json(ws)
+        assert history == {"_et": "history", "r": "general", "ms": [], "q": 0, "gap": False}
+        taken, _ = await ws_login(srv)
+        await taken.send('{"_ct":"hello","v":2,"name":"ANN"}')
+        refused = await recv_json(taken)
+        assert refused["_et"] == "error" and refused["code"] == "name_taken", refused
+        closing = asyncio.create_task(srv.close())
+        seen = [await recv_json(ws) for _ in range(2)]  # joined, then the notice
+        assert seen[-1]["_et"] == "shutdown", seen
+        assert await closed_code(ws) == 1001
+        await closing
+    finally:
+        await srv.close()
+
+
 async def test_busy_ws_port_is_a_start_error() -> None:
     from roomchat.server import ServerStartError
 

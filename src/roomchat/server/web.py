@@ -484,9 +484,21 @@ class WebConnection(asyncio.Protocol):
             )
             return
         hub = self._web.hub
-        mailbox = hub.outbox.open(new_user_id(), new_session_id(), self._write)
+        # The server's v2 context (names, tokens, heartbeats, flood control, shutdown
+        # notice) and stats, shared with the TCP sessions, as in ChatConnection._start.
+        names = hub.context.names
+        user_id = new_user_id()
+        while not names.claim_new(user_id):  # random ids and names share one namespace
+            user_id = new_user_id()
+        mailbox = hub.outbox.open(user_id, new_session_id(), self._write)
         self.session = session = Session(
-            hub.rooms, mailbox, self, max_line_length=hub.max_line_length, name=f"ws {self._name}"
+            hub.rooms,
+            mailbox,
+            self,
+            max_line_length=hub.max_line_length,
+            name=f"ws {self._name}",
+            stats=hub.stats,
+            context=hub.context,
         )
         log.info("%r connected", session)
         session.start(hub.rooms.details)
@@ -604,12 +616,14 @@ class WebServer:
 
     def close_sessions(self) -> None:
         """Stop listening; close every session with its queued output (no "left" is
-        announced: the server is going away, as for TCP sessions)."""
+        announced: the server is going away, as for TCP sessions); v2 sessions get the
+        shutdown notice first."""
         for sock in self._server.sockets:
             self._web.hub.outbox.unwatch(sock.fileno())
         self._server.close()
         for connection in list(self._web.connections):
             if connection.session is not None:
+                connection.session.shutdown_notice()  # v2: the notice goes first
                 connection.session.close("server shutdown", announce=False)
             else:
                 connection.abort("server shutdown")

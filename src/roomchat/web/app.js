@@ -6,6 +6,14 @@
 import { RoomchatClient, defaultUrl } from "./client.js";
 
 const MAX_MESSAGES_PER_ROOM = 500;
+const NOTICE_MS = 8000;
+
+/** What a refused hello means, for the connect page. */
+const REFUSALS = {
+  name_taken: (name) => `The name "${name}" is taken: pick another one.`,
+  name_invalid: () => "Names are 1 to 32 letters, digits, _ - or . (no spaces).",
+  not_authorised: (name) => `This server needs a token for "${name}".`,
+};
 
 const $ = (id) => document.getElementById(id);
 
@@ -61,6 +69,7 @@ class App {
     const name = $("name-input").value.trim();
     localStorage.setItem("roomchat.url", url);
     localStorage.setItem("roomchat.name", name);
+    this.connectError("");
     this.client = new RoomchatClient(url, {
       name,
       onEvent: (event) => this.onEvent(event),
@@ -85,7 +94,19 @@ class App {
     const status = $("status");
     status.dataset.state = state;
     const banner = $("banner");
-    if (state === "open") {
+    if (state === "refused") {
+      // hello refused (name taken or invalid...): the client has stopped.
+      status.textContent = "Disconnected";
+      const explain = REFUSALS[detail.code];
+      const text = explain ? explain(this.client.name) : `Refused: ${detail.reason}`;
+      if ($("chat-view").hidden) {
+        this.connectError(text);
+        $("name-input").focus();
+      } else {
+        $("banner-text").textContent = `${text} Disconnect and pick another name.`;
+        banner.hidden = false;
+      }
+    } else if (state === "open") {
       status.textContent = "Connected";
       banner.hidden = true;
       this.connectError("");
@@ -99,8 +120,9 @@ class App {
         // Never got in: say so on the connect page, and keep trying.
         this.connectError(`Cannot reach ${this.client.url}: ${detail.reason}. Retrying in ${seconds} s…`);
       } else {
-        $("banner-text").textContent =
-          `Connection problem: ${detail.reason}. Reconnecting in ${seconds} s; your rooms will be re-joined.`;
+        $("banner-text").textContent = detail.restarting
+          ? `The server is restarting. Reconnecting in ${seconds} s; your rooms will be re-joined.`
+          : `Connection problem: ${detail.reason}. Reconnecting in ${seconds} s; your rooms will be re-joined.`;
         banner.hidden = false;
         for (const room of this.rooms.values()) room.members.clear();
         this.renderMembers();
@@ -121,6 +143,14 @@ class App {
         return this.onParticipation(event);
       case "user_message":
         return this.onMessage(event);
+      case "missed_messages":
+        return this.onMissed(event);
+      case "error":
+        return this.notice(`Error (${event.code}): ${event.msg ?? ""}`, "error");
+      case "rate_limited":
+        return this.notice(`Slow down: the server paused reading for ${event.retry_ms} ms.`, "warning");
+      case "shutdown":
+        return this.onShutdown(event);
       default:
         return undefined; // an event this page does not know: ignore
     }
@@ -176,11 +206,39 @@ class App {
   onMessage(event) {
     const room = this.rooms.get(event.r);
     if (!room) return;
-    this.addItem(room, { kind: "message", user: event.u, text: event.c, own: this.isOwn(event.u) });
+    const time = typeof event.ts === "number" ? new Date(event.ts) : new Date();
+    this.addItem(room, { kind: "message", user: event.u, text: event.c, own: this.isOwn(event.u), q: event.q, time });
     if (room.name !== this.current || document.hidden) {
       room.unread += 1;
       this.renderRooms();
     }
+  }
+
+  onMissed(event) {
+    const room = this.rooms.get(event.r);
+    if (!room) return;
+    const text = event.restarted
+      ? "Some messages were missed: the server restarted and lost the room's history"
+      : "Some messages were missed";
+    this.addItem(room, { kind: "gap", text });
+  }
+
+  onShutdown(event) {
+    const seconds = Math.max(1, Math.round((event.reconnect_ms ?? 0) / 1000));
+    $("banner-text").textContent = `${event.msg || "Server restarting"}: reconnecting in about ${seconds} s…`;
+    $("banner").hidden = false;
+  }
+
+  /** A short-lived line under the top bar: errors, flood control. */
+  notice(text, kind) {
+    const notice = $("notice");
+    notice.textContent = text;
+    notice.dataset.kind = kind;
+    notice.hidden = false;
+    clearTimeout(this.noticeTimer);
+    this.noticeTimer = setTimeout(() => {
+      notice.hidden = true;
+    }, NOTICE_MS);
   }
 
   isOwn(userId) {
@@ -188,7 +246,7 @@ class App {
   }
 
   addItem(room, item) {
-    item.time = new Date();
+    item.time ??= new Date();
     room.items.push(item);
     if (room.items.length > MAX_MESSAGES_PER_ROOM) room.items.shift();
     if (room.name === this.current) this.appendItem(item, true);
@@ -283,8 +341,9 @@ class App {
   appendItem(item, scroll) {
     const list = $("messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    const node = el("li", item.kind === "system" ? "system" : "msg");
-    if (item.kind === "system") {
+    const node = el("li", item.kind === "message" ? "msg" : "system");
+    if (item.kind === "gap") node.classList.add("gap");
+    if (item.kind !== "message") {
       node.textContent = item.text;
     } else {
       if (item.own) node.classList.add("own");
@@ -367,6 +426,7 @@ class App {
       this.current = null;
       $("messages").replaceChildren();
       $("banner").hidden = true;
+      $("notice").hidden = true;
       this.showChat(false);
       $("name-input").focus();
     });
