@@ -16,7 +16,13 @@ from tests.redis_servers import RedisCluster, RedisServer
 
 # The server and client tests run on both event loops: uvloop is what `roomchat serve`
 # runs on, the standard loop is what the library promises to work with too.
-_ON_BOTH_LOOPS = {"test_server.py", "test_client.py", "test_tls.py", "test_limits.py"}
+_ON_BOTH_LOOPS = {
+    "test_server.py",
+    "test_client.py",
+    "test_tls.py",
+    "test_limits.py",
+    "test_fuzz_sockets.py",
+}
 
 
 def pytest_asyncio_loop_factories(
