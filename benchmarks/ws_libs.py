@@ -7,6 +7,8 @@ to CPU 1. Server CPU comes from /proc (user + system), deliveries from the clien
 
 Shells:
 
+- ``tcp``: no WebSocket at all: the same clients over plain TCP lines (the baseline
+  the WebSocket shells are compared with, in the same run);
 - ``websockets``: roomchat's server/web.py as it is: websockets 17's sans-I/O
   ``ServerProtocol`` for the handshake, control frames, fragments and errors; plain
   complete text frames read by roomchat's fast path; outgoing events framed by roomchat,
@@ -50,6 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHELLS = (
+    "tcp",
     "websockets",
     "websockets-parser",
     "websockets-send_text",
@@ -77,7 +80,9 @@ async def _serve(shell: str, window_us: int) -> None:
 
         WebConnection.FAST_INPUT = False
     server = await ChatServer.start(config)
-    if server.web is not None:
+    if shell == "tcp":
+        port = server.port
+    elif server.web is not None:
         port = server.web.port
     else:
         port = await _picows_listen(server, batched=shell == "picows-batched")
@@ -159,12 +164,17 @@ async def _picows_listen(server: Any, *, batched: bool) -> int:
 
 # -- the load (this process, pinned to the other CPU) ---------------------------------------
 class Client(asyncio.Protocol):
-    """A WebSocket client that parses frame headers by hand and counts text frames."""
+    """A WebSocket client that parses frame headers by hand and counts text frames (or,
+    with ``tcp``, a plain protocol-v1 client counting lines). A sampling client also
+    takes each message's latency from the send time its content starts with."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, tcp: bool = False, sample: bool = False) -> None:
         self.port = port
+        self.tcp = tcp
+        self.sample = sample
+        self.latencies: list[int] | None = None  # ns, while measuring
         self.buffer = bytearray()
-        self.open = False
+        self.open = tcp
         self.frames = 0
         self.user = ""
         self.ready = asyncio.get_running_loop().create_future()
@@ -173,6 +183,8 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.tcp:
+            return
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
@@ -180,9 +192,31 @@ class Client(asyncio.Protocol):
         )
         transport.write(request.encode())  # type: ignore[attr-defined]
 
+    def _event(self, payload: bytes) -> None:
+        if not self.ready.done() or not self.joined.done():
+            event = json.loads(payload)
+            if event["_et"] == "login_successful":
+                self.user = event["u"]
+                self.ready.set_result(None)
+            elif event["_et"] == "user_joined_room":
+                self.joined.set_result(None)
+        elif self.latencies is not None:
+            start = payload.find(b'"c":"')
+            if start > 0:
+                end = payload.find(b" ", start)
+                self.latencies.append(time.monotonic_ns() - int(payload[start + 5 : end]))
+
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
+        if self.tcp:
+            lines = buffer.split(b"\n")
+            buffer[:] = lines.pop()
+            self.frames += len(lines)
+            if self.sample or not self.joined.done():
+                for line in lines:
+                    self._event(line)
+            return
         if not self.open:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -208,19 +242,18 @@ class Client(asyncio.Protocol):
                 head = 10
             if size - pos < head + length:
                 break
-            if not self.ready.done() or not self.joined.done():
-                event = json.loads(bytes(buffer[pos + head : pos + head + length]))
-                if event["_et"] == "login_successful":
-                    self.user = event["u"]
-                    self.ready.set_result(None)
-                elif event["_et"] == "user_joined_room":
-                    self.joined.set_result(None)
+            if self.sample or not self.joined.done():
+                self._event(bytes(buffer[pos + head : pos + head + length]))
             frames += 1
             pos += head + length
         del buffer[:pos]
         self.frames += frames
 
     def send(self, payload: bytes) -> None:
+        assert self.transport is not None
+        if self.tcp:
+            self.transport.write(payload + b"\n")
+            return
         # Clients must mask; a zero key leaves the payload as it is.
         n = len(payload)
         if n < 126:
@@ -239,6 +272,8 @@ class Result:
     deliveries_per_s: float
     cpu_percent: float
     us_per_delivery: float
+    p50_ms: float
+    p99_ms: float
 
 
 def room_of(shape: str, client: int) -> str:
@@ -256,14 +291,18 @@ def proc_cpu(pid: int) -> float:
 
 
 async def load(
-    pid: int, port: int, shape: str, rate: int, warmup: float, seconds: float
-) -> tuple[float, float]:
-    """(deliveries, server CPU seconds) over the measured window."""
+    pid: int, port: int, shape: str, rate: int, warmup: float, seconds: float, tcp: bool
+) -> tuple[float, float, list[int]]:
+    """(deliveries/s, server CPU share, latencies in ns) over the measured window; one
+    client in ten takes latencies."""
     loop = asyncio.get_running_loop()
     count, senders_rate = (100, {0: rate}) if shape == "fanout" else (48, {})
     clients: list[Client] = []
-    for _ in range(count):
-        _, client = await loop.create_connection(lambda: Client(port), "127.0.0.1", port)
+    for n in range(count):
+        sample = n % 10 == 0
+        _, client = await loop.create_connection(
+            lambda sample=sample: Client(port, tcp=tcp, sample=sample), "127.0.0.1", port
+        )
         clients.append(client)
     await asyncio.gather(*(c.ready for c in clients))
     for index, client in enumerate(clients):
@@ -285,24 +324,28 @@ async def load(
             start_frames = sum(c.frames for c in clients)
             start_cpu = proc_cpu(pid)
             measure_began = now
+            for client in clients:
+                if client.sample:
+                    client.latencies = []
         for index, per_second in senders_rate.items():
             due = int((now - began) * per_second)
             client = clients[index]
             while sent[index] < due:
                 n = sent[index]
                 client.send(
-                    b'{"_ct":"send_message","r":"%s","c":"%d %s"}'
-                    % (rooms[index].encode(), n, payload.encode())
+                    b'{"_ct":"send_message","r":"%s","c":"%d %d %s"}'
+                    % (rooms[index].encode(), time.monotonic_ns(), n, payload.encode())
                 )
                 sent[index] = n + 1
         await asyncio.sleep(0.002)
     frames = sum(c.frames for c in clients) - start_frames
     cpu = proc_cpu(pid) - start_cpu
     elapsed = loop.time() - measure_began
+    latencies = sorted(x for c in clients if c.latencies for x in c.latencies)
     for client in clients:
         assert client.transport is not None
         client.transport.close()
-    return frames / elapsed, cpu / elapsed
+    return frames / elapsed, cpu / elapsed, latencies
 
 
 def run_one(shell: str, shape: str, window_us: int, opts: argparse.Namespace) -> Result:
@@ -319,11 +362,26 @@ def run_one(shell: str, shape: str, window_us: int, opts: argparse.Namespace) ->
         rate = opts.rate if shape == "fanout" else 0
         import uvloop
 
-        per_s, cpu_share = uvloop.run(load(proc.pid, port, shape, rate, opts.warmup, opts.seconds))
+        per_s, cpu_share, lat = uvloop.run(
+            load(proc.pid, port, shape, rate, opts.warmup, opts.seconds, shell == "tcp")
+        )
     finally:
         proc.kill()
         proc.wait()
-    return Result(shell, shape, window_us, per_s, cpu_share * 100, cpu_share / per_s * 1e6)
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] / 1e6, 3) if lat else 0.0
+
+    return Result(
+        shell,
+        shape,
+        window_us,
+        per_s,
+        cpu_share * 100,
+        cpu_share / per_s * 1e6,
+        pct(0.5),
+        pct(0.99),
+    )
 
 
 def deflate_cost() -> tuple[float, float]:
@@ -386,7 +444,8 @@ def main() -> None:
                         f"{shape:7} window {window:5} µs  {shell:21} "
                         f"{result.deliveries_per_s:9.0f} deliveries/s  "
                         f"server CPU {result.cpu_percent:5.1f} %  "
-                        f"{result.us_per_delivery:6.2f} µs/delivery",
+                        f"{result.us_per_delivery:6.2f} µs/delivery  "
+                        f"p50 {result.p50_ms} ms  p99 {result.p99_ms} ms",
                         flush=True,
                     )
             for shell, shell_runs in runs.items():

@@ -239,42 +239,48 @@ class ChatRoom:
     def fan_out(self, event: bytes) -> None:
         """A run of messages (one or more v1 ``user_message`` lines, from one sender)
         whose place in the room's order is decided here (the in-process bus): number
-        them, keep them, queue them for every local member. The hot path: per v1 member,
+        them, queue them for every local member, keep them. The hot path: per v1 member,
         one C-level list append for the whole run."""
-        count = event.count(b"\n")
-        first = self.seq + 1
-        self.seq += count
-        self._keep_and_fan_out(first, count, now_ms(), event)
-
-    def deliver(self, seq: int, ts: int, event: bytes) -> None:
-        """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
-        count = event.count(b"\n")
-        self.seq = seq + count - 1
-        self._keep_and_fan_out(seq, count, ts, event)
-
-    def _keep_and_fan_out(self, first: int, count: int, ts: int, event: bytes) -> None:
         members = self._members
         for enqueue in members.values():
             enqueue(event)
-        history, members2 = self._history, self._members2
-        if history is not None or members2:
-            # Per message only here, in C where possible: (seq, ts, line) entries.
-            lines = (event,) if count == 1 else event.split(b"\r\n")[:count]
-            entries = list(zip(range(first, first + count), repeat(ts), lines))
-            if history is not None:
-                history.extend(entries)
-            if members2:
-                event2 = b"".join(
-                    [
-                        line[: line.rindex(b"}")] + encode_tail_v2(seq, ts)
-                        for seq, ts, line in entries
-                    ]
-                )
-                for enqueue in members2.values():
-                    enqueue(event2)
-        # Once per fan-out, not per member.
-        self._stats.deliveries += (len(members) + len(members2)) * count
+        count = event.count(b"\n")
+        first = self.seq + 1
+        self.seq += count
+        if self._history is not None or self._members2:
+            self._keep(first, count, _time_ns() // 1_000_000, event)
+        self._stats.deliveries += (len(members) + len(self._members2)) * count
         self._fanned_out(self, len(event))
+
+    def deliver(self, seq: int, ts: int, event: bytes) -> None:
+        """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
+        members = self._members
+        for enqueue in members.values():
+            enqueue(event)
+        count = event.count(b"\n")
+        self.seq = seq + count - 1
+        if self._history is not None or self._members2:
+            self._keep(seq, count, ts, event)
+        self._stats.deliveries += (len(members) + len(self._members2)) * count
+        self._fanned_out(self, len(event))
+
+    def _keep(self, first: int, count: int, ts: int, event: bytes) -> None:
+        """v2's part of a fan-out: the history entries, and the numbered lines for the
+        v2 members (per message, but in C where possible)."""
+        if count == 1:
+            entries: list[Entry] = [(first, ts, event)]
+        else:
+            lines = event.split(b"\r\n")[:count]
+            entries = list(zip(range(first, first + count), repeat(ts), lines))
+        if self._history is not None:
+            self._history.extend(entries)
+        members2 = self._members2
+        if members2:
+            event2 = b"".join(
+                [line[: line.rindex(b"}")] + encode_tail_v2(seq, ts) for seq, ts, line in entries]
+            )
+            for enqueue in members2.values():
+                enqueue(event2)
 
     def announce(self, event: bytes) -> None:
         """A ``room_participation`` (v1 line) for every local member; v2 ones get ``ts``."""
