@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers", "joinstorm", "scaleout")
+SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers", "joinstorm", "scaleout", "websocket")
 P99_LIMIT_MS = 50.0
 TOOL_LAG_LIMIT_MS = 250.0  # a load tool further behind its schedule measures itself
 
@@ -483,6 +483,41 @@ def scaleout(opts: Options) -> dict[str, Any]:
     return {"scenario": "scaleout", "steps": steps}
 
 
+def websocket(opts: Options) -> dict[str, Any]:
+    """The web port against plain TCP, same run, same clients (benchmarks/ws_libs.py):
+    the seed's shape (48 clients, 2 per room, 200 messages/s each) and a 1,000-member
+    room (one sender, 200 messages/s: 200,000 deliveries/s),
+    server CPU per delivery and latency, with the default coalescing window."""
+    argv = [sys.executable, str(ROOT / "benchmarks" / "ws_libs.py"), "--shells", "tcp,websockets"]
+    argv += ["--shapes", "seed,fanout", "--members", "1000", "--rate", "200"]
+    argv += ["--windows", "3000", "--json"]
+    argv += ["--seconds", "4" if opts.quick else "8"]
+    if opts.server_cpus is not None and opts.load_cpus is not None:
+        argv += ["--server-cpu", opts.server_cpus, "--load-cpu", opts.load_cpus.split("-")[0]]
+    print(f"  $ {' '.join(argv)}", flush=True)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return {"scenario": "websocket", "error": done.stderr.strip()[-2000:], "steps": []}
+    print(done.stdout, flush=True)
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"scenario": "websocket", "steps": [], "results": results}
+
+
+def websocket_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for r in result.get("results", []):
+        shape = "seed shape" if r["shape"] == "seed" else "1,000-member room"
+        rows.append(
+            (
+                f"{'WebSocket' if r['shell'] != 'tcp' else 'TCP'}, {shape}",
+                f"{r['deliveries_per_s']:,.0f} deliveries/s, {r['us_per_delivery']:.2f} µs server "
+                f"CPU/delivery, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms",
+                "WebSocket against TCP, same run",
+            )
+        )
+    return rows
+
+
 def scaleout_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     rows = []
     for step in steps:
@@ -601,6 +636,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
             )
     rows += [joinstorm_row(step) for step in results.get("joinstorm", {}).get("steps", [])]
     rows += scaleout_rows(results.get("scaleout", {}).get("steps", []))
+    rows += websocket_rows(results.get("websocket", {}))
     return rows
 
 
@@ -677,6 +713,7 @@ def main() -> None:
         "manyusers": manyusers,
         "joinstorm": joinstorm,
         "scaleout": scaleout,
+        "websocket": websocket,
     }
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:

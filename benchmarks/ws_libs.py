@@ -22,8 +22,8 @@ Shells:
 - ``picows-batched``: the same, but a turn's events framed by roomchat and written with
   one ``underlying_transport.write``.
 
-Shapes: ``fanout`` (100 clients in one room; one of them sends RATE messages/s, each
-delivered to all 100) and ``seed`` (48 clients, 24 rooms of 2, each sending 200
+Shapes: ``fanout`` (``--members`` clients, 100 by default, in one room; one of them sends
+RATE messages/s, each delivered to all) and ``seed`` (48 clients, 24 rooms of 2, each sending 200
 messages/s: the seed benchmark's shape).
 
     .venv/bin/python benchmarks/ws_libs.py                     # everything (~3 minutes)
@@ -291,12 +291,19 @@ def proc_cpu(pid: int) -> float:
 
 
 async def load(
-    pid: int, port: int, shape: str, rate: int, warmup: float, seconds: float, tcp: bool
+    pid: int,
+    port: int,
+    shape: str,
+    rate: int,
+    warmup: float,
+    seconds: float,
+    tcp: bool,
+    members: int = 100,
 ) -> tuple[float, float, list[int]]:
     """(deliveries/s, server CPU share, latencies in ns) over the measured window; one
     client in ten takes latencies."""
     loop = asyncio.get_running_loop()
-    count, senders_rate = (100, {0: rate}) if shape == "fanout" else (48, {})
+    count, senders_rate = (members, {0: rate}) if shape == "fanout" else (48, {})
     clients: list[Client] = []
     for n in range(count):
         sample = n % 10 == 0
@@ -363,7 +370,16 @@ def run_one(shell: str, shape: str, window_us: int, opts: argparse.Namespace) ->
         import uvloop
 
         per_s, cpu_share, lat = uvloop.run(
-            load(proc.pid, port, shape, rate, opts.warmup, opts.seconds, shell == "tcp")
+            load(
+                proc.pid,
+                port,
+                shape,
+                rate,
+                opts.warmup,
+                opts.seconds,
+                shell == "tcp",
+                opts.members,
+            )
         )
     finally:
         proc.kill()
@@ -413,6 +429,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="fanout,seed")
     parser.add_argument("--windows", default="0,3000", help="coalescing windows, µs")
     parser.add_argument("--rate", type=int, default=300, help="fanout: messages/s")
+    parser.add_argument("--members", type=int, default=100, help="fanout: clients in the room")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--server-cpu", default="0")
