@@ -44,12 +44,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def chromium_available() -> bool:
-    return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
-
-
 def new_driver(width: int = 1280, height: int = 800) -> webdriver.Chrome:
     """A headless Chromium with a fresh profile (removed when the process ends)."""
+    for binary in (CHROMIUM, CHROMEDRIVER):  # a clear failure, never a skip
+        assert os.access(binary, os.X_OK), f"{binary} missing: run scripts/ensure-chromium"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:

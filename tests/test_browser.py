@@ -25,12 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, RoomParticipation, UserMessage
 from roomchat.server import ChatServer
-from tests.browser import ServerThread, chromium_available, new_driver, save_screenshots
-
-pytestmark = pytest.mark.skipif(
-    not chromium_available(),
-    reason="no chromium/chromedriver (make test runs scripts/ensure-chromium)",
-)
+from tests.browser import ServerThread, new_driver, save_screenshots
 
 WAIT = 10.0
 XSS = "<script>alert(1)</script> and <img src=x onerror=alert(1)>"
