@@ -33,8 +33,9 @@ from typing import cast
 
 from roomchat.server.context import SessionContext
 from roomchat.server.memory import MemoryTrimmer
-from roomchat.server.outbox import Outbox
+from roomchat.server.outbox import Outbox, Writer
 from roomchat.server.rooms import RoomManager
+from roomchat.server.session import Connection as SessionConnection
 from roomchat.server.session import Session, new_session_id, new_user_id
 from roomchat.server.stats import ServerStats
 
@@ -90,6 +91,24 @@ class Hub:
     per_ip: Counter[str] = field(default_factory=Counter)
     #: Names, tokens, heartbeats, flood control (v2 and flood control for all).
     context: SessionContext = field(default_factory=SessionContext)
+
+    def open_session(self, connection: SessionConnection, write: Writer, name: str) -> Session:
+        """A new session (a fresh random user id, its mailbox) for any connection shell:
+        TCP here, WebSocket in web.py."""
+        names = self.context.names
+        user_id = new_user_id()
+        while not names.claim_new(user_id):  # random ids and names share one namespace
+            user_id = new_user_id()
+        mailbox = self.outbox.open(user_id, new_session_id(), write)
+        return Session(
+            self.rooms,
+            mailbox,
+            connection,
+            max_line_length=self.max_line_length,
+            name=name,
+            stats=self.stats,
+            context=self.context,
+        )
 
     def admit(self, ip: str, fd: int) -> str | None:
         """Why a new connection from ``ip`` (on descriptor ``fd``) is refused, or None."""
@@ -235,20 +254,7 @@ class ChatConnection(asyncio.Protocol):
         hub = self._hub
         # pause_writing fires when the transport holds more than this: a slow consumer.
         transport.set_write_buffer_limits(high=hub.max_pending_output)
-        names = hub.context.names
-        user_id = new_user_id()
-        while not names.claim_new(user_id):  # random ids and names share one namespace
-            user_id = new_user_id()
-        mailbox = hub.outbox.open(user_id, new_session_id(), transport.write)
-        self.session = session = Session(
-            hub.rooms,
-            mailbox,
-            self,
-            max_line_length=hub.max_line_length,
-            name=name,
-            stats=hub.stats,
-            context=hub.context,
-        )
+        self.session = session = hub.open_session(self, transport.write, name)
         hub.stats.connections_accepted += 1
         log.info("%r connected", session, extra=session.log_fields)
         session.start(hub.rooms.details)

@@ -55,7 +55,7 @@ try:  # websockets' C extension (its wheels ship it); the pure-Python one otherw
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
-from roomchat.server.session import Session, new_session_id, new_user_id
+from roomchat.server.session import Session
 
 __all__ = [
     "CSP",
@@ -485,21 +485,8 @@ class WebConnection(asyncio.Protocol):
             return
         hub = self._web.hub
         # The server's v2 context (names, tokens, heartbeats, flood control, shutdown
-        # notice) and stats, shared with the TCP sessions, as in ChatConnection._start.
-        names = hub.context.names
-        user_id = new_user_id()
-        while not names.claim_new(user_id):  # random ids and names share one namespace
-            user_id = new_user_id()
-        mailbox = hub.outbox.open(user_id, new_session_id(), self._write)
-        self.session = session = Session(
-            hub.rooms,
-            mailbox,
-            self,
-            max_line_length=hub.max_line_length,
-            name=f"ws {self._name}",
-            stats=hub.stats,
-            context=hub.context,
-        )
+        # notice) and stats, shared with the TCP sessions.
+        self.session = session = hub.open_session(self, self._write, f"ws {self._name}")
         log.info("%r connected", session)
         session.start(hub.rooms.details)
 
