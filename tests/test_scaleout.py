@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
+from typing import cast
 
 import pytest
 
-from roomchat.client import ChatClient, connect
+from roomchat import tokens
+from roomchat.client import ChatClient, HelloRefused, connect
 from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
 from roomchat.server import ChatServer, ServerConfig, load_rooms
-from roomchat.server.bus.redis import _RoomKeys
+from roomchat.server.bus.redis import RedisBus, _RoomKeys
+from tests.helpers import until
 from tests.instances import TIMEOUT, instances
 from tests.redis_servers import RedisCluster, RedisServer
 
@@ -120,21 +124,23 @@ async def test_every_member_everywhere_sees_one_order(redis_server: RedisServer)
 
 
 async def test_a_user_on_two_instances_is_announced_once(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    config = ServerConfig(host="127.0.0.1", port=0, bus_url=redis_server.url)
-    one, two = await ChatServer.start(config), await ChatServer.start(config)
+    one, two = await _servers(redis_server, tmp_path)
     try:
         observer = await _client(two)
         await join(observer)
-        monkeypatch.setattr("roomchat.server.connection.new_user_id", lambda: "twin1")
-        first, second = await _client(one), await _client(two)
-        monkeypatch.undo()
+        # The same user on both instances: a name and the token its first session got.
+        first = await connect("127.0.0.1", one.port, v2=True, name="twin1", timeout=TIMEOUT)
+        assert first.token is not None
+        second = await connect(
+            "127.0.0.1", two.port, v2=True, name="twin1", token=first.token, timeout=TIMEOUT
+        )
         assert first.user_id == second.user_id == "twin1"
-        await join(first)
+        await first.join_and_wait(ROOM)
         assert await next_event(observer) == RoomParticipation(ROOM, "twin1", "joined")
-        await second.join(ROOM)  # the user is in the room already: no second "joined"
-        assert await next_event(second) == UserJoinedRoom(ROOM, (observer.user_id, "twin1"))
+        # The user is in the room already: no second "joined".
+        assert (await second.join_and_wait(ROOM)).joined.users == (observer.user_id, "twin1")
         late = await _client(one)
         assert (await join(late)).users == (observer.user_id, "twin1", late.user_id)
         assert await next_event(observer) == RoomParticipation(ROOM, late.user_id, "joined")
@@ -152,6 +158,132 @@ async def test_a_user_on_two_instances_is_announced_once(
         await two.close()
 
 
+# -- names, unique across instances ----------------------------------------------------
+
+
+async def _servers(redis_server: RedisServer, tmp_path: Path) -> tuple[ChatServer, ChatServer]:
+    """Two in-process instances on one Redis, sharing a token secret (open mode)."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        bus_url=redis_server.url,
+        auth_secret_file=secret,
+        require_tokens=False,
+    )
+    return await ChatServer.start(config), await ChatServer.start(config)
+
+
+async def _refused(port: int, name: str, token: str | None = None) -> str:
+    with pytest.raises(HelloRefused) as refused:
+        await connect("127.0.0.1", port, v2=True, name=name, token=token, timeout=TIMEOUT)
+    return refused.value.error.code
+
+
+async def test_a_name_is_held_once_across_instances(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    one, two = await _servers(redis_server, tmp_path)
+    try:
+        alice = await connect("127.0.0.1", one.port, v2=True, name="Alice", timeout=TIMEOUT)
+        # Taken on the other instance too, whatever the case, without the token.
+        for name in ("Alice", "alice", "ALICE"):
+            assert await _refused(two.port, name) == "name_taken"
+        # A token for another spelling does not prove "Alice".
+        wrong = tokens.mint(b"s" * 32, "alice", 2**33)
+        assert await _refused(two.port, "alice", wrong) == "name_taken"
+        # A v1 user's random id on one instance is a taken name on the other.
+        v1 = await _client(one)
+        assert await _refused(two.port, v1.user_id.swapcase()) == "name_taken"
+        # Two instances asking for one free name at once: one gets it.
+        outcomes = await asyncio.gather(
+            connect("127.0.0.1", one.port, v2=True, name="bob", timeout=TIMEOUT),
+            connect("127.0.0.1", two.port, v2=True, name="BOB", timeout=TIMEOUT),
+            return_exceptions=True,
+        )
+        winners = [o for o in outcomes if isinstance(o, ChatClient)]
+        losers = [o for o in outcomes if isinstance(o, HelloRefused)]
+        assert len(winners) == 1 and len(losers) == 1, outcomes
+        assert losers[0].error.code == "name_taken"
+        # Free everywhere once its last session has ended.
+        alice.close()
+        await alice.wait_closed()
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    again = await connect(
+                        "127.0.0.1", two.port, v2=True, name="alice", timeout=TIMEOUT
+                    )
+                    break
+                except HelloRefused as refused:  # the release may still be on its way
+                    assert refused.error.code == "name_taken"
+        assert again.user_id == "alice"
+        for client in (again, v1, *winners):
+            client.close()
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_random_id_another_instance_holds_is_drawn_again(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await _servers(redis_server, tmp_path)
+    try:
+        named = await connect("127.0.0.1", one.port, v2=True, name="dup01", timeout=TIMEOUT)
+        # Both instances draw ids that another instance's users hold: a v1 user's
+        # random id, and a chosen name (any case). Each login gets a fresh one instead.
+        monkeypatch.setattr("roomchat.server.connection.new_user_id", lambda: "twin1")
+        first = await _client(one)
+        assert first.user_id == "twin1"
+        second = await _client(two)
+        monkeypatch.setattr("roomchat.server.connection.new_user_id", lambda: "DUP01")
+        third = await _client(two)
+        monkeypatch.undo()
+        assert second.user_id not in ("twin1", "dup01", "DUP01")
+        assert third.user_id not in ("twin1", "dup01", "DUP01", second.user_id)
+        for client in (second, third):  # and the session works as any other
+            await join(client)
+        for client in (named, first, second, third):
+            client.close()
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_names_asserted_again_after_redis_restarts_empty(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    one, two = await _servers(redis_server, tmp_path)
+    try:
+        carol = await connect("127.0.0.1", one.port, v2=True, name="carol", timeout=TIMEOUT)
+        bus = cast(RedisBus, one.bus)
+        connects = bus.stats.connects
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.to_thread(redis_server.start)  # empty: it kept nothing
+        await until(lambda: bus.stats.connects > connects and bus.connected, "one reconnected")
+        await until(lambda: two.bus.connected, "two reconnected")
+        async with asyncio.timeout(TIMEOUT):
+            while await _refused_or_none(two.port, "carol") is None:
+                pass  # taken before one re-asserted its names: let it go and ask again
+        carol.close()
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def _refused_or_none(port: int, name: str) -> str | None:
+    """The refusal's code, or None after closing a session that got the name."""
+    try:
+        client = await connect("127.0.0.1", port, v2=True, name=name, timeout=TIMEOUT)
+    except HelloRefused as refused:
+        return refused.error.code
+    client.close()
+    await client.wait_closed()
+    return None
+
+
 async def _client(server: ChatServer) -> ChatClient:
     return await connect("127.0.0.1", server.port, timeout=TIMEOUT)
 
@@ -161,6 +293,8 @@ async def test_a_killed_instance_s_members_leave_within_the_lease(
 ) -> None:
     async with instances(2, "--bus", redis_server.url, "--bus-lease", "2") as (one, two):
         survivor, doomed = await one.client(), await two.client()
+        named = await connect("127.0.0.1", two.port, v2=True, name="dora", timeout=TIMEOUT)
+        assert await _refused(one.port, "dora") == "name_taken"
         await join(survivor)
         await join(doomed)
         assert await next_event(survivor) == RoomParticipation(ROOM, doomed.user_id, "joined")
@@ -169,8 +303,10 @@ async def test_a_killed_instance_s_members_leave_within_the_lease(
         await one.wait_for_log(r"stopped renewing its lease: removed its 1 sessions")
         newcomer = await one.client()
         assert (await join(newcomer)).users == (survivor.user_id, newcomer.user_id)
-        survivor.close()
-        newcomer.close()
+        # The dead instance's names are free again.
+        dora = await connect("127.0.0.1", one.port, v2=True, name="dora", timeout=TIMEOUT)
+        for client in (survivor, newcomer, named, dora):
+            client.close()
 
 
 # -- faults -----------------------------------------------------------------------------

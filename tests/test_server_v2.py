@@ -33,7 +33,7 @@ from roomchat.protocol import (
     encode,
 )
 from roomchat.server import ChatServer, ServerConfig
-from tests.helpers import TIMEOUT, raw_login, read_line, until, wait_eof
+from tests.helpers import TIMEOUT, raw_login, raw_socket, read_line, until, wait_eof
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 ROOM = "general"
@@ -122,6 +122,51 @@ async def test_welcome_exact_bytes_and_pipelined_commands(server: ChatServer) ->
     error = await conn.event()
     assert error["code"] == "bad_command" and error["cmd"] == "join_room"
     conn.close()
+
+
+async def _kinds_until(sock: socket.socket, buffer: bytearray, last: str) -> list[str]:
+    kinds: list[str] = []
+    while not kinds or kinds[-1] != last:
+        line = await read_line(sock, buffer)
+        assert line, f"closed after {kinds}"
+        kinds.append(json.loads(line)["_et"])
+    return kinds
+
+
+async def test_commands_sent_before_the_login_are_carried_out_in_order(
+    server: ChatServer,
+) -> None:
+    """Clients that do not wait for their login (with the Redis bus the login waits for
+    the shared name registry): what they sent is carried out in order."""
+    loop = asyncio.get_running_loop()
+    sock, buffer = await raw_socket(server), bytearray()
+    await loop.sock_sendall(
+        sock,
+        b'{"_ct":"hello","v":2,"name":"early","id":"h"}\n'
+        b'{"_ct":"join_room","r":"general"}\n'
+        b'{"_ct":"send_message","r":"general","c":"first"}\n',
+    )
+    assert await _kinds_until(sock, buffer, "user_message") == [
+        "login_successful",
+        "welcome",
+        "user_joined_room",
+        "history",
+        "room_participation",
+        "user_message",
+    ]
+    sock.close()
+    # v1, a last command without its newline, then the end of the input: carried out,
+    # then the session ends.
+    sock, buffer = await raw_socket(server), bytearray()
+    await loop.sock_sendall(sock, b'{"_ct":"join_room","r":"general"}')
+    sock.shutdown(socket.SHUT_WR)
+    assert await _kinds_until(sock, buffer, "room_participation") == [
+        "login_successful",
+        "user_joined_room",
+        "room_participation",
+    ]
+    await wait_eof(sock)
+    sock.close()
 
 
 async def test_v2_events_exact_bytes(server: ChatServer) -> None:

@@ -16,6 +16,7 @@ from roomchat.server.bus import Bus, open_bus
 from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
 from roomchat.server.connection import ChatConnection, Hub
 from roomchat.server.context import SessionContext
+from roomchat.server.names import NameRegistry
 from roomchat.server.outbox import Outbox
 from roomchat.server.rooms import RoomManager
 from roomchat.server.stats import ServerStats
@@ -69,6 +70,7 @@ class ChatServer:
         secret_file = config.auth_secret_file
         require = config.require_tokens
         self.context = SessionContext(
+            names=NameRegistry(self.bus.names),
             secret=load_secret(secret_file) if secret_file else secrets.token_bytes(32),
             require_tokens=(secret_file is not None) if require is None else require,
             token_ttl=config.token_ttl,

@@ -84,6 +84,12 @@ _IGNORED_LOGGED = 5
 _THROTTLES_LOGGED = 5
 
 _Item = Command | BadLine | LineTooLong
+#: ``Session._joining`` while a hello's name is being claimed: like a join in progress,
+#: later commands wait (compared by identity: no room is this object).
+_NAMING = "<claiming a name>"
+#: ``Session._joining`` while its random id is being claimed (before the login).
+_LOGGING_IN = "<claiming a random id>"
+_CLAIMS = (_NAMING, _LOGGING_IN)
 
 
 class _Refused(Exception):
@@ -137,6 +143,7 @@ class Session:
         "_shutting_down",
         "_stats",
         "_throttled",
+        "_unread",
         "_waiting",
         "closed",
         "heard",
@@ -185,9 +192,11 @@ class Session:
         self.quiet_since = 0.0
         self.pinged = False
         self._handles: dict[str, UserSessionHandle] = {}
-        self._joining: str | None = None  # the room of the join in progress
+        # The room of the join in progress (or _NAMING: a hello's name being claimed).
+        self._joining: str | None = None
         self._waiting = False  # that join is answered later: reading is paused
         self._backlog: deque[_Item] = deque()  # commands after it, in order
+        self._unread: list[bytes] = []  # what came before the login (start)
         self._eof = False
         self._ignored = 0
         self.closed = False
@@ -208,13 +217,52 @@ class Session:
 
     # -- input -------------------------------------------------------------------------
     def start(self, rooms: tuple[RoomDetail, ...]) -> None:
-        """docs/protocol.md: the server speaks first."""
+        """docs/protocol.md: the server speaks first, once the user id is the session's:
+        at once in one process; with several instances, once the shared registry has
+        it (names.py), with a new id drawn if another instance's user has this one."""
+        names = self._context.names
+        if names.shared is None:
+            self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
+            return
+        self._joining = _LOGGING_IN
+        names.confirm_new(self.user_id, lambda holder: self._logged_in(rooms, holder))
+        if self._joining is _LOGGING_IN:
+            self._waiting = True
+            self._connection.pause_reading()
+
+    def _logged_in(self, rooms: tuple[RoomDetail, ...], holder: str | None) -> None:
+        if self.closed:  # gone meanwhile: _release gave the id back
+            self._joining = None
+            return
+        if holder is not None:  # another instance's user: draw again
+            names = self._context.names
+            names.forget(self.user_id)
+            user_id = new_user_id()
+            while not names.claim_new(user_id):
+                user_id = new_user_id()
+            log.info("%r: user id held on another instance, now %s", self, user_id)
+            self.user_id = self.mailbox.user_id = user_id
+            names.confirm_new(user_id, lambda holder: self._logged_in(rooms, holder))
+            return
+        self._joining = None
         self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
+        unread, self._unread = b"".join(self._unread), []
+        if unread:  # what came before the login, read now (counted once, when it came)
+            self._stats.bytes_in -= len(unread)
+            self.receive_data(unread)
+        if self._eof:  # as receive_eof would have, had the login been sent
+            self._backlog.extend(self._decoder.feed_eof())
+        if self._waiting and self._joining is None:
+            self._waiting = False
+            self._drain_backlog()
 
     def receive_data(self, data: bytes) -> None:
         self.heard = True
         self._stats.bytes_in += len(data)  # counted per read, not per line (stats.py)
         if self._fresh:
+            if self._joining is _LOGGING_IN:  # a hello must be read after the login
+                self._unread.append(data)
+                return
             data = self._first_command(data)
         items = self._decoder.feed(data)
         bucket = self._bucket
@@ -245,7 +293,10 @@ class Session:
             if type(first) is Hello and first.version >= 2:
                 self._hello(first)
                 if rest and not self.closed:
-                    self._handle(rest)
+                    if self._joining is None:
+                        self._handle(rest)
+                    else:
+                        self._backlog.extend(rest)
             elif self._joining is None:
                 self._handle(items)
             else:
@@ -285,6 +336,8 @@ class Session:
         """The client closed its side (e.g. nc at the end of its input): carry out a last
         unterminated command, then end the session as the original does."""
         self._eof = True
+        if self._joining is _LOGGING_IN:
+            return  # read with what came before, after the login (_logged_in)
         items = self._decoder.feed_eof()
         self._backlog.extend(items)
         if self._joining is None:
@@ -396,21 +449,53 @@ class Session:
         context = self._context
         context.stats["hellos"] += 1
         try:
-            user = self._check_hello(hello)
+            user, proven = self._check_hello(hello)
         except _Refused as refused:
             context.stats["hellos_refused"] += 1
             log.info("%r: hello refused (%s): %s", self, refused.code, refused.msg)
             self._error(refused.code, refused.msg, "hello", hello.id)
             self.close(f"hello refused: {refused.code}")
             return
-        if user != self.user_id:
-            context.names.claim(user)
-            context.names.release(self.user_id)
-            self.user_id = self.mailbox.user_id = user
+        self._decoder.upgrade()  # what follows the hello is read as v2 (or dropped)
+        if user == self.user_id:
+            self._welcome(hello, user)
+            return
+        # The registry may answer after a round trip (several instances): until then
+        # the session reads nothing and keeps what it has read, as during a join.
+        self._joining = _NAMING
+        context.names.request(user, proven, lambda holder: self._named(hello, user, holder))
+        if self._joining is _NAMING:
+            self._waiting = True
+            self._connection.pause_reading()
+
+    def _named(self, hello: Hello, user: str, holder: str | None) -> None:
+        """The registry's answer to the name ``user``: None (it is the session's) or the
+        spelling another user holds it under."""
+        self._joining = None
+        context = self._context
+        if self.closed:  # gone while the claim was under way: give the name back
+            if holder is None:
+                context.names.release(user)
+            self._waiting = False
+            return
+        if holder is not None:
+            context.stats["hellos_refused"] += 1
+            log.info("%r: hello refused (name_taken): %r is held by another user", self, user)
+            self._error("name_taken", f"the name {user!r} is in use", "hello", hello.id)
+            self.close("hello refused: name_taken")
+            return
+        context.names.release(self.user_id)
+        self.user_id = self.mailbox.user_id = user
+        self._welcome(hello, user)
+        if self._waiting:
+            self._waiting = False
+            self._drain_backlog()
+
+    def _welcome(self, hello: Hello, user: str) -> None:
+        context = self._context
         expires = int(time.time()) + context.token_ttl
         token = tokens.mint(context.secret, user, expires)
         self.v2 = self.mailbox.v2 = True
-        self._decoder.upgrade()
         self.mailbox.send(
             encode(
                 Welcome(
@@ -428,8 +513,9 @@ class Session:
             context.liveness.add(self)
         log.info("%r: speaks v2", self)
 
-    def _check_hello(self, hello: Hello) -> str:
-        """The user id the session gets, or _Refused."""
+    def _check_hello(self, hello: Hello) -> tuple[str, bool]:
+        """The user id the session asks for and whether its token proves it; or
+        _Refused."""
         context = self._context
         if self._shutting_down:
             raise _Refused("shutting_down", "the server is shutting down")
@@ -437,18 +523,15 @@ class Session:
         if name is None:
             if token is not None:
                 raise _Refused("bad_command", "a token without a name")
-            return self.user_id
+            return self.user_id, False
         if not valid_name(name):
             raise _Refused("name_invalid", "a name is 1 to 32 of A-Z a-z 0-9 _ - . (no spaces)")
         proven = token is not None and tokens.verify(context.secret, name, token, time.time())
         if context.require_tokens and not proven:
             raise _Refused("not_authorised", f"the name {name!r} needs a valid token")
         if name_key(name) == name_key(self.user_id):
-            return self.user_id  # this session's own random id
-        holder = context.names.holder(name)
-        if holder is not None and (holder != name or not proven):
-            raise _Refused("name_taken", f"the name {name!r} is in use")
-        return name
+            return self.user_id, proven  # this session's own random id
+        return name, proven  # whether it is free: the name registry answers (_hello)
 
     # -- what the server and the sweeper ask -------------------------------------------
     def send_ping(self) -> None:
@@ -544,7 +627,7 @@ class Session:
         self._handles.clear()
         for handle in handles:
             self._rooms.drop_user_session_handle(handle)
-        if self._joining is not None:
+        if self._joining is not None and self._joining not in _CLAIMS:
             room = self._rooms.rooms.get(self._joining)
             self._joining = None
             self._waiting = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from roomchat.server.names import SharedNames
 from roomchat.server.presence import MemoryPresence, Presence
 
 if TYPE_CHECKING:
@@ -36,6 +37,11 @@ class Bus(Protocol):
     @property
     def presence(self) -> Presence:
         """Who is in which room, kept consistently with this bus."""
+        ...
+
+    @property
+    def names(self) -> SharedNames | None:
+        """The user names of every instance on this bus (None: this process's only)."""
         ...
 
     def publisher(self, room: ChatRoom) -> Callable[[bytes], None]:
@@ -65,6 +71,7 @@ class MemoryBus:
 
     description = "in-process"
     connected = True
+    names = None
 
     def __init__(self) -> None:
         self._presence = MemoryPresence()

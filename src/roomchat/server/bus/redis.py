@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.crc import key_slot
 
-from roomchat.protocol import HISTORY_MAX
+from roomchat.protocol import HISTORY_MAX, name_key
 from roomchat.server.bus import BusError, scripts
 from roomchat.server.bus.resp import (
     ReplyError,
@@ -47,10 +47,11 @@ from roomchat.server.presence import joined_event, left_event
 from roomchat.server.rooms import now_ms
 
 if TYPE_CHECKING:
+    from roomchat.server.names import NameRegistry
     from roomchat.server.outbox import Outbox
     from roomchat.server.rooms import ChatRoom, Member
 
-__all__ = ["BusStats", "RedisBus", "RedisPresence", "parse_redis_url"]
+__all__ = ["BusStats", "RedisBus", "RedisNames", "RedisPresence", "parse_redis_url"]
 
 log = logging.getLogger("roomchat.bus")
 
@@ -236,6 +237,7 @@ class RedisBus:
         registry = "rc:{rc}:"
         self._registry = registry.encode()
         self._instances_key = (registry + "instances").encode()
+        self.names = RedisNames(self)
 
     # -- Bus ---------------------------------------------------------------------------
     @property
@@ -333,6 +335,7 @@ class RedisBus:
                     node = self._registry_node()
                     if node.cmd is not None:
                         me = self.instance_id
+                        await self.names.purge(me)
                         await node.cmd.call("DEL", self._registry + b"lease:" + me.encode())
                         await node.cmd.call("DEL", self._registry + b"rooms:" + me.encode())
                         await node.cmd.call("SREM", self._instances_key, me)
@@ -395,6 +398,17 @@ class RedisBus:
     def queue(self, room: ChatRoom, data: bytes, handler: Callable[[Any], None]) -> None:
         """Queue one command about ``room`` behind the room's earlier events (scripts)."""
         node = self._node_for(self._room_keys(room))
+        if node is None or not self._online:
+            handler(ConnectionError("not connected to Redis"))
+            return
+        if not node.parts:
+            self._schedule_flush()
+        node.parts.append(data)
+        node.handlers.append(handler)
+
+    def queue_registry(self, data: bytes, handler: Callable[[Any], None]) -> None:
+        """Queue one command on the node of the registry's slot (names, leases)."""
+        node = self._node_for_slot(key_slot(self._instances_key))
         if node is None or not self._online:
             handler(ConnectionError("not connected to Redis"))
             return
@@ -668,6 +682,7 @@ class RedisBus:
                     raise ConnectionError(f"subscribing again failed: {outcome}")
             for room in rooms:
                 await self.presence.reassert(room)
+            await self.names.reassert()
             await self._renew_once()
 
     # -- leases ------------------------------------------------------------------------
@@ -712,6 +727,7 @@ class RedisBus:
                 room = self._by_name.get(name.decode())
                 if room is not None:
                     removed += await self.presence.purge(room, other.decode())
+            await self.names.purge(other.decode())
             await node.cmd.call("DEL", rooms_key)
             await node.cmd.call("SREM", self._instances_key, other)
             self.stats.purged_instances += 1
@@ -876,4 +892,82 @@ class RedisPresence:
     async def _call(self, room: ChatRoom, data: bytes) -> Any:
         future, handler = reply_future()
         self._bus.queue(room, data, handler)
+        return await future
+
+
+class RedisNames:
+    """The user names of every instance, kept in Redis (scripts.py ``NAME_*``), for
+    roomchat.server.names. Every command goes to the registry's node in the turn's
+    pipeline; a claim's answer comes with Redis' reply."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self._bus = bus
+        #: Set by the server: this process's registry (asserted again after an outage).
+        self.local: NameRegistry | None = None
+        prefix = bus._registry
+        self._keys = (prefix + b"names", prefix + b"holds")
+        self.clashes = 0  # names found held elsewhere too when asserted after an outage
+
+    def attach(self, local: NameRegistry) -> None:
+        self.local = local
+
+    def _keys_of(self, instance: str) -> tuple[bytes, bytes, bytes]:
+        return (*self._keys, self._bus._registry + b"held:" + instance.encode())
+
+    def claim(self, name: str, how: str, answer: Callable[[str | None], None]) -> None:
+        bus = self._bus
+        if not bus.connected:
+            answer(None)  # an outage: this instance decides alone
+            return
+
+        def reply(holder: Any) -> None:
+            if isinstance(holder, Exception):
+                if isinstance(holder, ReplyError):
+                    bus._reply_error(holder, f"claim of name {name!r}")
+                answer(None)  # as in an outage; asserted again on reconnection
+            else:
+                answer(None if holder is None else holder.decode())
+
+        keys = self._keys_of(bus.instance_id)
+        bus.queue_registry(bus.script("name_claim", keys, name_key(name), name, how), reply)
+
+    def hold(self, name: str) -> None:
+        self._tell("name_claim", name, name_key(name), name, "hold")
+
+    def release(self, name: str) -> None:
+        self._tell("name_release", name, name_key(name))
+
+    def _tell(self, script: str, name: str, *args: str) -> None:
+        bus = self._bus
+        if not bus.connected:
+            return  # the registry is asserted again on reconnection
+
+        def reply(answer: Any) -> None:
+            if isinstance(answer, ReplyError):
+                bus._reply_error(answer, f"{script} of name {name!r}")
+
+        bus.queue_registry(bus.script(script, self._keys_of(bus.instance_id), *args), reply)
+
+    async def reassert(self) -> None:
+        """After an outage: the registry holds exactly this instance's names."""
+        args: list[str | int] = []
+        for name, count in self.local.held() if self.local is not None else ():
+            args += [name_key(name), name, count]
+        clashes = int(await self._call(self._bus.instance_id, args))
+        if clashes:
+            self.clashes += clashes
+            log.warning(
+                "redis bus: %d names were taken on another instance during the outage too "
+                "(both keep them until their sessions end)",
+                clashes,
+            )
+
+    async def purge(self, instance: str) -> None:
+        """Drop every name ``instance`` (a dead one, or this one closing) held."""
+        await self._call(instance, [])
+
+    async def _call(self, instance: str, args: list[str | int]) -> Any:
+        bus = self._bus
+        future, handler = reply_future()
+        bus.queue_registry(bus.script("name_assert", self._keys_of(instance), *args), handler)
         return await future

@@ -128,4 +128,75 @@ end
 return removed
 """
 
-SCRIPTS = {"join": JOIN, "leave": LEAVE, "assert": ASSERT, "post": POST}
+# -- user names, shared by every instance (roomchat.server.names) ----------------------
+# KEYS, all under the registry's hash tag (one slot): 1. ``names`` hash: name key (lower
+# case) -> spelling; 2. ``holds`` hash: name key -> sessions holding it, all instances;
+# 3. ``held:<instance>`` hash: name key -> that instance's sessions holding it.
+
+# ARGV: name key, spelling, how: 'new' (a random id: any holder is another user),
+# 'name' (free only), 'proven' (free or held under this spelling: the same user),
+# 'hold' (this instance holds it already). Returns nil when held, else the spelling of
+# the user who holds it.
+NAME_CLAIM = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and ARGV[3] ~= 'hold' and (ARGV[3] ~= 'proven' or current ~= ARGV[2]) then
+  return current
+end
+if not current then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+return false
+"""
+
+# One session of the instance holding the name (ARGV[1], its key) ended. A release
+# this instance does not hold (its claim was refused, or purged) changes nothing.
+NAME_RELEASE = """
+local mine = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
+if mine <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  if mine < 0 then
+    return 0
+  end
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# Make the registry hold exactly the given names for one instance: drop every hold it
+# had, then hold each (name key, spelling, sessions) in ARGV. No ARGV: purge a dead
+# instance. Returns how many of the given names another instance holds too (taken
+# there during an outage of this one).
+NAME_ASSERT = """
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  if redis.call('HINCRBY', KEYS[2], all[i], -tonumber(all[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[2], all[i])
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+redis.call('DEL', KEYS[3])
+local clashes = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 0 then
+    clashes = clashes + 1
+  end
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 2])
+  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 2])
+end
+return clashes
+"""
+
+SCRIPTS = {
+    "join": JOIN,
+    "leave": LEAVE,
+    "assert": ASSERT,
+    "post": POST,
+    "name_claim": NAME_CLAIM,
+    "name_release": NAME_RELEASE,
+    "name_assert": NAME_ASSERT,
+}
