@@ -294,6 +294,26 @@ async def test_every_command_error(server: ChatServer) -> None:
     conn.close()
 
 
+async def test_a_name_that_says_hello_too_often_is_rate_limited(bus_url: str) -> None:
+    """A client reconnecting in a loop under one name: its burst of hellos, then
+    rate_limited (and the close), for that name only (any case)."""
+    srv = await ChatServer.start(config(bus_url, hello_rate=0.001))
+    try:
+        for _ in range(10):  # HELLO_BURST
+            client = await connect("127.0.0.1", srv.port, v2=True, name="loopy")
+            client.close()
+            await client.wait_closed()
+        with pytest.raises(HelloRefused) as refused:
+            await connect("127.0.0.1", srv.port, v2=True, name="LOOPY")
+        assert refused.value.error.code == "rate_limited"
+        assert refused.value.error.command == "hello"
+        other = await connect("127.0.0.1", srv.port, v2=True, name="calm")
+        assert other.user_id == "calm"
+        other.close()
+    finally:
+        await srv.close()
+
+
 async def test_line_too_long_is_an_error_then_the_close(bus_url: str) -> None:
     srv = await ChatServer.start(config(bus_url, max_line_length=100))
     try:

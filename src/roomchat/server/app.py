@@ -78,6 +78,7 @@ class ChatServer:
             idle_timeout=config.idle_timeout,
             flood_rate=config.flood_rate,
             flood_burst=config.flood_burst,
+            hello_rate=config.hello_rate,
             history=config.history,
             reconnect_ms=config.shutdown_reconnect_ms,
             clock=loop.time,

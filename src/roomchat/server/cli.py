@@ -22,7 +22,9 @@ from roomchat.server.config import (
     DEFAULT_COALESCE_WINDOW,
     DEFAULT_FLOOD_BURST,
     DEFAULT_FLOOD_RATE,
+    DEFAULT_HELLO_RATE,
     DEFAULT_MAX_PENDING_OUTPUT,
+    HELLO_BURST,
     RoomsFileError,
     ServerConfig,
 )
@@ -251,6 +253,16 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="Commands per second a session may send before it is read more slowly (0: off).",
 )
 @click.option(
+    "--hello-rate",
+    envvar="ROOMCHAT_HELLO_RATE",
+    default=DEFAULT_HELLO_RATE,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    help=f"v2 hellos per second for one name, after a burst of {HELLO_BURST:g}; more are "
+    "refused with rate_limited (0: no limit).",
+)
+@click.option(
     "--flood-burst",
     envvar="ROOMCHAT_FLOOD_BURST",
     default=DEFAULT_FLOOD_BURST,
@@ -293,6 +305,7 @@ def command(
     idle_timeout: float,
     flood_rate: float,
     flood_burst: float,
+    hello_rate: float,
     auth_secret_file: Path | None,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
@@ -335,6 +348,7 @@ def command(
         idle_timeout=idle_timeout,
         flood_rate=flood_rate,
         flood_burst=flood_burst,
+        hello_rate=hello_rate,
         auth_secret_file=auth_secret_file,
     )
     # One file descriptor per session: lift the soft limit (often 1024) to the hard one.

@@ -21,7 +21,9 @@ __all__ = [
     "DEFAULT_COALESCE_WINDOW",
     "DEFAULT_FLOOD_BURST",
     "DEFAULT_FLOOD_RATE",
+    "DEFAULT_HELLO_RATE",
     "DEFAULT_MAX_PENDING_OUTPUT",
+    "HELLO_BURST",
     "RoomsFileError",
     "SecretFileError",
     "ServerConfig",
@@ -44,6 +46,10 @@ DEFAULT_COALESCE_WINDOW = 0.003
 #: Load tests turn it off (benchmarks/run.py passes --flood-rate 0).
 DEFAULT_FLOOD_RATE = 1000.0
 DEFAULT_FLOOD_BURST = 2000.0
+#: v2 hellos per second for one name (a client reconnecting in a loop), after a burst of
+#: HELLO_BURST: beyond that the hello is refused with ``rate_limited``.
+DEFAULT_HELLO_RATE = 1.0
+HELLO_BURST = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,8 @@ class ServerConfig:
     #: Flood control, every session: commands per second and burst (rate 0: off).
     flood_rate: float = DEFAULT_FLOOD_RATE
     flood_burst: float = DEFAULT_FLOOD_BURST
+    #: v2 hellos per second per name, after a burst of HELLO_BURST (0: no limit).
+    hello_rate: float = DEFAULT_HELLO_RATE
     #: v2 tokens: the HMAC secret's file. None: a random secret per process (tokens do
     #: not survive a restart nor work on another instance).
     auth_secret_file: Path | None = None

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roomchat.protocol import HISTORY_MAX
+from roomchat.server.config import HELLO_BURST
+from roomchat.server.flood import HelloLimiter
 from roomchat.server.liveness import Liveness
 from roomchat.server.names import NameRegistry
 
@@ -37,6 +39,8 @@ class SessionContext:
     #: Commands per second and burst of each session's bucket (rate 0: no flood control).
     flood_rate: float = 0.0
     flood_burst: float = 0.0
+    #: v2 hellos per second per name after a burst (0: no limit): hello_limiter.
+    hello_rate: float = 0.0
     history: int = HISTORY_MAX
     #: The shutdown notice's advice to clients.
     reconnect_ms: int = 2000
@@ -44,6 +48,7 @@ class SessionContext:
     clock: Callable[[], float] = time.monotonic
     call_later: Callable[[float, Callable[[], None]], object] = _no_timer
     liveness: Liveness | None = None
+    hello_limiter: HelloLimiter | None = None
     #: Counters: "throttled" (flood episodes), "idle_timeouts", "pings", "hellos",
     #: "hellos_refused".
     stats: Counter[str] = field(default_factory=Counter)
@@ -51,6 +56,8 @@ class SessionContext:
     def __post_init__(self) -> None:
         if self.liveness is None and (self.heartbeat > 0 or self.idle_timeout > 0):
             self.liveness = Liveness(self.heartbeat, self.idle_timeout, self.clock, self.call_later)
+        if self.hello_limiter is None and self.hello_rate > 0:
+            self.hello_limiter = HelloLimiter(self.hello_rate, HELLO_BURST, self.clock)
 
     @property
     def announced_heartbeat(self) -> int:

@@ -526,6 +526,9 @@ class Session:
             return self.user_id, False
         if not valid_name(name):
             raise _Refused("name_invalid", "a name is 1 to 32 of A-Z a-z 0-9 _ - . (no spaces)")
+        limiter = context.hello_limiter
+        if limiter is not None and not limiter.allow(name_key(name)):
+            raise _Refused("rate_limited", f"too many hellos for the name {name!r}: wait a while")
         proven = token is not None and tokens.verify(context.secret, name, token, time.time())
         if context.require_tokens and not proven:
             raise _Refused("not_authorised", f"the name {name!r} needs a valid token")
