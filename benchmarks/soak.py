@@ -386,15 +386,25 @@ async def soak(minutes: float) -> dict[str, Any]:
         if os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
             stress = ["taskset", "-c", "1", *stress]
         proc = await asyncio.create_subprocess_exec(
-            *stress, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            *stress, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
+        # Both pipes are read all along (an unread pipe can stall the tool), while the
+        # server's RSS is sampled every 10 s.
+        output = asyncio.ensure_future(proc.communicate())
         started = time.monotonic()
-        while proc.returncode is None:
+        while not output.done():
             samples.append((time.monotonic() - started, rss_mib(server.pid)))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
-        out, _ = await proc.communicate()
-        report = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+                await asyncio.wait_for(asyncio.shield(output), 10)
+        out, err = output.result()
+        lines = out.decode(errors="replace").strip().splitlines()
+        report: dict[str, Any] = {}
+        if lines:
+            with contextlib.suppress(ValueError):
+                report = json.loads(lines[-1])
+        if not report:  # say why rather than report nothing
+            tail = err.decode(errors="replace").strip().splitlines()[-5:]
+            report = {"stress_exit": proc.returncode, "stress_stderr_tail": tail}
         # Growth: the last ten minutes' average against the average of minutes 2-12
         # (after the joins and the allocator's warm-up), in MiB.
         early = [rss for t, rss in samples if 120 <= t <= 720] or [s[1] for s in samples[:10]]
@@ -410,6 +420,7 @@ async def soak(minutes: float) -> dict[str, Any]:
             "lost": report.get("lost"),
             "p99_ms": report.get("latency_ms", {}).get("p99"),
             "server_alive": server.alive,
+            **{k: v for k, v in report.items() if k.startswith("stress_")},
         }
 
 
