@@ -397,18 +397,13 @@ class RedisBus:
 
     def queue(self, room: ChatRoom, data: bytes, handler: Callable[[Any], None]) -> None:
         """Queue one command about ``room`` behind the room's earlier events (scripts)."""
-        node = self._node_for(self._room_keys(room))
-        if node is None or not self._online:
-            handler(ConnectionError("not connected to Redis"))
-            return
-        if not node.parts:
-            self._schedule_flush()
-        node.parts.append(data)
-        node.handlers.append(handler)
+        self._queue_on(self._node_for(self._room_keys(room)), data, handler)
 
     def queue_registry(self, data: bytes, handler: Callable[[Any], None]) -> None:
         """Queue one command on the node of the registry's slot (names, leases)."""
-        node = self._node_for_slot(key_slot(self._instances_key))
+        self._queue_on(self._node_for_slot(key_slot(self._instances_key)), data, handler)
+
+    def _queue_on(self, node: _Node | None, data: bytes, handler: Callable[[Any], None]) -> None:
         if node is None or not self._online:
             handler(ConnectionError("not connected to Redis"))
             return
