@@ -91,11 +91,40 @@ def run(shape: str, members: int, rooms: int, per_read: int, reads: int) -> dict
     }
 
 
+def joinstorm(users: int, rooms: int, per_room: int, per_turn: int) -> dict[str, float]:
+    """Users arriving and joining ``per_room`` of ``rooms`` rooms right away,
+    ``per_turn`` joins per loop turn: the v1 lists and announcements of a join storm."""
+    world = World(rooms)
+    joins = []
+    for n in range(users):
+        session = world.session(n)
+        for k in range(per_room):
+            room = (n + k * 5) % rooms
+            joins.append((session, b'{"_ct":"join_room","r":"room-%d"}\n' % room))
+    world.turn()
+    start = time.process_time()
+    for index, (session, line) in enumerate(joins, 1):
+        session.receive_data(line)
+        if index % per_turn == 0:
+            world.turn()
+    world.turn()
+    cpu = time.process_time() - start
+    return {
+        "messages": len(joins),
+        "deliveries": len(joins),
+        "ns_per_message": 1e9 * cpu / len(joins),
+        "ns_per_delivery": 1e9 * cpu / len(joins),
+        "writes": world.writes,
+    }
+
+
 SHAPES = {
     # name: (members per room, rooms, messages per read, reads)
     "small": (2, 24, 50, 200),  # 2-member rooms, many messages per read (small-room ceiling)
     "seed": (2, 24, 1, 2000),  # 2-member rooms, one message per read (the seed's shape)
     "big": (1000, 1, 10, 100),  # one 1,000-member room
+    # users arriving, each joining 5 of 24 rooms, 50 joins per turn (--scale: users)
+    "joinstorm": (5, 24, 50, 2000),
 }
 
 
@@ -114,9 +143,20 @@ def main() -> None:
         members, rooms, per_read, reads = SHAPES[shape]
         reads = max(1, round(reads * args.scale))
         best = min(
-            (run(shape, members, rooms, per_read, reads) for _ in range(args.repeat)),
+            (
+                joinstorm(reads, rooms, members, per_read)
+                if shape == "joinstorm"
+                else run(shape, members, rooms, per_read, reads)
+                for _ in range(args.repeat)
+            ),
             key=lambda r: r["ns_per_message"],
         )
+        if shape == "joinstorm":
+            print(
+                f"{shape:6} {reads:5} users x {members} of {rooms} rooms, {per_read} joins/turn: "
+                f"{best['ns_per_message']:8.0f} ns/join, {best['writes']} writes"
+            )
+            continue
         print(
             f"{shape:6} {members:5} members x {rooms:3} rooms, {per_read:3} msgs/read: "
             f"{best['ns_per_message']:8.0f} ns/message, {best['ns_per_delivery']:6.0f} ns/delivery"
