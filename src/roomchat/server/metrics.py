@@ -4,9 +4,10 @@ Served on the server's own event loop by a minimal HTTP/1.1 handler (no thread, 
 framework): one GET per connection, answered with a Content-Length and closed. The
 request is bounded in size (:data:`MAX_REQUEST`) and time (:data:`REQUEST_TIMEOUT`).
 
-The numbers are plain integers counted on the hot path (:mod:`roomchat.server.stats`);
-:class:`ServerCollector` reads them only when ``/metrics`` is scraped and hands them to
-``prometheus_client`` as metric families, so the hot path never calls Prometheus code.
+The numbers are plain integers, counted per read, per turn or per change of membership
+and never per delivery (:mod:`roomchat.server.stats`); :class:`ServerCollector` reads
+them only when ``/metrics`` is scraped and hands them to ``prometheus_client`` as metric
+families, so the hot path never calls Prometheus code.
 What each metric means: docs/operating.md.
 """
 
@@ -143,7 +144,11 @@ class ServerCollector:
             stats.deliveries,
         )
         yield _counter("roomchat_received_bytes", "Bytes read from clients.", stats.bytes_in)
-        yield _counter("roomchat_sent_bytes", "Bytes written to clients.", stats.bytes_out)
+        yield _counter(
+            "roomchat_sent_bytes",
+            "Bytes written to clients (counted when queued, less what was dropped).",
+            stats.bytes_out,
+        )
         yield _counter(
             "roomchat_socket_writes",
             "Writes to client sockets (at most one per session per loop turn).",

@@ -13,6 +13,12 @@ At the end of the turn :meth:`Outbox.flush` joins each mailbox's list and hands 
 connection's ``write`` in one call, however many events the turn produced: at high rates
 this is what saves the server from one syscall per event.
 
+Counting (``/metrics``, docs/operating.md) costs nothing per write: bytes out are counted
+where they are queued (a room's fan-outs by the room, from the bytes per member the outbox
+keeps in ``turn_bytes`` and adds to ``fanned_bytes`` at the end of the turn; a session's
+own events in :meth:`Mailbox.send`) less what a closed mailbox drops; writes are counted
+per room per turn, one per mailbox the flush visits, less the visits that wrote nothing.
+
 The coalescing window (``--coalesce-us``, see docs/architecture.md): when a flush comes
 less than the window after the previous turn began, the outbox waits for the rest of the
 window before the loop polls again, so that steady traffic is read, routed and written in
@@ -28,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from roomchat.server.stats import ServerStats
@@ -46,12 +52,18 @@ Writer = Callable[[bytes], None]
 class _Flushable(Protocol):
     def flush(self) -> None: ...
 
+    def write_out(self) -> None: ...
+
 
 class _Room(Protocol):
-    """What the outbox needs of a room: the mailboxes it fanned out to."""
+    """What the outbox needs of a room: the mailboxes it fanned out to, and the bytes it
+    fanned out to each, this turn and before (kept here, counted by the room)."""
+
+    turn_bytes: int
+    fanned_bytes: int
 
     @property
-    def members(self) -> Iterable[_Flushable]: ...
+    def members(self) -> Sequence[_Flushable]: ...
 
 
 class Mailbox:
@@ -100,7 +112,9 @@ class Mailbox:
         if not self._own:
             self._outbox.add(self)
         self._pending.append(data)
-        self._own += len(data)
+        size = len(data)
+        self._stats.sent += size  # bytes out: counted when queued (not on the hot path)
+        self._own += size
         if self._own > FLUSH_AT:
             self.flush()
 
@@ -112,23 +126,37 @@ class Mailbox:
             self._outbox.add(self)
 
     def flush(self) -> None:
-        """Write what is pending in one call (or drop it if the mailbox is closed)."""
+        """Write what is pending in one call now (or drop it if the mailbox is closed)."""
+        self._stats.writes += 1
+        self.write_out()
+
+    def write_out(self) -> None:
+        """Write what is pending in one call (or drop it if the mailbox is closed).
+
+        Counting: what it writes was counted when queued, and the caller counts one write
+        per call (:meth:`Outbox.flush`: per turn, not per write); a call that writes
+        nothing (rare) takes its write back."""
         pending = self._pending
         if not pending:
+            self._stats.writes -= 1
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         self._own = 0
-        if self._write is not None:
-            stats = self._stats  # one write per session per turn: counted per write
-            stats.writes += 1
-            stats.bytes_out += len(data)
-            self._write(data)
+        write = self._write
+        if write is None:
+            stats = self._stats
+            stats.writes -= 1
+            stats.sent -= len(data)  # dropped
+            return
+        write(data)
 
     def close(self) -> None:
         """Nothing more is written; what is queued, now or later, is dropped."""
         self._write = None
-        self._pending.clear()
+        if self._pending:
+            self._stats.sent -= self.pending_bytes  # dropped: counted when queued
+            self._pending.clear()
         self._own = 0
 
 
@@ -160,7 +188,8 @@ class Outbox:
         self.stats = stats if stats is not None else ServerStats()
         self._turn_began = 0.0  # when this turn first queued output (the flush is due)
         self._mailboxes: list[Mailbox] = []
-        self._rooms: dict[_Room, int] = {}  # room -> bytes it fanned out this turn
+        # The rooms that fanned out this turn (a dict: each once, in order).
+        self._rooms: dict[_Room, None] = {}
         self._scheduled = False
         self._window = window
         self._turn_started = 0.0
@@ -206,26 +235,35 @@ class Outbox:
 
     def room_fanned_out(self, room: _Room, size: int) -> None:
         """A room enqueued ``size`` bytes to each of its members."""
-        queued = self._rooms.get(room)
-        if queued is None:
-            self._rooms[room] = size
+        queued = room.turn_bytes + size
+        room.turn_bytes = queued
+        if queued == size:  # its first fan-out this turn (or since an early write)
+            self._rooms[room] = None
             self._schedule()
-        elif queued + size > FLUSH_AT:
-            self._rooms[room] = 0
+        elif queued > FLUSH_AT:
+            room.fanned_bytes += queued
+            room.turn_bytes = 0
             for member in room.members:
                 member.flush()
-        else:
-            self._rooms[room] = queued + size
 
     def flush(self) -> None:
         self._scheduled = False
         rooms, self._rooms = self._rooms, {}
         mailboxes, self._mailboxes = self._mailboxes, []
+        # One write counted per write_out call, per room and not per write (write_out
+        # takes back the rare one that writes nothing: already written through another
+        # room this turn, or closed).
+        writes = len(mailboxes)
         for room in rooms:
-            for member in room.members:
-                member.flush()
+            room.fanned_bytes += room.turn_bytes
+            room.turn_bytes = 0
+            members = room.members
+            writes += len(members)
+            for member in members:
+                member.write_out()
         for mailbox in mailboxes:
-            mailbox.flush()
+            mailbox.write_out()
+        self.stats.writes += writes
         if self._turn_began:
             # From the turn's first queued output to its last write (roomchat_turn_seconds
             # in docs/operating.md): the routing and writing of one turn, per turn.

@@ -113,6 +113,10 @@ class Member(Protocol):
 
     def flush(self) -> None: ...
 
+    def write_out(self) -> None:
+        """Write what is queued in one call (the outbox's end-of-turn flush, which
+        counts the writes)."""
+
     def flush_soon(self) -> None:
         """See that what is queued is written this turn, whoever queued it."""
 
@@ -123,8 +127,9 @@ FanOutHook = Callable[["ChatRoom", int], None]
 JoinCallback = Callable[["UserSessionHandle | RoomError"], None]
 
 
-def _ignore_fan_out(room: ChatRoom, size: int) -> None:
-    pass
+def _no_outbox(room: ChatRoom, size: int) -> None:
+    """The fan-out hook without an outbox (tests): keeps the count the outbox would."""
+    room.fanned_bytes += size
 
 
 class RoomError(Exception):
@@ -160,18 +165,35 @@ class _Joining:
 
 
 class ChatRoom:
+    """One room on this instance.
+
+    Counting (stats.py, docs/operating.md): nothing is counted per message, per fan-out
+    or per member. ``seq`` counts the room's messages, and ``turn_bytes`` +
+    ``fanned_bytes`` the bytes fanned out to each v1 member (kept by the outbox, which
+    needs the turn's to bound it). The members do not change between two changes of
+    membership, so before each change the room adds members x messages (deliveries) and
+    v1 members x bytes (bytes out) to the stats (:meth:`_count`), and the stats add what
+    is due since when they are read. In process every message numbered here was posted
+    here: ``seq`` is also the count of messages received (other buses: :meth:`connect`).
+    """
+
     __slots__ = (
+        "_bytes_counted",
+        "_counted",
         "_fanned_out",
         "_history",
         "_joining",
         "_members",
         "_members2",
+        "_numbered_here",
         "_publish",
         "_stats",
         "description",
+        "fanned_bytes",
         "history_size",
         "name",
         "seq",
+        "turn_bytes",
     )
 
     def __init__(
@@ -185,25 +207,45 @@ class ChatRoom:
         self.name = detail.name
         self._stats = stats if stats is not None else ServerStats()
         self.description = detail.description
-        self._fanned_out = on_fan_out or _ignore_fan_out
+        self._fanned_out = on_fan_out or _no_outbox
         # Local members -> their enqueue: a fan-out calls these directly. v1 sessions
         # in the first, v2 sessions in the second (they get other bytes).
         self._members: dict[Member, Callable[[bytes], None]] = {}
         self._members2: dict[Member, Callable[[bytes], None]] = {}
         #: The room's latest sequence number (as this instance knows it).
         self.seq = 0
+        #: Bytes of v1 events fanned out to each member, this turn and before (kept by
+        #: Outbox.room_fanned_out and Outbox.flush).
+        self.turn_bytes = 0
+        self.fanned_bytes = 0
+        self._counted = 0  # seq up to which the deliveries are in the stats
+        self._bytes_counted = 0  # fanned_bytes + turn_bytes up to which bytes out are
         self.history_size = history
         # The last messages, (seq, ts, v1 line); None: no history kept (seq still counts).
         self._history: deque[Entry] | None = deque(maxlen=history) if history > 0 else None
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
         self._publish: Callable[[bytes], None] = self.fan_out  # set by the bus
+        self._numbered_here = True  # the bus's publisher is fan_out (the in-process bus)
+        self._stats.rooms.append(self)
 
     def __repr__(self) -> str:
         return f"<room {self.name!r}: {self.member_count} local members>"
 
     def connect(self, publish: Callable[[bytes], None]) -> None:
-        """The bus says how this room posts (RoomManager wires it)."""
-        self._publish = publish
+        """The bus says how this room posts (RoomManager wires it). Messages numbered
+        elsewhere (Redis) are counted as they are posted; the in-process bus's publisher
+        is fan_out, and ``seq`` counts them."""
+        self._numbered_here = publish == self.fan_out
+        if self._numbered_here:
+            self._publish = publish
+            return
+        stats = self._stats
+
+        def publish_counted(event: bytes) -> None:
+            stats.messages += event.count(b"\n")
+            publish(event)
+
+        self._publish = publish_counted
 
     @property
     def members(self) -> list[Member]:
@@ -213,6 +255,38 @@ class ChatRoom:
     @property
     def member_count(self) -> int:
         return len(self._members) + len(self._members2)
+
+    # -- counting (see the class docstring) ---------------------------------------------
+    @property
+    def deliveries_due(self) -> int:
+        """Messages fanned out since the last :meth:`_count`, times the members (the
+        same ever since): deliveries not yet in the stats."""
+        return (len(self._members) + len(self._members2)) * (self.seq - self._counted)
+
+    @property
+    def bytes_due(self) -> int:
+        """Bytes fanned out to each v1 member since the last :meth:`_count`, times the v1
+        members: bytes out not yet in the stats (v2 members' are counted at once)."""
+        return len(self._members) * (self.fanned_bytes + self.turn_bytes - self._bytes_counted)
+
+    @property
+    def messages_posted(self) -> int:
+        """Messages posted here and numbered here (the in-process bus), for the stats."""
+        return self.seq if self._numbered_here else 0
+
+    def _count(self) -> None:
+        """Put what is due in the stats; called before the members change."""
+        stats = self._stats
+        stats.delivered += self.deliveries_due
+        stats.sent += self.bytes_due
+        self._counted = self.seq
+        self._bytes_counted = self.fanned_bytes + self.turn_bytes
+
+    def _drop_held(self, joining: _Joining) -> None:
+        """What was held back for a joiner was counted as sent to it: take it back (it
+        is dropped, or sent again with Member.send, which counts it)."""
+        if joining.held:
+            self._stats.sent -= sum(map(len, joining.held))
 
     @property
     def busy(self) -> bool:
@@ -240,7 +314,7 @@ class ChatRoom:
         """A run of messages (one or more v1 ``user_message`` lines, from one sender)
         whose place in the room's order is decided here (the in-process bus): number
         them, queue them for every local member, keep them. The hot path: per v1 member,
-        one C-level list append for the whole run."""
+        one C-level list append for the whole run, and nothing counted (``seq`` is)."""
         members = self._members
         for enqueue in members.values():
             enqueue(event)
@@ -249,7 +323,6 @@ class ChatRoom:
         self.seq += count
         if self._history is not None or self._members2:
             self._keep(first, count, _time_ns() // 1_000_000, event)
-        self._stats.deliveries += (len(members) + len(self._members2)) * count
         self._fanned_out(self, len(event))
 
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
@@ -258,10 +331,13 @@ class ChatRoom:
         for enqueue in members.values():
             enqueue(event)
         count = event.count(b"\n")
-        self.seq = seq + count - 1
+        # Redis's numbers may jump (events of the room while nobody here was in it; local
+        # numbers during an outage): count what is due before, and this run, at once.
+        due = self.seq - self._counted + count
+        self._stats.delivered += (len(members) + len(self._members2)) * due
+        self.seq = self._counted = seq + count - 1
         if self._history is not None or self._members2:
             self._keep(seq, count, ts, event)
-        self._stats.deliveries += (len(members) + len(self._members2)) * count
         self._fanned_out(self, len(event))
 
     def _keep(self, first: int, count: int, ts: int, event: bytes) -> None:
@@ -281,6 +357,7 @@ class ChatRoom:
             )
             for enqueue in members2.values():
                 enqueue(event2)
+            self._stats.sent += len(event2) * len(members2)
 
     def announce(self, event: bytes) -> None:
         """A ``room_participation`` (v1 line) for every local member; v2 ones get ``ts``."""
@@ -290,7 +367,8 @@ class ChatRoom:
             event2 = event[:-_TAIL_LENGTH] + encode_ts_tail_v2(now_ms())
             for enqueue in self._members2.values():
                 enqueue(event2)
-        self._stats.deliveries += len(self._members) + len(self._members2)
+            self._stats.sent += len(event2) * len(self._members2)
+        self._stats.delivered += len(self._members) + len(self._members2)  # not numbered
         self._fanned_out(self, len(event))
 
     # -- joining -------------------------------------------------------------------------
@@ -320,6 +398,7 @@ class ChatRoom:
         if joining.users is None:
             # Receive from here on, but hold it back until user_joined_room goes first.
             members = self._members2 if joining.v2 else self._members
+            self._count()
             members[joining.member] = joining.held.append
             if joining.v2 and joining.snapshot is None:
                 joining.snapshot = self.snapshot()
@@ -349,6 +428,8 @@ class ChatRoom:
     def join_failed(self, key: str, error: RoomError) -> None:
         joining = self._joining.pop(key, None)
         if joining is not None:
+            self._count()
+            self._drop_held(joining)
             self._members.pop(joining.member, None)
             self._members2.pop(joining.member, None)
             joining.done(error)
@@ -358,6 +439,8 @@ class ChatRoom:
         member = joining.member
         del self._joining[member.key]
         assert joining.users is not None
+        self._count()
+        self._drop_held(joining)  # sent again below
         member.send(encode(UserJoinedRoom(self.name, joining.users)))
         if joining.v2:
             snapshot = joining.snapshot or self.snapshot()
@@ -373,9 +456,11 @@ class ChatRoom:
 
     def remove(self, member: Member) -> bool:
         """Stop fanning out to a member (joined or joining); whether it was here."""
+        self._count()
         joining = self._joining.get(member.key)
         if joining is not None and joining.member is member:
             del self._joining[member.key]
+            self._drop_held(joining)
             self._members.pop(member, None)
             self._members2.pop(member, None)
             return True

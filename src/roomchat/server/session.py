@@ -375,13 +375,13 @@ class Session:
                 end = index
                 while end < count and type(run := items[end]) is SendMessage and run.room == room:
                     end += 1
-                self._stats.messages += end - index + 1
                 if handle is not None and not self._shutting_down:
                     if end == index:
                         handle.send_message(item.content)
                     else:
                         handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
-                else:
+                else:  # refused: posted ones are counted by their room (ChatRoom.post)
+                    self._stats.messages += end - index + 1
                     for refused in items[index - 1 : end]:  # each has its own id (v2)
                         assert isinstance(refused, SendMessage)
                         if self._shutting_down:

@@ -1,18 +1,23 @@
-"""The server's counters: plain integers, bumped on the hot path, read at scrape time.
+"""The server's counters: plain integers, read at scrape time.
 
 Nothing here knows Prometheus (``metrics.py`` turns these into the text format when
-``/metrics`` is scraped), so counting costs an integer addition and no call. The counters
-are bumped per batch or per turn where the hot path is (docs/operating.md lists where):
+``/metrics`` is scraped). Counting must not slow the hot path (issue 10: benchmarks/
+hotpath.py within about 2%), so nothing is counted per delivery, per write or per member
+(docs/operating.md, "What counting costs", says where each counter is kept):
 
-- :meth:`Session.receive_data` adds the bytes and the number of decoded lines of a read;
-- ``ChatRoom.fan_out`` adds ``len(members)`` deliveries once per fan-out;
-- :meth:`Mailbox.flush` adds one write and its size, per session per turn.
+- :meth:`Session.receive_data` adds the bytes of a read (one addition per read);
+- a room's sequence number counts its messages, and the outbox keeps the bytes a room
+  fans out to each member: a room turns those into deliveries, messages and bytes out
+  when its members change (``rooms.ChatRoom``), and the properties below add what each
+  room owes since when they are read (O(rooms));
+- :meth:`Outbox.flush` counts one write per mailbox it visits, per room and per turn.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Protocol
 
 __all__ = ["LAG_BUCKETS", "TURN_BUCKETS", "Histogram", "ServerStats"]
 
@@ -52,19 +57,33 @@ class Histogram:
         return out
 
 
+class Counting(Protocol):
+    """A room, as far as counting goes (rooms.ChatRoom): what it owes the counters."""
+
+    @property
+    def deliveries_due(self) -> int: ...
+
+    @property
+    def bytes_due(self) -> int: ...
+
+    @property
+    def messages_posted(self) -> int: ...
+
+
 class ServerStats:
     """Every counter of one server (one per ChatServer, shared by its sessions)."""
 
     __slots__ = (
         "bad_lines",
         "bytes_in",
-        "bytes_out",
         "connections_accepted",
-        "deliveries",
+        "delivered",
         "ignored",
         "lines_too_long",
         "loop_lag",
         "messages",
+        "rooms",
+        "sent",
         "slow_consumers",
         "turn",
         "writes",
@@ -73,22 +92,40 @@ class ServerStats:
     def __init__(self) -> None:
         self.connections_accepted = 0
         self.bytes_in = 0  # bytes read from clients (per data_received)
-        #: send_message commands carried out or refused (one addition per run of them).
+        #: send_message commands refused, and those posted to a room numbered elsewhere
+        #: (Redis); what rooms number here they count themselves (messages_received).
         self.messages = 0
         self.bad_lines = 0  # lines that are not a command (ignored)
         self.ignored = 0  # commands ignored, bad lines included (Session._ignore)
         self.lines_too_long = 0  # sessions closed for a line over the limit
-        self.deliveries = 0  # events queued to members by fan-outs
+        #: Events queued to members by fan-outs, as far as the rooms put them here (they
+        #: do when their members change; ``deliveries`` adds what they owe since).
+        self.delivered = 0
+        #: Bytes queued for clients less those dropped (closed mailboxes), as far as put
+        #: here: a session's own events when queued, v2 lines of a fan-out at once, v1
+        #: ones by the rooms (``bytes_out`` adds what they owe since).
+        self.sent = 0
+        #: The rooms counting into the above (ChatRoom registers itself).
+        self.rooms: list[Counting] = []
         self.writes = 0  # transport.write calls (one per session per turn at most)
-        self.bytes_out = 0  # bytes handed to those writes
         self.slow_consumers = 0  # sessions cut off for not reading
         self.loop_lag = Histogram(LAG_BUCKETS)
         self.turn = Histogram(TURN_BUCKETS)
 
     @property
+    def deliveries(self) -> int:
+        """Events queued to room members by fan-outs (members x events)."""
+        return self.delivered + sum(room.deliveries_due for room in self.rooms)
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes handed to socket writes: queued for clients, less what was dropped."""
+        return self.sent + sum(room.bytes_due for room in self.rooms)
+
+    @property
     def messages_received(self) -> int:
-        """send_message commands handled."""
-        return self.messages
+        """send_message commands handled (carried out or refused)."""
+        return self.messages + sum(room.messages_posted for room in self.rooms)
 
     @property
     def ignored_commands(self) -> int:

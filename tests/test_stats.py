@@ -1,0 +1,130 @@
+"""The counters behind /metrics (server/stats.py) are exact, though nothing is counted per
+delivery or per write: deliveries, messages and bytes out are worked out from the rooms'
+sequence numbers and fanned-out bytes when their members change, writes per room per turn.
+
+Random runs of sessions (v1 and v2) joining, leaving, posting runs of messages big enough
+to be written before the end of the turn, several commands in one turn, joins answered
+late (events held back for the joiner), sessions quitting, lost or cut off as slow
+consumers; the counters are checked against what the sessions were fed and written.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+
+from roomchat.protocol import Hello, JoinRoom, LeaveRoom, Quit, RoomDetail, SendMessage, encode
+from roomchat.server.bus import MemoryBus
+from roomchat.server.outbox import Outbox
+from roomchat.server.presence import Presence
+from roomchat.server.rooms import RoomManager
+from roomchat.server.session import Session
+from roomchat.server.stats import ServerStats
+from tests.session_harness import FakeConnection, LatePresence
+
+ROOMS = ("a", "b", "c")
+ROOM_EVENTS = (b'"_et":"user_message"', b'"_et":"room_participation"')
+
+
+class Run:
+    """Sessions sharing one ServerStats, with what they were fed and written."""
+
+    def __init__(self, late: LatePresence | None = None) -> None:
+        self.stats = ServerStats()
+        self.scheduled: list[Callable[[], None]] = []
+        self.outbox = Outbox(self.scheduled.append, 0.0, self.stats)
+        bus = MemoryBus()
+        self.late = late  # joins answered when the run says so
+        presence: Presence = late if late is not None else bus.presence
+        details = [RoomDetail(name, "") for name in ROOMS]
+        self.rooms = RoomManager(details, bus, presence, self.outbox.room_fanned_out, self.stats)
+        self.sessions: list[Session] = []
+        self.fed = self.written = self.writes = self.sends = self.room_events = 0
+
+    def session(self, v2: bool) -> Session:
+        n = len(self.sessions)
+        mailbox = self.outbox.open(f"user{n % 5}", f"s{n}", self._write)
+        session = Session(
+            self.rooms, mailbox, FakeConnection([]), max_line_length=1 << 20, stats=self.stats
+        )
+        self.sessions.append(session)
+        session.start(self.rooms.details)
+        if v2:
+            self.feed(session, encode(Hello(2)))
+        return session
+
+    def _write(self, data: bytes) -> None:
+        self.writes += 1
+        self.written += len(data)
+        self.room_events += sum(data.count(tag) for tag in ROOM_EVENTS)
+
+    def feed(self, session: Session, data: bytes) -> None:
+        self.fed += len(data)
+        session.receive_data(data)
+
+    def turn(self) -> None:
+        while self.scheduled:
+            self.scheduled.pop(0)()
+
+    def play(self, seed: int, steps: int, *, cut_off: bool) -> None:
+        rnd = random.Random(seed)
+        late = self.late
+        for _ in range(steps):
+            live = [session for session in self.sessions if not session.closed]
+            roll = rnd.random()
+            if roll < 0.08 or not live:
+                self.session(v2=rnd.random() < 0.5)
+            elif roll < 0.28:
+                self.feed(rnd.choice(live), encode(JoinRoom(rnd.choice(ROOMS))))
+            elif roll < 0.36:
+                self.feed(rnd.choice(live), encode(LeaveRoom(rnd.choice(ROOMS))))
+            elif roll < 0.9:
+                count = rnd.choice([1, 1, 1, 3, 20])
+                content = "x" * rnd.choice([5, 50, 2000, 60000])  # 20 x 60 kB > FLUSH_AT
+                message = encode(SendMessage(rnd.choice(ROOMS), content))
+                self.sends += count
+                self.feed(rnd.choice(live), message * count)
+            elif roll < 0.93:
+                self.feed(rnd.choice(live), encode(Quit()))
+            elif cut_off:
+                session = rnd.choice(live)
+                if rnd.random() < 0.5:
+                    session.connection_lost()
+                else:  # a slow consumer: what is queued for it is dropped
+                    session.mailbox.close()
+                    session.abort("slow consumer")
+            if late is not None and late.joins and rnd.random() < 0.5:
+                join = late.joins.pop(rnd.randrange(len(late.joins)))
+                join.answer(rnd.choice(["reply-first", "marker-first"]))
+            if rnd.random() < 0.7:  # else the next step is in the same loop turn
+                self.turn()
+        while late is not None and late.joins:
+            late.joins.pop().answer()
+        self.turn()
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["memory-presence", "late-joins"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_counters_are_exact(seed: int, late: bool) -> None:
+    run = Run(LatePresence() if late else None)
+    run.play(seed, 800, cut_off=False)
+    stats = run.stats
+    assert run.writes > 100 and run.room_events > 500
+    assert stats.bytes_in == run.fed
+    assert stats.bytes_out == run.written
+    assert stats.writes == run.writes
+    assert stats.deliveries == run.room_events  # nothing was dropped
+    if not late:  # (LatePresence posts "left" events as a bus would a message)
+        assert stats.messages_received == run.sends
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_bytes_dropped_by_lost_and_slow_sessions_are_not_counted_as_sent(seed: int) -> None:
+    run = Run(LatePresence())
+    run.play(seed, 800, cut_off=True)
+    assert sum(session.closed for session in run.sessions) > 20
+    assert run.stats.bytes_out == run.written
+    assert run.stats.writes == run.writes
+    assert run.stats.bytes_in == run.fed
