@@ -11,9 +11,9 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from roomchat.client import ChatClient, connect
-from roomchat.protocol import RoomParticipation, UserJoinedRoom, UserMessage
+from roomchat.protocol import LoginSuccessful, RoomParticipation, UserJoinedRoom, UserMessage
 from roomchat.server import ChatServer, ServerConfig
-from roomchat.tui.app import DEFAULT_ADDRESS, RoomChatApp
+from roomchat.tui.app import DEFAULT_ADDRESS, RoomChatApp, ServerEvent
 from roomchat.tui.screens import ConnectScreen
 from roomchat.tui.widgets import MessageInput, RoomList, UsagePanel, UserInfo
 
@@ -182,6 +182,18 @@ async def test_a_message_typed_while_disconnected_is_refused(server: ChatServer)
         app.client.client.close()  # the connection is going; the UI has not noticed yet
         assert await app.send_message("lost?") is False
         assert "Not connected: the message was not sent." in app.notices
+
+
+async def test_an_event_arriving_while_the_app_closes_is_dropped(server: ChatServer) -> None:
+    """The connection's worker may still post an event while the app tears its screens
+    down (seen in CI): it is dropped, not an IndexError."""
+    app = RecordingApp(address(server))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_chat(pilot, app)
+    assert not app.screen_stack and app.chat_screen is None
+    app.on_server_event(ServerEvent(RoomParticipation("general", "someone", "joined")))
+    app.on_server_event(ServerEvent(LoginSuccessful("s", "u", ())))
+    assert app.chat_screen is None
 
 
 async def test_server_gone_shows_reconnecting_in_the_status_line(server: ChatServer) -> None:

@@ -154,6 +154,8 @@ class RoomChatApp(App[None]):
 
     @property
     def chat_screen(self) -> ChatScreen | None:
+        if not self.screen_stack:  # the app is closing (or not started)
+            return None
         screen = self.screen_stack[-1]
         return screen if isinstance(screen, ChatScreen) else None
 
@@ -228,6 +230,8 @@ class RoomChatApp(App[None]):
             screen.show_all()
 
     def on_server_event(self, message: ServerEvent) -> None:
+        if not self.screen_stack:  # an event that came in while the app was closing
+            return
         self.handle_event(message.event)
 
     def on_session_failed(self, message: SessionFailed) -> None:
