@@ -584,16 +584,20 @@ class ChatClient:
     async def __aenter__(self) -> ChatClient:
         return self
 
+    async def aclose(self) -> None:
+        """Close, and wait (up to 5 s) until the connection is gone."""
+        self.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.wait_closed()
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self.wait_closed()
+        await self.aclose()
 
 
 async def connect(
@@ -802,10 +806,7 @@ class ReconnectingClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.client is not None:
-            self.client.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self.client.wait_closed()
+            await self.client.aclose()
         self._wake()
 
     async def __aenter__(self) -> ReconnectingClient:

@@ -12,7 +12,7 @@ v2 fields only ever appear after the v1 ones, at the end of the object.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 import msgspec
 
@@ -195,19 +195,7 @@ ErrorCode = Literal[
 ]
 #: The stable error codes of docs/protocol.md. Clients must accept codes not listed
 #: here (a later server may add some), so ``Error.code`` is typed ``str``.
-ERROR_CODES: tuple[ErrorCode, ...] = (
-    "unknown_room",
-    "already_joined",
-    "not_member",
-    "bad_command",
-    "line_too_long",
-    "rate_limited",
-    "name_taken",
-    "name_invalid",
-    "not_authorised",
-    "shutting_down",
-    "idle_timeout",
-)
+ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
 
 class Welcome(_Event, frozen=True, tag="welcome"):

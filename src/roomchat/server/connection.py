@@ -95,10 +95,8 @@ class Hub:
     def open_session(self, connection: SessionConnection, write: Writer, name: str) -> Session:
         """A new session (a fresh random user id, its mailbox) for any connection shell:
         TCP here, WebSocket in web.py."""
-        names = self.context.names
-        user_id = new_user_id()
-        while not names.claim_new(user_id):  # random ids and names share one namespace
-            user_id = new_user_id()
+        # Random ids and names share one namespace.
+        user_id = self.context.names.draw_new(new_user_id)
         mailbox = self.outbox.open(user_id, new_session_id(), write)
         return Session(
             self.rooms,

@@ -114,6 +114,13 @@ class NameRegistry:
         self._held[key] = [name, 1]
         return True
 
+    def draw_new(self, draw: Callable[[], str]) -> str:
+        """A random id from ``draw`` that nobody here holds, held from now on."""
+        name = draw()
+        while not self.claim_new(name):
+            name = draw()
+        return name
+
     def confirm_new(self, name: str, answer: Answer) -> None:
         """Claim a random id taken with :meth:`claim_new` from the shared registry:
         ``answer(None)``, or the holder's spelling (then :meth:`forget` it)."""
@@ -124,28 +131,25 @@ class NameRegistry:
 
     def forget(self, name: str) -> None:
         """Drop a hold here that the shared registry refused (nothing to give back)."""
-        key = name_key(name)
-        held = self._held.get(key)
-        if held is None:
-            return
-        if int(held[1]) > 1:
-            held[1] = int(held[1]) - 1
-        else:
-            del self._held[key]
+        self._drop(name)
 
     def release(self, name: str) -> None:
         """One session holding ``name`` has ended."""
+        if self._drop(name) and self.shared is not None:
+            self.shared.release(name)
+
+    def _drop(self, name: str) -> bool:
+        """One hold fewer here; whether there was one."""
         key = name_key(name)
         held = self._held.get(key)
         if held is None:
-            return
+            return False
         count = int(held[1]) - 1
         if count > 0:
             held[1] = count
         else:
             del self._held[key]
-        if self.shared is not None:
-            self.shared.release(name)
+        return True
 
     def held(self) -> list[tuple[str, int]]:
         """Every name this process holds and by how many of its sessions (to assert

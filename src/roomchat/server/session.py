@@ -237,9 +237,7 @@ class Session:
         if holder is not None:  # another instance's user: draw again
             names = self._context.names
             names.forget(self.user_id)
-            user_id = new_user_id()
-            while not names.claim_new(user_id):
-                user_id = new_user_id()
+            user_id = names.draw_new(new_user_id)
             log.info("%r: user id held on another instance, now %s", self, user_id)
             self.user_id = self.mailbox.user_id = user_id
             names.confirm_new(user_id, lambda holder: self._logged_in(rooms, holder))
