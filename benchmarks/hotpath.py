@@ -118,6 +118,42 @@ def joinstorm(users: int, rooms: int, per_room: int, per_turn: int) -> dict[str,
     }
 
 
+def crowd(turns: int, users: int, rooms: int, per_room: int, per_turn: int) -> dict[str, float]:
+    """``users`` each in ``per_room`` of ``rooms`` rooms (about users x per_room / rooms
+    members each), ``per_turn`` of them sending one message each per loop turn: a busy
+    turn of the 10,000-user scenario, scaled down (a room gets several messages a turn)."""
+    world = World(rooms)
+    sessions = [world.session(n) for n in range(users)]
+    lines = []
+    for n, session in enumerate(sessions):
+        for k in range(per_room):
+            room = (n + k * 5) % rooms
+            session.receive_data(b'{"_ct":"join_room","r":"room-%d"}\n' % room)
+            lines.append(encode(SendMessage(f"room-{room}", f"{n:06d} " + "x" * 48)))
+        if n % 100 == 99:
+            world.turn()
+    world.turn()
+    members = users * per_room // rooms
+    sent = deliveries = 0
+    start = time.process_time()
+    sender = 0
+    for _ in range(turns):
+        for _ in range(per_turn):
+            sender = (sender + 7919) % users
+            sessions[sender].receive_data(lines[sender * per_room + sender % per_room])
+        world.turn()
+    sent = turns * per_turn
+    deliveries = sent * members
+    cpu = time.process_time() - start
+    return {
+        "messages": sent,
+        "deliveries": deliveries,
+        "ns_per_message": 1e9 * cpu / sent,
+        "ns_per_delivery": 1e9 * cpu / deliveries,
+        "writes": world.writes,
+    }
+
+
 SHAPES = {
     # name: (members per room, rooms, messages per read, reads)
     "small": (2, 24, 50, 200),  # 2-member rooms, many messages per read (small-room ceiling)
@@ -125,6 +161,8 @@ SHAPES = {
     "big": (1000, 1, 10, 100),  # one 1,000-member room
     # users arriving, each joining 5 of 24 rooms, 50 joins per turn (--scale: users)
     "joinstorm": (5, 24, 50, 2000),
+    # 2,400 users in 5 of 24 rooms (500 members each), 120 messages per turn (--scale: turns)
+    "crowd": (5, 24, 120, 200),
 }
 
 
@@ -146,11 +184,19 @@ def main() -> None:
             (
                 joinstorm(reads, rooms, members, per_read)
                 if shape == "joinstorm"
+                else crowd(reads, 2400, rooms, members, per_read)
+                if shape == "crowd"
                 else run(shape, members, rooms, per_read, reads)
                 for _ in range(args.repeat)
             ),
             key=lambda r: r["ns_per_message"],
         )
+        if shape == "crowd":
+            print(
+                f"{shape:6} 2400 users x {members} of {rooms} rooms, {per_read} msgs/turn: "
+                f"{best['ns_per_message']:8.0f} ns/message, {best['ns_per_delivery']:6.0f} ns/delivery"
+            )
+            continue
         if shape == "joinstorm":
             print(
                 f"{shape:6} {reads:5} users x {members} of {rooms} rooms, {per_read} joins/turn: "

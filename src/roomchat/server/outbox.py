@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from roomchat.server.stats import ServerStats
@@ -56,7 +56,7 @@ class _Flushable(Protocol):
 
 
 class _Room(Protocol):
-    """What the outbox needs of a room: the mailboxes it fanned out to, and the bytes it
+    """What the outbox needs of a room: the mailboxes it fans out to, and the bytes it
     fanned out to each, this turn and before (kept here, counted by the room)."""
 
     turn_bytes: int
@@ -64,6 +64,12 @@ class _Room(Protocol):
 
     @property
     def members(self) -> Sequence[_Flushable]: ...
+
+    def distribute(self) -> None:
+        """Queue the turn's events for the members."""
+
+    def hand_over(self, member: Mailbox) -> None:
+        """Queue for one member now what the turn has for it so far."""
 
 
 class Mailbox:
@@ -77,6 +83,7 @@ class Mailbox:
         "_write",
         "enqueue",
         "key",
+        "rooms",
         "user_id",
         "v2",
     )
@@ -89,6 +96,8 @@ class Mailbox:
         #: Identifies the session everywhere (presence keys, join markers on the bus).
         self.key = key
         self._pending: list[bytes] = []
+        #: The rooms fanning out to this session (kept by the rooms).
+        self.rooms: list[_Room] = []
         #: Queue bytes for this session; rooms call it once per delivery. It is the list's
         #: own ``append``, so a fan-out runs no Python code per recipient.
         self.enqueue: Callable[[bytes], None] = self._pending.append
@@ -108,7 +117,11 @@ class Mailbox:
         return sum(map(len, self._pending))
 
     def send(self, data: bytes) -> None:
-        """Queue an event for this session alone, written by the end of the turn."""
+        """Queue an event for this session alone, written by the end of the turn, after
+        what its rooms queued for it before (they keep a turn's events until its end)."""
+        if self.rooms and self._outbox.fanned_out:
+            for room in self.rooms:
+                room.hand_over(self)
         if not self._own:
             self._outbox.add(self)
         self._pending.append(data)
@@ -126,7 +139,10 @@ class Mailbox:
             self._outbox.add(self)
 
     def flush(self) -> None:
-        """Write what is pending in one call now (or drop it if the mailbox is closed)."""
+        """Write what is pending, and what its rooms have for it this turn, in one call
+        now (or drop it if the mailbox is closed)."""
+        for room in self.rooms:
+            room.hand_over(self)
         self._stats.writes += 1
         self.write_out()
 
@@ -168,7 +184,7 @@ class Outbox:
         "_mailboxes",
         "_poller",
         "_priority",
-        "_rooms",
+        "fanned_out",
         "_scheduled",
         "_turn_began",
         "_turn_started",
@@ -188,8 +204,8 @@ class Outbox:
         self.stats = stats if stats is not None else ServerStats()
         self._turn_began = 0.0  # when this turn first queued output (the flush is due)
         self._mailboxes: list[Mailbox] = []
-        # The rooms that fanned out this turn (a dict: each once, in order).
-        self._rooms: dict[_Room, None] = {}
+        #: The rooms that fanned out this turn (a dict: each once, in order).
+        self.fanned_out: dict[_Room, None] = {}
         self._scheduled = False
         self._window = window
         self._turn_started = 0.0
@@ -238,32 +254,35 @@ class Outbox:
         queued = room.turn_bytes + size
         room.turn_bytes = queued
         if queued == size:  # its first fan-out this turn (or since an early write)
-            self._rooms[room] = None
+            self.fanned_out[room] = None
             self._schedule()
         elif queued > FLUSH_AT:
             room.fanned_bytes += queued
             room.turn_bytes = 0
+            room.distribute()
             for member in room.members:
                 member.flush()
 
     def flush(self) -> None:
         self._scheduled = False
-        rooms, self._rooms = self._rooms, {}
+        rooms, self.fanned_out = self.fanned_out, {}
         mailboxes, self._mailboxes = self._mailboxes, []
-        # One write counted per write_out call, per room and not per write (write_out
-        # takes back the rare one that writes nothing: already written through another
-        # room this turn, or closed).
-        writes = len(mailboxes)
         for room in rooms:
             room.fanned_bytes += room.turn_bytes
             room.turn_bytes = 0
-            members = room.members
-            writes += len(members)
-            for member in members:
-                member.write_out()
-        for mailbox in mailboxes:
+            room.distribute()
+        # Each mailbox once, though it may be in several of the rooms (a set, built in C).
+        if len(rooms) == 1 and not mailboxes:
+            targets: Collection[_Flushable] = next(iter(rooms)).members
+        else:
+            targets = set(mailboxes)
+            for room in rooms:
+                targets.update(room.members)
+        # One write counted per write_out call (write_out takes back the rare one that
+        # writes nothing: its rooms had nothing for it this turn, or it is closed).
+        for mailbox in targets:
             mailbox.write_out()
-        self.stats.writes += writes
+        self.stats.writes += len(targets)
         if self._turn_began:
             # From the turn's first queued output to its last write (roomchat_turn_seconds
             # in docs/operating.md): the routing and writing of one turn, per turn.

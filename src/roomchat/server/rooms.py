@@ -108,6 +108,12 @@ class Member(Protocol):
         """Whether the session speaks version 2 (fixed before its first join)."""
         ...
 
+    @property
+    def rooms(self) -> list[ChatRoom]:
+        """The rooms fanning out to this member (kept by the rooms): what they queued for
+        it this turn is handed over before an event of its own (Mailbox.send)."""
+        ...
+
     def send(self, data: bytes) -> None:
         """Queue an event for this member alone and see that it is written this turn."""
 
@@ -128,8 +134,10 @@ JoinCallback = Callable[["UserSessionHandle | RoomError"], None]
 
 
 def _no_outbox(room: ChatRoom, size: int) -> None:
-    """The fan-out hook without an outbox (tests): keeps the count the outbox would."""
+    """The fan-out hook without an outbox (benchmarks): every fan-out reaches the members
+    at once, and the count is kept as the outbox would."""
     room.fanned_bytes += size
+    room.distribute()
 
 
 class RoomError(Exception):
@@ -187,7 +195,10 @@ class ChatRoom:
         "_members2",
         "_numbered_here",
         "_publish",
+        "_skip",
         "_stats",
+        "_turn",
+        "_turn2",
         "description",
         "fanned_bytes",
         "history_size",
@@ -212,6 +223,12 @@ class ChatRoom:
         # in the first, v2 sessions in the second (they get other bytes).
         self._members: dict[Member, Callable[[bytes], None]] = {}
         self._members2: dict[Member, Callable[[bytes], None]] = {}
+        # This turn's events, queued for every member at once when the turn ends
+        # (distribute): v1 bytes and v2 bytes. A member added during the turn, or handed
+        # its share early (hand_over), skips the first _skip[member] of them.
+        self._turn: list[bytes] = []
+        self._turn2: list[bytes] = []
+        self._skip: dict[Member, int] = {}
         #: The room's latest sequence number (as this instance knows it).
         self.seq = 0
         #: Bytes of v1 events fanned out to each member, this turn and before (kept by
@@ -314,10 +331,8 @@ class ChatRoom:
         """A run of messages (one or more v1 ``user_message`` lines, from one sender)
         whose place in the room's order is decided here (the in-process bus): number
         them, queue them for every local member, keep them. The hot path: per v1 member,
-        one C-level list append for the whole run, and nothing counted (``seq`` is)."""
-        members = self._members
-        for enqueue in members.values():
-            enqueue(event)
+        one append to the turn's events, and nothing counted (``seq`` is)."""
+        self._turn.append(event)
         count = event.count(b"\n")
         first = self.seq + 1
         self.seq += count
@@ -327,14 +342,12 @@ class ChatRoom:
 
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
         """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
-        members = self._members
-        for enqueue in members.values():
-            enqueue(event)
+        self._turn.append(event)
         count = event.count(b"\n")
         # Redis's numbers may jump (events of the room while nobody here was in it; local
         # numbers during an outage): count what is due before, and this run, at once.
         due = self.seq - self._counted + count
-        self._stats.delivered += (len(members) + len(self._members2)) * due
+        self._stats.delivered += (len(self._members) + len(self._members2)) * due
         self.seq = self._counted = seq + count - 1
         if self._history is not None or self._members2:
             self._keep(seq, count, ts, event)
@@ -355,21 +368,85 @@ class ChatRoom:
             event2 = b"".join(
                 [line[: line.rindex(b"}")] + encode_tail_v2(seq, ts) for seq, ts, line in entries]
             )
-            for enqueue in members2.values():
-                enqueue(event2)
+            self._turn2.append(event2)
             self._stats.sent += len(event2) * len(members2)
 
     def announce(self, event: bytes) -> None:
         """A ``room_participation`` (v1 line) for every local member; v2 ones get ``ts``."""
-        for enqueue in self._members.values():
-            enqueue(event)
+        self._turn.append(event)
         if self._members2:
             event2 = event[:-_TAIL_LENGTH] + encode_ts_tail_v2(now_ms())
-            for enqueue in self._members2.values():
-                enqueue(event2)
+            self._turn2.append(event2)
             self._stats.sent += len(event2) * len(self._members2)
         self._stats.delivered += len(self._members) + len(self._members2)  # not numbered
         self._fanned_out(self, len(event))
+
+    # -- the turn's events ---------------------------------------------------------------
+    def distribute(self) -> None:
+        """Queue the turn's events for every member: one append per member, of the turn's
+        bytes joined, however many events the turn had (Outbox.flush, at the turn's end).
+        A member added during the turn, or handed its share early, gets only the rest."""
+        skip = self._skip
+        late: list[tuple[dict[Member, Callable[[bytes], None]], Member, Callable]] = []
+        if skip:
+            for member, start in skip.items():
+                members, turn = self._members, self._turn
+                if member not in members:
+                    members, turn = self._members2, self._turn2
+                enqueue = members.pop(member)  # out of the loops below for now
+                if start < len(turn):
+                    enqueue(b"".join(turn[start:]))
+                late.append((members, member, enqueue))
+            skip.clear()
+        turn = self._turn
+        if turn:
+            data = turn[0] if len(turn) == 1 else b"".join(turn)
+            turn.clear()
+            for enqueue in self._members.values():
+                enqueue(data)
+        turn = self._turn2
+        if turn:
+            data = turn[0] if len(turn) == 1 else b"".join(turn)
+            turn.clear()
+            for enqueue in self._members2.values():
+                enqueue(data)
+        for members, member, enqueue in late:
+            members[member] = enqueue
+
+    def hand_over(self, member: Member) -> None:
+        """Queue for ``member`` now what the turn has for it so far, so that an event of
+        its own (Mailbox.send) does not overtake them."""
+        enqueue = self._members.get(member)
+        turn = self._turn
+        if enqueue is None:
+            enqueue = self._members2.get(member)
+            turn = self._turn2
+            if enqueue is None:
+                return
+        start = self._skip.get(member, 0)
+        if start < len(turn):
+            enqueue(b"".join(turn[start:]))
+            self._skip[member] = len(turn)
+
+    def _add(self, member: Member, enqueue: Callable[[bytes], None], v2: bool) -> None:
+        """Fan out to ``member`` from here on (not the turn's events before this)."""
+        turn = self._turn2 if v2 else self._turn
+        (self._members2 if v2 else self._members)[member] = enqueue
+        if turn:
+            self._skip[member] = len(turn)
+        rooms = member.rooms
+        if self not in rooms:
+            rooms.append(self)
+
+    def _discard(self, member: Member) -> bool:
+        """Stop fanning out to ``member``, once it has what the turn queued for it so
+        far; whether it was a member."""
+        self.hand_over(member)
+        if self._members.pop(member, None) is None and self._members2.pop(member, None) is None:
+            return False
+        self._skip.pop(member, None)
+        member.rooms.remove(self)
+        return True
 
     # -- joining -------------------------------------------------------------------------
     def begin_join(
@@ -397,9 +474,8 @@ class ChatRoom:
         joining.marked = True
         if joining.users is None:
             # Receive from here on, but hold it back until user_joined_room goes first.
-            members = self._members2 if joining.v2 else self._members
             self._count()
-            members[joining.member] = joining.held.append
+            self._add(joining.member, joining.held.append, joining.v2)
             if joining.v2 and joining.snapshot is None:
                 joining.snapshot = self.snapshot()
             if announcement is not None:
@@ -429,9 +505,8 @@ class ChatRoom:
         joining = self._joining.pop(key, None)
         if joining is not None:
             self._count()
+            self._discard(joining.member)
             self._drop_held(joining)
-            self._members.pop(joining.member, None)
-            self._members2.pop(joining.member, None)
             joining.done(error)
 
     def _admit(self, joining: _Joining) -> None:
@@ -440,19 +515,16 @@ class ChatRoom:
         del self._joining[member.key]
         assert joining.users is not None
         self._count()
+        self._discard(member)  # held back from the marker on (if it came first)
         self._drop_held(joining)  # sent again below
         member.send(encode(UserJoinedRoom(self.name, joining.users)))
         if joining.v2:
             snapshot = joining.snapshot or self.snapshot()
             request = joining.request or HistoryRequest()
             member.send(history_event(self.name, snapshot, request, self.history_size))
-            for event in joining.held:
-                member.send(event)
-            self._members2[member] = member.enqueue
-            return
         for event in joining.held:
             member.send(event)
-        self._members[member] = member.enqueue
+        self._add(member, member.enqueue, joining.v2)
 
     def remove(self, member: Member) -> bool:
         """Stop fanning out to a member (joined or joining); whether it was here."""
@@ -460,11 +532,10 @@ class ChatRoom:
         joining = self._joining.get(member.key)
         if joining is not None and joining.member is member:
             del self._joining[member.key]
+            self._discard(member)
             self._drop_held(joining)
-            self._members.pop(member, None)
-            self._members2.pop(member, None)
             return True
-        if self._members.pop(member, None) is None and self._members2.pop(member, None) is None:
+        if not self._discard(member):
             return False
         # What this room queued for it this turn is no longer flushed through the room.
         member.flush_soon()
