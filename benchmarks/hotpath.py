@@ -194,7 +194,8 @@ def main() -> None:
         if shape == "crowd":
             print(
                 f"{shape:6} 2400 users x {members} of {rooms} rooms, {per_read} msgs/turn: "
-                f"{best['ns_per_message']:8.0f} ns/message, {best['ns_per_delivery']:6.0f} ns/delivery"
+                f"{best['ns_per_message']:8.0f} ns/message, "
+                f"{best['ns_per_delivery']:6.0f} ns/delivery"
             )
             continue
         if shape == "joinstorm":

@@ -238,12 +238,12 @@ class LatePresence:
             if self.hold_left:
                 self.held.append((room, event))
             else:
-                room.post(event)
+                room.announce(event)
 
     def release_left(self) -> None:
         held, self.held = self.held, []
         for room, event in held:
-            room.post(event)
+            room.announce(event)
 
     def users(self, room: ChatRoom) -> tuple[str, ...]:
         return tuple(self.registry.get(room, {}))

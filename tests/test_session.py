@@ -172,6 +172,54 @@ def test_one_write_per_session_per_turn(world: World) -> None:
     ]
 
 
+# --- a turn's events: a room keeps them, each member gets them once, at the turn's end --
+
+
+def test_a_session_joining_during_a_turn_gets_only_what_follows_its_join(world: World) -> None:
+    alice, bob = world.client("alice"), world.client("bob")
+    carol = world.client("carol")
+    in_room(world, "general", alice, bob)
+    alice.feed(SendMessage("general", "before"), turn=False)
+    carol.feed(JoinRoom("general"), turn=False)
+    alice.feed(SendMessage("general", "after"))  # the turn ends
+    assert carol.events() == [
+        users_of("general", "alice", "bob", "carol"),
+        joined("general", "carol"),
+        said("general", "alice", "after"),
+    ]
+    everyone_saw = [said("general", "alice", "before"), joined("general", "carol")]
+    assert bob.events() == [*everyone_saw, said("general", "alice", "after")]
+    assert len(carol.writes) == 1 + 1  # the login, then the whole turn in one write
+
+
+def test_a_session_leaving_during_a_turn_gets_what_came_before_its_leave(world: World) -> None:
+    alice, bob, carol = world.client("alice"), world.client("bob"), world.client("carol")
+    in_room(world, "general", alice, bob, carol)
+    alice.feed(SendMessage("general", "1"), turn=False)
+    bob.feed(LeaveRoom("general"), turn=False)
+    alice.feed(SendMessage("general", "2"))
+    assert bob.events() == [said("general", "alice", "1")]
+    expected = [
+        said("general", "alice", "1"),
+        left("general", "bob"),
+        said("general", "alice", "2"),
+    ]
+    assert carol.events() == expected
+    assert alice.events() == expected
+
+
+def test_an_event_of_its_own_does_not_overtake_a_rooms_events(world: World) -> None:
+    alice, bob = world.client("alice"), world.client("bob")
+    in_room(world, "general", alice, bob)
+    alice.feed(SendMessage("general", "hi"), turn=False)
+    bob.feed(JoinRoom("python"))  # its reply is queued after "hi", in the same turn
+    assert bob.events() == [
+        said("general", "alice", "hi"),
+        users_of("python", "bob"),
+        joined("python", "bob"),
+    ]
+
+
 def test_quit_leaves_every_room_flushes_then_closes(world: World) -> None:
     alice, bob = world.client("alice"), world.client("bob")
     in_room(world, "general", alice, bob)

@@ -39,7 +39,7 @@ from typing import Protocol
 
 from roomchat.server.stats import ServerStats
 
-__all__ = ["FLUSH_AT", "Mailbox", "Outbox", "Writer"]
+__all__ = ["FLUSH_AT", "FanOutRoom", "Mailbox", "Outbox", "Writer"]
 
 #: A room that fans out more than this in one turn has its members written at once, so
 #: that one turn's burst cannot pile up unbounded before the slow-consumer check (the
@@ -55,7 +55,7 @@ class _Flushable(Protocol):
     def write_out(self) -> None: ...
 
 
-class _Room(Protocol):
+class FanOutRoom(Protocol):
     """What the outbox needs of a room: the mailboxes it fans out to, and the bytes it
     fanned out to each, this turn and before (kept here, counted by the room)."""
 
@@ -97,7 +97,7 @@ class Mailbox:
         self.key = key
         self._pending: list[bytes] = []
         #: The rooms fanning out to this session (kept by the rooms).
-        self.rooms: list[_Room] = []
+        self.rooms: list[FanOutRoom] = []
         #: Queue bytes for this session; rooms call it once per delivery. It is the list's
         #: own ``append``, so a fan-out runs no Python code per recipient.
         self.enqueue: Callable[[bytes], None] = self._pending.append
@@ -184,11 +184,11 @@ class Outbox:
         "_mailboxes",
         "_poller",
         "_priority",
-        "fanned_out",
         "_scheduled",
         "_turn_began",
         "_turn_started",
         "_window",
+        "fanned_out",
         "pauses",
         "stats",
     )
@@ -205,7 +205,7 @@ class Outbox:
         self._turn_began = 0.0  # when this turn first queued output (the flush is due)
         self._mailboxes: list[Mailbox] = []
         #: The rooms that fanned out this turn (a dict: each once, in order).
-        self.fanned_out: dict[_Room, None] = {}
+        self.fanned_out: dict[FanOutRoom, None] = {}
         self._scheduled = False
         self._window = window
         self._turn_started = 0.0
@@ -249,7 +249,7 @@ class Outbox:
         self._mailboxes.append(mailbox)
         self._schedule()
 
-    def room_fanned_out(self, room: _Room, size: int) -> None:
+    def room_fanned_out(self, room: FanOutRoom, size: int) -> None:
         """A room enqueued ``size`` bytes to each of its members."""
         queued = room.turn_bytes + size
         room.turn_bytes = queued

@@ -62,6 +62,7 @@ from roomchat.server.stats import ServerStats
 
 if TYPE_CHECKING:
     from roomchat.server.bus import Bus
+    from roomchat.server.outbox import FanOutRoom
     from roomchat.server.presence import Presence
 
 __all__ = [
@@ -109,7 +110,12 @@ class Member(Protocol):
         ...
 
     @property
-    def rooms(self) -> list[ChatRoom]:
+    def closed(self) -> bool:
+        """Nothing more reaches the session (what is queued for it is dropped)."""
+        ...
+
+    @property
+    def rooms(self) -> list[FanOutRoom]:
         """The rooms fanning out to this member (kept by the rooms): what they queued for
         it this turn is handed over before an event of its own (Mailbox.send)."""
         ...
@@ -387,7 +393,8 @@ class ChatRoom:
         bytes joined, however many events the turn had (Outbox.flush, at the turn's end).
         A member added during the turn, or handed its share early, gets only the rest."""
         skip = self._skip
-        late: list[tuple[dict[Member, Callable[[bytes], None]], Member, Callable]] = []
+        late: list[tuple[dict[Member, Callable[[bytes], None]], Member, Callable[[bytes], None]]]
+        late = []
         if skip:
             for member, start in skip.items():
                 members, turn = self._members, self._turn
@@ -440,8 +447,17 @@ class ChatRoom:
 
     def _discard(self, member: Member) -> bool:
         """Stop fanning out to ``member``, once it has what the turn queued for it so
-        far; whether it was a member."""
-        self.hand_over(member)
+        far; whether it was a member. A closed member's share is only taken off the
+        bytes counted (a wave of disconnections must not copy the turn once each)."""
+        if member.closed:
+            turn = self._turn2 if member in self._members2 else self._turn
+            start = self._skip.get(member, 0)
+            if start < len(turn):
+                # turn_bytes is the size of _turn (kept by the outbox with it).
+                whole = start == 0 and turn is self._turn and self.turn_bytes
+                self._stats.sent -= whole or sum(map(len, turn[start:]))
+        else:
+            self.hand_over(member)
         if self._members.pop(member, None) is None and self._members2.pop(member, None) is None:
             return False
         self._skip.pop(member, None)

@@ -345,8 +345,8 @@ class Session:
         """The connection is gone: leave every room (the others see "left")."""
         self.closed = True
         self._backlog.clear()
+        self.mailbox.close()  # first: the rooms then drop its share of the turn at once
         self._leave_all()
-        self.mailbox.close()
         self._release()
 
     def _release(self) -> None:
@@ -671,7 +671,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self._leave_all()
         self.mailbox.close()
+        self._leave_all()
         self._release()
         self._connection.abort(reason)
