@@ -27,6 +27,9 @@ from roomchat.protocol import (
     UserJoinedRoom,
     UserMessage,
     encode,
+    encode_user,
+    encode_user_joined_room,
+    encode_users,
 )
 
 Result = Message | BadLine | LineTooLong
@@ -482,3 +485,16 @@ def test_arbitrary_chunking_gives_same_results(
     whole = feed_whole(CommandDecoder(limit), blob)
     assert feed_chunks(CommandDecoder(limit), blob, cuts) == whole
     assert feed_bytewise(CommandDecoder(limit), blob) == whole
+
+
+@given(
+    room=st.text(max_size=20),
+    users=st.lists(st.text(max_size=12), unique=True, max_size=30),
+)
+def test_a_user_list_kept_encoded_gives_the_same_bytes(room: str, users: list[str]) -> None:
+    # The in-process presence keeps each room's list as encode_users gives it and grows it
+    # id by id; either way user_joined_room is byte for byte what encode() writes.
+    expected = encode(UserJoinedRoom(room, tuple(users)))
+    assert encode_user_joined_room(room, encode_users(users)) == expected
+    grown = b",".join(encode_user(user) for user in users)
+    assert encode_user_joined_room(room, grown) == expected

@@ -15,6 +15,9 @@ from roomchat.protocol.codec import (
     encode_head,
     encode_tail_v2,
     encode_ts_tail_v2,
+    encode_user,
+    encode_user_joined_room,
+    encode_users,
     v1_of,
 )
 from roomchat.protocol.messages import (
@@ -115,6 +118,9 @@ __all__ = [
     "encode_head",
     "encode_tail_v2",
     "encode_ts_tail_v2",
+    "encode_user",
+    "encode_user_joined_room",
+    "encode_users",
     "name_key",
     "v1_of",
     "valid_name",

@@ -6,6 +6,7 @@ messages out (docs/architecture.md: the layers only point one way).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +21,7 @@ from roomchat.protocol.messages import (
     Message,
     Quit,
     SendMessage,
+    UserJoinedRoom,
 )
 
 __all__ = [
@@ -34,6 +36,9 @@ __all__ = [
     "encode_head",
     "encode_tail_v2",
     "encode_ts_tail_v2",
+    "encode_user",
+    "encode_user_joined_room",
+    "encode_users",
     "v1_of",
 ]
 
@@ -57,6 +62,24 @@ def _decoder_for(message_type: Any) -> msgspec.json.Decoder[Any]:
 def encode(message: Message) -> bytes:
     """Serialise one message as its wire line: the exact JSON of docs/protocol.md + CRLF."""
     return _encoder.encode(message) + b"\r\n"
+
+
+def encode_user(user_id: str) -> bytes:
+    """One user id as it appears in a ``user_joined_room`` list (a JSON string)."""
+    return _encoder.encode(user_id)
+
+
+def encode_users(users: Iterable[str]) -> bytes:
+    """The inside of a ``user_joined_room`` list: the ids' JSON strings, comma-separated
+    (``b'"alice","bob"'``). A list kept in this form grows by ``b"," + encode_user(id)``."""
+    return _encoder.encode(tuple(users))[1:-1]
+
+
+def encode_user_joined_room(room: str, users: bytes) -> bytes:
+    """``encode(UserJoinedRoom(room, ids))`` from ``encode_users(ids)``: a big room's list
+    is kept encoded and copied per join rather than encoded again."""
+    head, _, tail = encode(UserJoinedRoom(room, ())).rpartition(b"[]")
+    return b"".join((head, b"[", users, b"]", tail))
 
 
 #: What follows a message's last field value on the wire.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from roomchat.protocol import RoomParticipation, encode
+from roomchat.protocol import RoomParticipation, encode, encode_user, encode_users
 
 if TYPE_CHECKING:
     from roomchat.server.rooms import ChatRoom, Member
@@ -45,12 +45,18 @@ class Presence(Protocol):
 
 
 class MemoryPresence:
-    """The registry in this process: room -> user id -> number of its sessions there."""
+    """The registry in this process: room -> user id -> number of its sessions there.
 
-    __slots__ = ("_rooms",)
+    Each room's user list is also kept encoded, as the ``user_joined_room`` of every
+    join carries it: a new user appends its id, a leave drops the list (encoded again at
+    the next join). A join into a room of thousands copies the list instead of encoding
+    thousands of ids (a join storm's main cost after the writes)."""
+
+    __slots__ = ("_listed", "_rooms")
 
     def __init__(self) -> None:
         self._rooms: dict[ChatRoom, dict[str, int]] = {}
+        self._listed: dict[ChatRoom, bytearray] = {}  # room -> encode_users(its users)
 
     def join(self, room: ChatRoom, member: Member) -> None:
         users = self._rooms.get(room)
@@ -59,7 +65,14 @@ class MemoryPresence:
         user_id = member.user_id
         sessions = users.get(user_id, 0)
         users[user_id] = sessions + 1
-        room.join_reply(member.key, users)
+        listed = self._listed.get(room)
+        if listed is None:
+            listed = self._listed[room] = bytearray(encode_users(users))
+        elif not sessions:
+            if listed:
+                listed += b","
+            listed += encode_user(user_id)
+        room.join_reply(member.key, bytes(listed))
         room.join_marker(member.key, None if sessions else joined_event(room.name, user_id))
 
     def leave(self, room: ChatRoom, member: Member) -> None:
@@ -72,6 +85,7 @@ class MemoryPresence:
             users[user_id] = sessions
         else:
             del users[user_id]
+            self._listed.pop(room, None)
             room.announce(left_event(room.name, user_id))
 
     def users(self, room: ChatRoom) -> tuple[str, ...]:

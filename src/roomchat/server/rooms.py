@@ -50,12 +50,12 @@ from roomchat.protocol import (
     MESSAGE_TAIL,
     RoomDetail,
     SendMessage,
-    UserJoinedRoom,
     UserMessage,
-    encode,
     encode_head,
     encode_tail_v2,
     encode_ts_tail_v2,
+    encode_user_joined_room,
+    encode_users,
 )
 from roomchat.server.history import Entry, HistoryRequest, Snapshot, history_event
 from roomchat.server.stats import ServerStats
@@ -172,7 +172,7 @@ class _Joining:
         self.done = done
         self.v2 = getattr(member, "v2", False)
         self.request = request  # v2: what history the joiner asked for
-        self.users: tuple[str, ...] | None = None  # the reply, once it came
+        self.users: bytes | None = None  # the reply, once it came (encode_users)
         self.snapshot: Snapshot | None = None  # v2: the history at the join's place
         self.marked = False  # the marker came: events from here on are the joiner's
         self.held: list[bytes] = []  # events after the marker, before the reply
@@ -503,14 +503,17 @@ class ChatRoom:
         # Last: the session may carry on with its next commands (even quit) from here.
         joining.done(UserSessionHandle(self, joining.member))
 
-    def join_reply(self, key: str, users: Iterable[str], snapshot: Snapshot | None = None) -> None:
-        """Presence's answer: the room's users (each once) right after the join, and
-        (Redis) the room's history at the join's place in its order. Without one, a v2
-        joiner gets what this instance holds when the marker comes."""
+    def join_reply(
+        self, key: str, users: Iterable[str] | bytes, snapshot: Snapshot | None = None
+    ) -> None:
+        """Presence's answer: the room's users (each once) right after the join, as ids
+        or already as :func:`~roomchat.protocol.encode_users` gives them, and (Redis) the
+        room's history at the join's place in its order. Without one, a v2 joiner gets
+        what this instance holds when the marker comes."""
         joining = self._joining.get(key)
         if joining is None:
             return
-        joining.users = tuple(users)
+        joining.users = users if isinstance(users, bytes) else encode_users(users)
         if snapshot is not None:
             joining.snapshot = snapshot
         if joining.marked:
@@ -533,7 +536,7 @@ class ChatRoom:
         self._count()
         self._discard(member)  # held back from the marker on (if it came first)
         self._drop_held(joining)  # sent again below
-        member.send(encode(UserJoinedRoom(self.name, joining.users)))
+        member.send(encode_user_joined_room(self.name, joining.users))
         if joining.v2:
             snapshot = joining.snapshot or self.snapshot()
             request = joining.request or HistoryRequest()
