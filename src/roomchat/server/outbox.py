@@ -3,15 +3,18 @@
 The :class:`Outbox` owns one :class:`Mailbox` per session. A mailbox is the only place
 a session's unsent bytes live, and only the outbox empties it:
 
-- rooms queue an event for a member with ``mailbox.enqueue(bytes)``, which *is* the
-  pending list's C-level ``append`` (no Python call per recipient), then tell the outbox
-  once per fan-out with :meth:`Outbox.room_fanned_out`;
+- a room keeps the turn's events and tells the outbox once per fan-out
+  (:meth:`Outbox.room_fanned_out`); at the end of the turn the outbox has it
+  *distribute* them: the turn's bytes, joined, to each member with
+  ``mailbox.enqueue(bytes)``, which *is* the pending list's C-level ``append`` (no Python
+  call per recipient, one per member however many events the turn had);
 - a session queues an event of its own (its login, the reply to a join) with
-  :meth:`Mailbox.send`, which also makes sure the outbox writes it this turn.
+  :meth:`Mailbox.send`, which first takes what its rooms hold for it this turn (so it
+  overtakes none of their events) and makes sure the outbox writes it this turn.
 
-At the end of the turn :meth:`Outbox.flush` joins each mailbox's list and hands it to the
-connection's ``write`` in one call, however many events the turn produced: at high rates
-this is what saves the server from one syscall per event.
+At the end of the turn :meth:`Outbox.flush` then joins each mailbox's list and hands it
+to the connection's ``write`` in one call, visiting each mailbox once: at high rates this
+is what saves the server from one syscall per event.
 
 Counting (``/metrics``, docs/operating.md) costs nothing per write: bytes out are counted
 where they are queued (a room's fan-outs by the room, from the bytes per member the outbox

@@ -13,8 +13,13 @@
   hands it back to leave.
 
 A member is a :class:`~roomchat.server.outbox.Mailbox`: rooms reach it only through its
-``enqueue`` (a fan-out, one C-level list append per recipient) and ``send`` (an event of
-its own, such as the reply to a join).
+``enqueue`` and ``send`` (an event of its own, such as the reply to a join). A room keeps
+the turn's events (``_turn``) and, when the outbox flushes, *distributes* them: one
+C-level list append per member of the turn's bytes joined, however many messages and
+announcements the turn had. A member added during the turn skips what came before it; a
+member's own event or leave first takes what the turn holds for it
+(:meth:`ChatRoom.hand_over`), so each room's order is kept exactly (across rooms nothing
+is ordered).
 
 Joining takes two facts, which may come in either order (with Redis they travel on two
 connections): the *reply* (the room's users at the moment of the join, for
@@ -23,15 +28,15 @@ Events of the room fanned out between the two are kept for the joiner and handed
 after its ``user_joined_room``, so it sees exactly the events after its join, in order.
 
 Version 2 (docs/protocol.md): a room keeps two member dicts, v1 sessions and v2 sessions.
-A message fans out to the v1 ones exactly as before (the v1 line, one C-level append
-each); only when the room has v2 members are the v2 bytes built, once per event (the v1
-line with ``,"q":N,"ts":T`` for a tail). Every message gets the room's next sequence
-number where its order is decided: in :meth:`ChatRoom.fan_out` in-process (the memory
-bus's publisher *is* ``fan_out``), in Redis with the Redis bus (which hands the number
-over through :meth:`ChatRoom.deliver`). The last ``history`` messages are kept as
-``(seq, ts, v1 line)`` (history.py). A v2 join gets ``history`` between
-``user_joined_room`` and what was held back for it, taken at the join's place in the
-room's order (the :class:`~roomchat.server.history.Snapshot` given with the reply).
+A message goes to the v1 ones exactly as before (the v1 line); only when the room has v2
+members are the v2 bytes built, once per event (the v1 line with ``,"q":N,"ts":T`` for a
+tail), and kept in a second list of the turn's events (``_turn2``). Every message gets
+the room's next sequence number where its order is decided: in :meth:`ChatRoom.fan_out`
+in-process (the memory bus's publisher *is* ``fan_out``), in Redis with the Redis bus
+(which hands the number over through :meth:`ChatRoom.deliver`). The last ``history``
+messages are kept as ``(seq, ts, v1 line)`` (history.py). A v2 join gets ``history``
+between ``user_joined_room`` and what was held back for it, taken at the join's place in
+the room's order (the :class:`~roomchat.server.history.Snapshot` given with the reply).
 """
 
 from __future__ import annotations
@@ -336,8 +341,9 @@ class ChatRoom:
     def fan_out(self, event: bytes) -> None:
         """A run of messages (one or more v1 ``user_message`` lines, from one sender)
         whose place in the room's order is decided here (the in-process bus): number
-        them, queue them for every local member, keep them. The hot path: per v1 member,
-        one append to the turn's events, and nothing counted (``seq`` is)."""
+        them, queue them for every local member, keep them. The hot path: one append to
+        the turn's events (nothing per member until the turn ends: :meth:`distribute`),
+        and nothing counted (``seq`` is)."""
         self._turn.append(event)
         count = event.count(b"\n")
         first = self.seq + 1
