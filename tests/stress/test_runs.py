@@ -344,20 +344,23 @@ async def test_v2_run_counts_refused_hellos() -> None:
     assert report.errors_by_code == {"name_taken": 1}
 
 
-async def test_v2_against_a_v1_server_falls_back_and_says_so(server: ChatServer) -> None:
-    cfg = SteadyConfig(
-        port=server.port,
-        users=2,
-        rooms=2,
-        rooms_per_user=1,
-        rate=5,
-        duration=0.3,
-        warmup=0,
-        v2=True,
-    )
-    report = await run_in_process(cfg)
-    if report.protocol_version == 1:  # the server of today: no v2 yet
-        assert any("stayed in v1" in note for note in report.notes)
+async def test_v2_against_a_v1_server_falls_back_and_says_so() -> None:
+    # A server that does not speak v2 (as the original): its hello goes unanswered.
+    async with FakeV2Server() as v1_server:
+        v1_server.speaks_v2 = False
+        cfg = SteadyConfig(
+            port=v1_server.port,
+            users=2,
+            rooms=2,
+            rooms_per_user=1,
+            rate=5,
+            duration=0.3,
+            warmup=0,
+            v2=True,
+        )
+        report = await run_in_process(cfg)
+    assert report.protocol_version == 1
+    assert any("stayed in v1" in note for note in report.notes), report.notes
     assert_all_delivered(report, 2)
     assert report.errors_by_code == {}
 
