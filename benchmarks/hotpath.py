@@ -57,6 +57,16 @@ class World:
             callback()
 
 
+def result(world: World, cpu: float, messages: int, deliveries: int) -> dict[str, float]:
+    return {
+        "messages": messages,
+        "deliveries": deliveries,
+        "ns_per_message": 1e9 * cpu / messages,
+        "ns_per_delivery": 1e9 * cpu / deliveries,
+        "writes": world.writes,
+    }
+
+
 def run(shape: str, members: int, rooms: int, per_read: int, reads: int) -> dict[str, float]:
     world = World(rooms)
     sessions = [world.session(n) for n in range(members * rooms)]
@@ -82,13 +92,7 @@ def run(shape: str, members: int, rooms: int, per_read: int, reads: int) -> dict
         deliveries += per_read * len(senders) * members
         world.turn()
     cpu = time.process_time() - start
-    return {
-        "messages": sent,
-        "deliveries": deliveries,
-        "ns_per_message": 1e9 * cpu / sent,
-        "ns_per_delivery": 1e9 * cpu / deliveries,
-        "writes": world.writes,
-    }
+    return result(world, cpu, sent, deliveries)
 
 
 def joinstorm(users: int, rooms: int, per_room: int, per_turn: int) -> dict[str, float]:
@@ -109,13 +113,7 @@ def joinstorm(users: int, rooms: int, per_room: int, per_turn: int) -> dict[str,
             world.turn()
     world.turn()
     cpu = time.process_time() - start
-    return {
-        "messages": len(joins),
-        "deliveries": len(joins),
-        "ns_per_message": 1e9 * cpu / len(joins),
-        "ns_per_delivery": 1e9 * cpu / len(joins),
-        "writes": world.writes,
-    }
+    return result(world, cpu, len(joins), len(joins))
 
 
 def crowd(turns: int, users: int, rooms: int, per_room: int, per_turn: int) -> dict[str, float]:
@@ -145,13 +143,7 @@ def crowd(turns: int, users: int, rooms: int, per_room: int, per_turn: int) -> d
     sent = turns * per_turn
     deliveries = sent * members
     cpu = time.process_time() - start
-    return {
-        "messages": sent,
-        "deliveries": deliveries,
-        "ns_per_message": 1e9 * cpu / sent,
-        "ns_per_delivery": 1e9 * cpu / deliveries,
-        "writes": world.writes,
-    }
+    return result(world, cpu, sent, deliveries)
 
 
 SHAPES = {
