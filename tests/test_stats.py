@@ -79,6 +79,7 @@ class Run:
     def play(self, seed: int, steps: int, *, cut_off: bool) -> None:
         rnd = random.Random(seed)
         late = self.late
+        quitting: set[Session] = set()
         for _ in range(steps):
             live = [session for session in self.sessions if not session.closed]
             roll = rnd.random()
@@ -92,10 +93,15 @@ class Run:
                 count = rnd.choice([1, 1, 1, 3, 20])
                 content = "x" * rnd.choice([5, 50, 2000, 60000])  # 20 x 60 kB > FLUSH_AT
                 message = encode(SendMessage(rnd.choice(ROOMS), content))
-                self.sends += count
-                self.feed(rnd.choice(live), message * count)
+                sender = rnd.choice(live)
+                if sender not in quitting:  # (else it waits behind a join and a quit)
+                    self.sends += count
+                self.feed(sender, message * count)
             elif roll < 0.93:
-                self.feed(rnd.choice(live), encode(Quit()))
+                # Not closed yet if a join is in progress: commands fed after the quit
+                # are never carried out.
+                quitting.add(leaver := rnd.choice(live))
+                self.feed(leaver, encode(Quit()))
             elif cut_off:
                 session = rnd.choice(live)
                 if rnd.random() < 0.5:
