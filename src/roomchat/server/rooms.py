@@ -394,6 +394,15 @@ class ChatRoom:
         self._fanned_out(self, len(event))
 
     # -- the turn's events ---------------------------------------------------------------
+    def _side(self, member: Member) -> tuple[dict[Member, Callable[[bytes], None]], list[bytes]]:
+        """The member dict ``member`` is in and the turn's events it gets (v1 or v2);
+        a KeyError if it is in neither."""
+        if member in self._members:
+            return self._members, self._turn
+        if member in self._members2:
+            return self._members2, self._turn2
+        raise KeyError(member)
+
     def distribute(self) -> None:
         """Queue the turn's events for every member: one append per member, of the turn's
         bytes joined, however many events the turn had (Outbox.flush, at the turn's end).
@@ -403,14 +412,13 @@ class ChatRoom:
         late = []
         if skip:
             for member, start in skip.items():
-                members, turn = self._members, self._turn
-                if member not in members:
-                    members, turn = self._members2, self._turn2
+                members, turn = self._side(member)
                 enqueue = members.pop(member)  # out of the loops below for now
                 if start < len(turn):
                     enqueue(b"".join(turn[start:]))
                 late.append((members, member, enqueue))
             skip.clear()
+        # Written out for v1 and v2 rather than looped over: this runs per room per turn.
         turn = self._turn
         if turn:
             data = turn[0] if len(turn) == 1 else b"".join(turn)
@@ -429,16 +437,13 @@ class ChatRoom:
     def hand_over(self, member: Member) -> None:
         """Queue for ``member`` now what the turn has for it so far, so that an event of
         its own (Mailbox.send) does not overtake them."""
-        enqueue = self._members.get(member)
-        turn = self._turn
-        if enqueue is None:
-            enqueue = self._members2.get(member)
-            turn = self._turn2
-            if enqueue is None:
-                return
+        try:
+            members, turn = self._side(member)
+        except KeyError:
+            return
         start = self._skip.get(member, 0)
         if start < len(turn):
-            enqueue(b"".join(turn[start:]))
+            members[member](b"".join(turn[start:]))
             self._skip[member] = len(turn)
 
     def _add(self, member: Member, enqueue: Callable[[bytes], None], v2: bool) -> None:
@@ -455,18 +460,19 @@ class ChatRoom:
         """Stop fanning out to ``member``, once it has what the turn queued for it so
         far; whether it was a member. A closed member's share is only taken off the
         bytes counted (a wave of disconnections must not copy the turn once each)."""
-        if member.closed:
-            turn = self._turn2 if member in self._members2 else self._turn
-            start = self._skip.get(member, 0)
-            if start < len(turn):
+        try:
+            members, turn = self._side(member)
+        except KeyError:
+            return False
+        enqueue = members.pop(member)
+        start = self._skip.pop(member, 0)
+        if start < len(turn):
+            if not member.closed:
+                enqueue(b"".join(turn[start:]))
+            else:
                 # turn_bytes is the size of _turn (kept by the outbox with it).
                 whole = start == 0 and turn is self._turn and self.turn_bytes
                 self._stats.sent -= whole or sum(map(len, turn[start:]))
-        else:
-            self.hand_over(member)
-        if self._members.pop(member, None) is None and self._members2.pop(member, None) is None:
-            return False
-        self._skip.pop(member, None)
         member.rooms.remove(self)
         return True
 
