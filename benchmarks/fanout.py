@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import MemoryBus
-from roomchat.server.rooms import RoomManager, UserSessionHandle
+from roomchat.server.core.rooms import RoomManager, UserSessionHandle
 
 
 class FakeMember:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 from roomchat.protocol import RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
-from roomchat.server.outbox import Outbox
-from roomchat.server.rooms import RoomManager
-from roomchat.server.session import Session
+from roomchat.server.core.outbox import Outbox
+from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.session import Session
 
 
 class _Quiet:

@@ -16,8 +16,8 @@ import time
 
 from roomchat.protocol import UserMessage, encode
 from roomchat.server.bus import scripts
-from roomchat.server.bus.redis import _RoomKeys
-from roomchat.server.bus.resp import command
+from roomchat.server.bus.redis.bus import _RoomKeys
+from roomchat.server.bus.redis.resp import command
 
 
 def _cpu(sock: socket.socket) -> float:

@@ -9,7 +9,7 @@ Shells:
 
 - ``tcp``: no WebSocket at all: the same clients over plain TCP lines (the baseline
   the WebSocket shells are compared with, in the same run);
-- ``websockets``: roomchat's server/web.py as it is: websockets 17's sans-I/O
+- ``websockets``: roomchat's server/shells/ws.py as it is: websockets 17's sans-I/O
   ``ServerProtocol`` for the handshake, control frames, fragments and errors; plain
   complete text frames read by roomchat's fast path; outgoing events framed by roomchat,
   all of a turn's events for a session in one write;
@@ -76,7 +76,7 @@ async def _serve(shell: str, window_us: int) -> None:
     if shell == "websockets-send_text":
         _library_framing()
     if shell == "websockets-parser":
-        from roomchat.server.web import WebConnection
+        from roomchat.server.shells.ws import WebConnection
 
         WebConnection.FAST_INPUT = False
     server = await ChatServer.start(config)
@@ -108,8 +108,8 @@ def _library_framing() -> None:
 async def _picows_listen(server: Any, *, batched: bool) -> int:
     from picows import WSListener, WSMsgType, ws_create_server
 
-    from roomchat.server.session import Session, new_session_id, new_user_id
-    from roomchat.server.web import frame_events
+    from roomchat.server.core.session import Session, new_session_id, new_user_id
+    from roomchat.server.shells.ws import frame_events
 
     hub = server.hub
 
@@ -403,7 +403,7 @@ def run_one(shell: str, shape: str, window_us: int, opts: argparse.Namespace) ->
 def deflate_cost() -> tuple[float, float]:
     """µs per delivery: roomchat's framing of a typical event, and permessage-deflate's
     compression of it (per connection: the event is compressed once per recipient)."""
-    from roomchat.server.web import frame_events
+    from roomchat.server.shells.ws import frame_events
 
     event = b'{"_et":"user_message","r":"general","u":"x3Ab_","c":"1234 ' + b"x" * 40 + b'"}'
     lines = event + b"\r\n"

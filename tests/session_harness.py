@@ -1,7 +1,7 @@
-"""Drive :class:`roomchat.server.session.Session` without sockets or an event loop.
+"""Drive :class:`roomchat.server.core.session.Session` without sockets or an event loop.
 
 - :class:`World`: a RoomManager on the in-process bus (or any Presence), and a real
-  :class:`~roomchat.server.outbox.Outbox` whose ``call_soon`` only queues the callback:
+  :class:`~roomchat.server.core.outbox.Outbox` whose ``call_soon`` only queues the callback:
   :meth:`World.turn` runs what was queued, i.e. ends the loop turn (the outbox flush).
 - :class:`Client`: one session with a real Mailbox whose writes are recorded, and a
   :class:`FakeConnection` recording what the session asked of its connection. Writes and
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from roomchat.protocol import EVENT_TYPES, Command, Event, EventDecoder, RoomDetail, encode
 from roomchat.server.bus import MemoryBus
-from roomchat.server.outbox import Outbox
-from roomchat.server.presence import Presence, joined_event, left_event
-from roomchat.server.rooms import ChatRoom, Member, RoomManager
-from roomchat.server.session import Session
+from roomchat.server.core.outbox import Outbox
+from roomchat.server.core.presence import Presence, joined_event, left_event
+from roomchat.server.core.rooms import ChatRoom, Member, RoomManager
+from roomchat.server.core.session import Session
 
 DETAILS = (
     RoomDetail("general", "Anything goes"),

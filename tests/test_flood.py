@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from roomchat.server.flood import HelloLimiter
+from roomchat.server.core.flood import HelloLimiter
 
 
 class Clock:

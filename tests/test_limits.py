@@ -24,7 +24,7 @@ import pytest
 
 from roomchat.protocol import UserMessage
 from roomchat.server import ChatServer, ServerConfig
-from roomchat.server.connection import Hub
+from roomchat.server.shells.tcp import Hub
 from tests.helpers import TIMEOUT, client_of, joined, messages, raw_socket, read_line
 
 LOG = "roomchat.server"

@@ -17,7 +17,7 @@ import pytest
 
 from roomchat.client import connect
 from roomchat.protocol import UserJoinedRoom
-from roomchat.server.logs import JsonFormatter
+from roomchat.server.ops.logs import JsonFormatter
 from tests.instances import spawn_serve
 from tests.test_cli import LISTENING, TIMEOUT, Served, assert_one_clean_line, run_roomchat
 

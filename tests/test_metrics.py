@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from roomchat.client import ChatClient
 from roomchat.protocol import RoomParticipation, UserMessage
 from roomchat.server import ChatServer, ServerConfig
-from roomchat.server.metrics import MAX_REQUEST
-from roomchat.server.stats import Histogram
+from roomchat.server.core.stats import Histogram
+from roomchat.server.ops.metrics import MAX_REQUEST
 from tests.helpers import (
     TIMEOUT,
     client_of,
@@ -225,7 +225,7 @@ async def test_unknown_path_bad_request_and_bounds(server: ChatServer) -> None:
 
 
 async def test_slow_request_times_out(server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("roomchat.server.metrics.REQUEST_TIMEOUT", 0.2)
+    monkeypatch.setattr("roomchat.server.ops.metrics.REQUEST_TIMEOUT", 0.2)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.metrics_port)
     writer.write(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
     answer = await asyncio.wait_for(reader.read(), TIMEOUT)

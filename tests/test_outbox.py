@@ -1,4 +1,4 @@
-"""The Outbox and its Mailboxes (server/outbox.py), without an event loop.
+"""The Outbox and its Mailboxes (server/core/outbox.py), without an event loop.
 
 The outbox's ``call_soon`` only records the callback: the test ends the turn by calling
 ``outbox.flush()`` itself. The coalescing-window tests measure time only as behaviour
@@ -17,8 +17,8 @@ import pytest
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import MemoryBus
-from roomchat.server.outbox import FLUSH_AT, Mailbox, Outbox
-from roomchat.server.rooms import ChatRoom, RoomError, RoomManager
+from roomchat.server.core.outbox import FLUSH_AT, Mailbox, Outbox
+from roomchat.server.core.rooms import ChatRoom, RoomError, RoomManager
 
 EVENT = b"e" * 9_999 + b"\n"  # 10 000 bytes
 PER_EARLY_WRITE = FLUSH_AT // len(EVENT) + 1  # the event that passes FLUSH_AT: 27

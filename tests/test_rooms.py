@@ -17,8 +17,8 @@ from roomchat.protocol import (
 )
 from roomchat.server.bus import MemoryBus
 from roomchat.server.config import RoomsFileError, default_rooms_path, load_rooms, parse_rooms
-from roomchat.server.outbox import Outbox
-from roomchat.server.rooms import (
+from roomchat.server.core.outbox import Outbox
+from roomchat.server.core.rooms import (
     AlreadyJoined,
     NotJoined,
     RoomError,

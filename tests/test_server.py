@@ -379,7 +379,7 @@ async def test_slow_consumer_is_cut_off_and_others_lose_nothing(bus_url: str) ->
         assert [m.content for m in received] == [f"{n}:{payload}" for n in range(total)]
         await wait_eof(slow)
         # The pending output of the slow consumer is gone with it, and the memory it held
-        # is handed back to the system a moment later (server/memory.py).
+        # is handed back to the system a moment later (server/shells/memory.py).
         assert all(c.session is None or c.session.user_id != slow_user for c in srv.connections)
         await until(lambda: srv.hub.trimmer.trims > 0, "freed memory was trimmed")
         slow.close()

@@ -1,4 +1,4 @@
-"""The sans-I/O Session (server/session.py), driven without sockets or an event loop.
+"""The sans-I/O Session (server/core/session.py), driven without sockets or an event loop.
 
 Every session here has a real Mailbox in a real Outbox whose loop turns the test ends
 (``World.turn``), and a fake connection recording pause/resume/close/abort; see
@@ -24,7 +24,7 @@ from roomchat.protocol import (
     UserMessage,
     encode,
 )
-from roomchat.server.rooms import RoomError
+from roomchat.server.core.rooms import RoomError
 from tests.session_harness import MAX_LINE, Client, LatePresence, World
 
 # --- expected events --------------------------------------------------------------------

@@ -44,7 +44,7 @@ from roomchat.protocol import (
     UserMessage,
     encode,
 )
-from roomchat.server.presence import joined_event, left_event
+from roomchat.server.core.presence import joined_event, left_event
 from tests.session_harness import DETAILS, ROOMS, Call, Client, World
 
 DEFAULT_RUN = settings.get_current_profile_name() == "default"

@@ -1,4 +1,4 @@
-"""The counters behind /metrics (server/stats.py) are exact, though nothing is counted per
+"""The counters behind /metrics (server/core/stats.py) are exact, though nothing is counted per
 delivery or per write: deliveries, messages and bytes out are worked out from the rooms'
 sequence numbers and fanned-out bytes when their members change, writes per room per turn.
 
@@ -17,11 +17,11 @@ import pytest
 
 from roomchat.protocol import Hello, JoinRoom, LeaveRoom, Quit, RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
-from roomchat.server.outbox import Outbox
-from roomchat.server.presence import Presence
-from roomchat.server.rooms import RoomManager
-from roomchat.server.session import Session
-from roomchat.server.stats import ServerStats
+from roomchat.server.core.outbox import Outbox
+from roomchat.server.core.presence import Presence
+from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.session import Session
+from roomchat.server.core.stats import ServerStats
 from tests.session_harness import FakeConnection, LatePresence
 
 ROOMS = ("a", "b", "c")

@@ -24,7 +24,7 @@ from roomchat.protocol import (
     encode,
 )
 from roomchat.server import ChatServer, ServerConfig, load_rooms
-from roomchat.server.web import CSP, OriginPolicy, WebConnection, frame_events, parse_address
+from roomchat.server.shells.ws import CSP, OriginPolicy, WebConnection, frame_events, parse_address
 from tests.helpers import TIMEOUT, client_of, joined, next_event, raw_socket, read_line
 from tests.instances import spawn_serve
 

@@ -12,7 +12,7 @@ from roomchat.server.config import (
     load_rooms,
     parse_rooms,
 )
-from roomchat.server.rooms import ChatRoom, RoomManager, UserSessionHandle
+from roomchat.server.core.rooms import ChatRoom, RoomManager, UserSessionHandle
 
 __all__ = [
     "DEFAULT_MAX_PENDING_OUTPUT",

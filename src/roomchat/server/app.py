@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import Bus, open_bus
 from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
-from roomchat.server.connection import ChatConnection, Hub
-from roomchat.server.context import SessionContext
-from roomchat.server.names import NameRegistry
-from roomchat.server.outbox import Outbox
-from roomchat.server.rooms import RoomManager
-from roomchat.server.stats import ServerStats
-from roomchat.server.web import WebServer
+from roomchat.server.core.context import SessionContext
+from roomchat.server.core.names import NameRegistry
+from roomchat.server.core.outbox import Outbox
+from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.stats import ServerStats
+from roomchat.server.shells.tcp import ChatConnection, Hub
+from roomchat.server.shells.ws import WebServer
 from roomchat.system import open_files_limit
 
 if TYPE_CHECKING:
-    from roomchat.server.metrics import MetricsEndpoint
+    from roomchat.server.ops.metrics import MetricsEndpoint
 
 __all__ = [
     "ChatServer",
@@ -146,7 +146,7 @@ class ChatServer:
         return server
 
     async def _start_metrics(self, host: str, port: int) -> None:
-        from roomchat.server.metrics import MetricsEndpoint  # prometheus_client: only if asked
+        from roomchat.server.ops.metrics import MetricsEndpoint  # prometheus_client: only if asked
 
         try:
             self.metrics = await MetricsEndpoint.start(self, host, port)

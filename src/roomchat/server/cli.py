@@ -28,8 +28,8 @@ from roomchat.server.config import (
     RoomsFileError,
     ServerConfig,
 )
-from roomchat.server.logs import LOG_FORMATS, configure_logging
-from roomchat.server.workers import WorkerRole, WorkersError, shared_bus, supervise
+from roomchat.server.ops.logs import LOG_FORMATS, configure_logging
+from roomchat.server.ops.workers import WorkerRole, WorkersError, shared_bus, supervise
 
 __all__ = ["command"]
 
@@ -320,7 +320,7 @@ def command(
     )
     metrics_address = None
     if metrics.strip():
-        from roomchat.server.metrics import parse_address
+        from roomchat.server.ops.metrics import parse_address
 
         try:
             metrics_address = parse_address(metrics)
@@ -373,7 +373,7 @@ def _run(config: ServerConfig, on_listening: Callable[[ChatServer], None] | None
 
 
 def _ws_address(value: str) -> str:
-    from roomchat.server.web import parse_address
+    from roomchat.server.shells.ws import parse_address
 
     value = value.strip()
     if value:

@@ -91,7 +91,7 @@ class ServerConfig:
     #: (host, port) of the HTTP endpoint for /metrics, /healthz, /readyz (port 0: any
     #: free port, see ChatServer.metrics_port); None: off.
     metrics: tuple[str, int] | None = None
-    #: ``--ws HOST:PORT``: the web client and WebSocket sessions (server/web.py); "" off.
+    #: ``--ws HOST:PORT``: the web client and WebSocket sessions (server/shells/ws.py); "" off.
     ws: str = ""
     #: ``--ws-origin``: pages allowed to open WebSocket sessions; () same origin, "*" any.
     ws_origins: tuple[str, ...] = ()

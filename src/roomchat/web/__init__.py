@@ -1,1 +1,1 @@
-"""The web client: static files served by ``roomchat serve --ws`` (server/web.py)."""
+"""The web client: static files served by ``roomchat serve --ws`` (server/shells/ws.py)."""

@@ -11,7 +11,7 @@ chosen by URL (:func:`open_bus`):
   instances share rooms and every member everywhere sees one order per room.
 
 A backend comes with its presence (who is in which room), since the two must agree on
-the order of announcements: see :mod:`roomchat.server.presence`.
+the order of announcements: see :mod:`roomchat.server.core.presence`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from roomchat.server.names import SharedNames
-from roomchat.server.presence import MemoryPresence, Presence
+from roomchat.server.core.names import SharedNames
+from roomchat.server.core.presence import MemoryPresence, Presence
 
 if TYPE_CHECKING:
-    from roomchat.server.outbox import Outbox
-    from roomchat.server.rooms import ChatRoom
+    from roomchat.server.core.outbox import Outbox
+    from roomchat.server.core.rooms import ChatRoom
 
 __all__ = ["Bus", "BusError", "MemoryBus", "open_bus"]
 
@@ -96,7 +96,7 @@ def open_bus(url: str, outbox: Outbox, *, lease: float = 10.0, history: int = 10
     if scheme in ("", "memory"):
         return MemoryBus()
     if scheme in ("redis", "redis+cluster"):
-        from roomchat.server.bus.redis import RedisBus
+        from roomchat.server.bus.redis.bus import RedisBus
 
         return RedisBus(url, outbox, lease=lease, history=history)
     raise BusError(f"unknown bus {url!r}: use memory:// or redis://HOST:PORT[/DB]")

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from roomchat.protocol import HISTORY_MAX
 from roomchat.server.config import HELLO_BURST
-from roomchat.server.flood import HelloLimiter
-from roomchat.server.liveness import Liveness
-from roomchat.server.names import NameRegistry
+from roomchat.server.core.flood import HelloLimiter
+from roomchat.server.core.liveness import Liveness
+from roomchat.server.core.names import NameRegistry
 
 __all__ = ["DEFAULT_TOKEN_TTL", "SessionContext"]
 

@@ -2,8 +2,8 @@
 
 :class:`ChatConnection` is the ``asyncio.Protocol`` of one TCP connection. It owns the
 transport and nothing else of interest: every rule lives in the sans-I/O
-:class:`~roomchat.server.session.Session`, and every outbound byte goes through the
-session's :class:`~roomchat.server.outbox.Mailbox`. It is given the few things it uses
+:class:`~roomchat.server.core.session.Session`, and every outbound byte goes through the
+session's :class:`~roomchat.server.core.outbox.Mailbox`. It is given the few things it uses
 (:class:`Hub`), not the whole server.
 
 Slow consumers (docs/protocol.md): the transport's high-water mark is the session's
@@ -31,13 +31,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
-from roomchat.server.context import SessionContext
-from roomchat.server.memory import MemoryTrimmer
-from roomchat.server.outbox import Outbox, Writer
-from roomchat.server.rooms import RoomManager
-from roomchat.server.session import Connection as SessionConnection
-from roomchat.server.session import Session, new_session_id, new_user_id
-from roomchat.server.stats import ServerStats
+from roomchat.server.core.context import SessionContext
+from roomchat.server.core.outbox import Outbox, Writer
+from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.session import Connection as SessionConnection
+from roomchat.server.core.session import Session, new_session_id, new_user_id
+from roomchat.server.core.stats import ServerStats
+from roomchat.server.shells.memory import MemoryTrimmer
 
 __all__ = ["FD_RESERVE", "ChatConnection", "Hub", "open_files_limit"]
 

@@ -5,7 +5,7 @@ framework): one GET per connection, answered with a Content-Length and closed. T
 request is bounded in size (:data:`MAX_REQUEST`) and time (:data:`REQUEST_TIMEOUT`).
 
 The numbers are plain integers, counted per read, per turn or per change of membership
-and never per delivery (:mod:`roomchat.server.stats`); :class:`ServerCollector` reads
+and never per delivery (:mod:`roomchat.server.core.stats`); :class:`ServerCollector` reads
 them only when ``/metrics`` is scraped and hands them to ``prometheus_client`` as metric
 families, so the hot path never calls Prometheus code.
 What each metric means: docs/operating.md.
@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from roomchat.server.stats import Histogram
+from roomchat.server.core.stats import Histogram
 
 if TYPE_CHECKING:
     from roomchat.server.app import ChatServer
@@ -227,7 +227,7 @@ class ServerCollector:
             "1 when the bus reaches the other instances (always 1 in memory).",
             1 if bus.connected else 0,
         )
-        from roomchat.server.bus.redis import RedisBus
+        from roomchat.server.bus.redis.bus import RedisBus
 
         if not isinstance(bus, RedisBus):
             return

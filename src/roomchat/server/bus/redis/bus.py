@@ -34,22 +34,23 @@ from urllib.parse import unquote, urlsplit
 from redis.crc import key_slot
 
 from roomchat.protocol import HISTORY_MAX, name_key
-from roomchat.server.bus import BusError, scripts
-from roomchat.server.bus.resp import (
+from roomchat.server.bus import BusError
+from roomchat.server.bus.redis import scripts
+from roomchat.server.bus.redis.resp import (
     ReplyError,
     RespConnection,
     command,
     open_connection,
     reply_future,
 )
-from roomchat.server.history import Snapshot
-from roomchat.server.presence import joined_event, left_event
-from roomchat.server.rooms import now_ms
+from roomchat.server.core.history import Snapshot
+from roomchat.server.core.presence import joined_event, left_event
+from roomchat.server.core.rooms import now_ms
 
 if TYPE_CHECKING:
-    from roomchat.server.names import NameRegistry
-    from roomchat.server.outbox import Outbox
-    from roomchat.server.rooms import ChatRoom, Member
+    from roomchat.server.core.names import NameRegistry
+    from roomchat.server.core.outbox import Outbox
+    from roomchat.server.core.rooms import ChatRoom, Member
 
 __all__ = ["BusStats", "RedisBus", "RedisNames", "RedisPresence", "parse_redis_url"]
 
@@ -892,7 +893,7 @@ class RedisPresence:
 
 class RedisNames:
     """The user names of every instance, kept in Redis (scripts.py ``NAME_*``), for
-    roomchat.server.names. Every command goes to the registry's node in the turn's
+    roomchat.server.core.names. Every command goes to the registry's node in the turn's
     pipeline; a claim's answer comes with Redis' reply."""
 
     def __init__(self, bus: RedisBus) -> None:

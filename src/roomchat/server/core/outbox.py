@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from roomchat.server.stats import ServerStats
+from roomchat.server.core.stats import ServerStats
 
 __all__ = ["FLUSH_AT", "FanOutRoom", "Mailbox", "Outbox", "Writer"]
 

@@ -4,7 +4,7 @@ A room counts a *user* once, however many of its sessions joined (docs/protocol.
 the first session of a user to enter a room makes the room announce ``joined``, the last
 to leave makes it announce ``left``. :class:`Presence` keeps that registry and makes the
 announcements; :class:`MemoryPresence` is the in-process one (everything on this
-instance, answered at once). The Redis one (roomchat.server.bus.redis) keeps it in Redis,
+instance, answered at once). The Redis one (roomchat.server.bus.redis.bus) keeps it in Redis,
 answers after a round trip, and announces through the room's channel.
 
 A join is answered with two calls on the room, in either order: ``room.join_reply(key,
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from roomchat.protocol import RoomParticipation, encode, encode_user, encode_users
 
 if TYPE_CHECKING:
-    from roomchat.server.rooms import ChatRoom, Member
+    from roomchat.server.core.rooms import ChatRoom, Member
 
 __all__ = ["MemoryPresence", "Presence", "joined_event", "left_event"]
 

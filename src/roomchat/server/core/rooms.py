@@ -8,11 +8,11 @@
   ``left``) goes round through the room's channel, so every member on every instance sees
   one order.
 - Who is in a room (the user registry: first session of a user -> ``joined``, last ->
-  ``left``) is :mod:`roomchat.server.presence`'s business.
+  ``left``) is :mod:`roomchat.server.core.presence`'s business.
 - :class:`UserSessionHandle` is one session's right to post to one room; the session
   hands it back to leave.
 
-A member is a :class:`~roomchat.server.outbox.Mailbox`: rooms reach it only through its
+A member is a :class:`~roomchat.server.core.outbox.Mailbox`: rooms reach it only through its
 ``enqueue`` and ``send`` (an event of its own, such as the reply to a join). A room keeps
 the turn's events (``_turn``) and, when the outbox flushes, *distributes* them: one
 C-level list append per member of the turn's bytes joined, however many messages and
@@ -36,7 +36,7 @@ in-process (the memory bus's publisher *is* ``fan_out``), in Redis with the Redi
 (which hands the number over through :meth:`ChatRoom.deliver`). The last ``history``
 messages are kept as ``(seq, ts, v1 line)`` (history.py). A v2 join gets ``history``
 between ``user_joined_room`` and what was held back for it, taken at the join's place in
-the room's order (the :class:`~roomchat.server.history.Snapshot` given with the reply).
+the room's order (the :class:`~roomchat.server.core.history.Snapshot` given with the reply).
 """
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ from roomchat.protocol import (
     encode_user_joined_room,
     encode_users,
 )
-from roomchat.server.history import Entry, HistoryRequest, Snapshot, history_event
-from roomchat.server.stats import ServerStats
+from roomchat.server.core.history import Entry, HistoryRequest, Snapshot, history_event
+from roomchat.server.core.stats import ServerStats
 
 if TYPE_CHECKING:
     from roomchat.server.bus import Bus
-    from roomchat.server.outbox import FanOutRoom
-    from roomchat.server.presence import Presence
+    from roomchat.server.core.outbox import FanOutRoom
+    from roomchat.server.core.presence import Presence
 
 __all__ = [
     "AlreadyJoined",

@@ -60,18 +60,18 @@ from roomchat.protocol import (
     name_key,
     valid_name,
 )
-from roomchat.server.context import SessionContext
-from roomchat.server.flood import Bucket
-from roomchat.server.history import HistoryRequest
-from roomchat.server.outbox import Mailbox
-from roomchat.server.rooms import (
+from roomchat.server.core.context import SessionContext
+from roomchat.server.core.flood import Bucket
+from roomchat.server.core.history import HistoryRequest
+from roomchat.server.core.outbox import Mailbox
+from roomchat.server.core.rooms import (
     AlreadyJoined,
     RoomError,
     RoomManager,
     UnknownRoom,
     UserSessionHandle,
 )
-from roomchat.server.stats import ServerStats
+from roomchat.server.core.stats import ServerStats
 
 __all__ = ["Connection", "Session", "new_session_id", "new_user_id"]
 

@@ -2,7 +2,7 @@
 ``/ws`` (``roomchat serve --ws HOST:PORT``; docs/websocket.md).
 
 A WebSocket session is a session like any other: the same sans-I/O
-:class:`~roomchat.server.session.Session`, the same rooms and bus, the same mailbox and
+:class:`~roomchat.server.core.session.Session`, the same rooms and bus, the same mailbox and
 outbox, the same limits. Only the framing differs:
 
 - each text frame the browser sends is one command line (fed to the session with a
@@ -13,7 +13,7 @@ outbox, the same limits. Only the framing differs:
   and :func:`frame_events` cuts them into frames and writes them all in one call.
 
 :class:`WebConnection` is an ``asyncio.Protocol`` like
-:class:`~roomchat.server.connection.ChatConnection`, driven by websockets' sans-I/O
+:class:`~roomchat.server.shells.tcp.ChatConnection`, driven by websockets' sans-I/O
 :class:`websockets.server.ServerProtocol` (which parses the HTTP request and the
 handshake, answers pings, reassembles fragments, reports protocol errors and runs the
 closing handshake). Two shortcuts keep it as cheap as picows (docs/websocket.md has the
@@ -49,13 +49,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from roomchat.server.connection import Hub
+from roomchat.server.shells.tcp import Hub
 
 try:  # websockets' C extension (its wheels ship it); the pure-Python one otherwise
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
-from roomchat.server.session import Session
+from roomchat.server.core.session import Session
 
 __all__ = [
     "CSP",

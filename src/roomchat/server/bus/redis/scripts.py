@@ -128,7 +128,7 @@ end
 return removed
 """
 
-# -- user names, shared by every instance (roomchat.server.names) ----------------------
+# -- user names, shared by every instance (roomchat.server.core.names) ----------------------
 # KEYS, all under the registry's hash tag (one slot): 1. ``names`` hash: name key (lower
 # case) -> spelling; 2. ``holds`` hash: name key -> sessions holding it, all instances;
 # 3. ``held:<instance>`` hash: name key -> that instance's sessions holding it.
