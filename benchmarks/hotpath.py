@@ -19,9 +19,12 @@ from collections.abc import Callable
 
 from roomchat.protocol import RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
+from roomchat.server.core.context import SessionContext
+from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
 from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.session import Session
+from roomchat.server.core.stats import ServerStats
 
 
 class _Quiet:
@@ -34,10 +37,11 @@ class _Quiet:
 class World:
     def __init__(self, rooms: int) -> None:
         self.pending: list[Callable[[], None]] = []
-        self.outbox = Outbox(self.pending.append, 0.0)
-        bus = MemoryBus()
+        stats = ServerStats()
+        self.outbox = Outbox(self.pending.append, stats)
         details = [RoomDetail(f"room-{i}", "") for i in range(rooms)]
-        self.manager = RoomManager(details, bus, bus.presence, self.outbox.room_fanned_out)
+        self.manager = RoomManager(details, MemoryBus(), self.outbox, stats)
+        self.context = SessionContext(rooms=self.manager, stats=stats, names=NameRegistry())
         self.bytes_out = 0
         self.writes = 0
 
@@ -47,7 +51,7 @@ class World:
 
     def session(self, n: int) -> Session:
         mailbox = self.outbox.open(f"u{n:04d}", f"s{n}", self.write)
-        session = Session(self.manager, mailbox, _Quiet(), max_line_length=65536)
+        session = Session(self.context, mailbox, _Quiet(), name=f"s{n}")
         session.start(self.manager.details)
         return session
 

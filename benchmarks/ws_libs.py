@@ -93,11 +93,11 @@ async def _serve(shell: str, window_us: int) -> None:
 def _library_framing() -> None:
     from websockets.protocol import State
 
-    from roomchat.server import web
+    from roomchat.server.shells import ws as web
 
     def write(self: Any, data: bytes) -> None:
         ws = self._ws
-        if self._transport is not None and ws.state is State.OPEN:
+        if self.transport is not None and ws.state is State.OPEN:
             for line in data.split(b"\r\n")[:-1]:
                 ws.send_text(line)
             self._send_pending()
@@ -111,17 +111,17 @@ async def _picows_listen(server: Any, *, batched: bool) -> int:
     from roomchat.server.core.session import Session, new_session_id, new_user_id
     from roomchat.server.shells.ws import frame_events
 
-    hub = server.hub
+    shell = server.shell
 
     class Shell(WSListener):  # type: ignore[misc]
         def on_ws_connected(self, transport: Any) -> None:
             self.transport = transport
             self.raw = transport.underlying_transport
-            self.raw.set_write_buffer_limits(high=hub.max_pending_output)
+            self.raw.set_write_buffer_limits(high=shell.max_pending_output)
             write = self.write_batched if batched else self.write
-            mailbox = hub.outbox.open(new_user_id(), new_session_id(), write)
-            self.session = Session(hub.rooms, mailbox, self, max_line_length=hub.max_line_length)
-            self.session.start(hub.rooms.details)
+            mailbox = shell.outbox.open(new_user_id(), new_session_id(), write)
+            self.session = Session(shell.context, mailbox, self, name="picows")
+            self.session.start(shell.context.rooms.details)
 
         def write(self, data: bytes) -> None:
             if self.raw.is_closing():

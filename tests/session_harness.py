@@ -16,12 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from roomchat.protocol import EVENT_TYPES, Command, Event, EventDecoder, RoomDetail, encode
+from roomchat.protocol import (
+    EVENT_TYPES,
+    Command,
+    Event,
+    EventDecoder,
+    RoomDetail,
+    encode,
+    joined_event,
+    left_event,
+)
 from roomchat.server.bus import MemoryBus
+from roomchat.server.core.context import SessionContext
+from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
-from roomchat.server.core.presence import Presence, joined_event, left_event
+from roomchat.server.core.ports import Presence
 from roomchat.server.core.rooms import ChatRoom, Member, RoomManager
 from roomchat.server.core.session import Session
+from roomchat.server.core.stats import ServerStats
 
 DETAILS = (
     RoomDetail("general", "Anything goes"),
@@ -84,10 +96,17 @@ class World:
     ) -> None:
         self.max_line_length = max_line_length
         self.scheduled: list[Callable[[], None]] = []
-        self.outbox = Outbox(self.scheduled.append, window)
-        bus = MemoryBus()
-        self.presence = presence if presence is not None else bus.presence
-        self.rooms = RoomManager(details, bus, self.presence, self.outbox.room_fanned_out)
+        self.stats = ServerStats()
+        self.outbox = Outbox(self.scheduled.append, self.stats, window)
+        bus = MemoryBus() if presence is None else BusWith(presence)
+        self.presence = bus.presence
+        self.rooms = RoomManager(details, bus, self.outbox, self.stats)
+        self.context = SessionContext(
+            rooms=self.rooms,
+            stats=self.stats,
+            names=NameRegistry(),
+            max_line_length=max_line_length,
+        )
         self._count = 0
 
     def room(self, name: str) -> ChatRoom:
@@ -118,13 +137,7 @@ class Client:
         self.writes: list[bytes] = []
         self.connection = FakeConnection(self.timeline)
         self.mailbox = world.outbox.open(user_id, key, self._write)
-        self.session = Session(
-            world.rooms,
-            self.mailbox,
-            self.connection,
-            max_line_length=world.max_line_length,
-            name=key,
-        )
+        self.session = Session(world.context, self.mailbox, self.connection, name=key)
         self._read = 0  # lines of `lines()` already handed out by new_lines()
 
     def __repr__(self) -> str:
@@ -203,6 +216,15 @@ class PendingJoin:
             assert order == "marker-first", order
             self.marker()
             self.reply()
+
+
+class BusWith(MemoryBus):
+    """The in-process bus with another presence (LatePresence: joins answered when the
+    test says, as over Redis)."""
+
+    def __init__(self, presence: Presence) -> None:
+        super().__init__()
+        self._presence = presence
 
 
 @dataclass

@@ -152,7 +152,7 @@ async def _drop_and_send(chat: ChatServer, name: str, tcp: ChatClient, contents:
     ``tcp`` post ``contents`` at once: the page reconnects 0.375 s later at the
     earliest, so it can only get them by catching up."""
     assert chat.web is not None
-    dropped = [c for c in chat.web._web.connections if c.session and c.session.user_id == name]
+    dropped = [c for c in chat.connections if c.session and c.session.user_id == name]
     assert len(dropped) == 1
     dropped[0].abort("test: connection lost")
     await _tcp_send(tcp, contents)

@@ -24,7 +24,6 @@ import pytest
 
 from roomchat.protocol import UserMessage
 from roomchat.server import ChatServer, ServerConfig
-from roomchat.server.shells.tcp import Hub
 from tests.helpers import TIMEOUT, client_of, joined, messages, raw_socket, read_line
 
 LOG = "roomchat.server"
@@ -74,7 +73,7 @@ async def _over_the_limit(
     bob = await client_of(server)
     for _ in range(3):
         await refused_before_login(server)
-    assert server.hub.refused == {reason: 3}
+    assert server.shell.refused == {reason: 3}
     lines = refusal_lines(caplog)
     assert len(lines) == 1, lines  # the first only (then every 1000th)
     assert flag in lines[0] and "127.0.0.1:" in lines[0], lines[0]
@@ -93,21 +92,25 @@ async def _over_the_limit(
             await asyncio.sleep(0.01)
     carol = await client_of(server)
     await joined(carol, "general")
-    assert server.hub.per_ip == ({"127.0.0.1": 2} if reason == "max_connections_per_ip" else {})
+    assert server.shell.per_ip == ({"127.0.0.1": 2} if reason == "max_connections_per_ip" else {})
     alice.close()
     carol.close()
 
 
-def test_refusal_log_is_capped(caplog: pytest.LogCaptureFixture) -> None:
+async def test_refusal_log_is_capped(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, LOG)
-    hub = Hub(rooms=None, outbox=None, max_line_length=1, max_pending_output=1)  # type: ignore[arg-type]
-    for _ in range(2500):
-        hub.refuse("max_connections", "10.0.0.1:1")
-    hub.refuse("max_connections_per_ip", "10.0.0.1:2")
+    server = await limited_server()
+    try:
+        shell = server.shell
+        for _ in range(2500):
+            shell.refuse("max_connections", "10.0.0.1:1")
+        shell.refuse("max_connections_per_ip", "10.0.0.1:2")
+    finally:
+        await server.close()
     lines = refusal_lines(caplog)
     assert len(lines) == 4, lines  # #1, #1000, #2000 of one reason; #1 of the other
     assert "(1000 refused so far" in lines[1] and "(2000 refused so far" in lines[2]
-    assert hub.refused == {"max_connections": 2500, "max_connections_per_ip": 1}
+    assert shell.refused == {"max_connections": 2500, "max_connections_per_ip": 1}
 
 
 # -- open-files exhaustion ---------------------------------------------------------------

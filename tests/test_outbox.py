@@ -19,6 +19,7 @@ from roomchat.protocol import RoomDetail
 from roomchat.server.bus import MemoryBus
 from roomchat.server.core.outbox import FLUSH_AT, Mailbox, Outbox
 from roomchat.server.core.rooms import ChatRoom, RoomError, RoomManager
+from roomchat.server.core.stats import ServerStats
 
 EVENT = b"e" * 9_999 + b"\n"  # 10 000 bytes
 PER_EARLY_WRITE = FLUSH_AT // len(EVENT) + 1  # the event that passes FLUSH_AT: 27
@@ -49,7 +50,7 @@ class Loop:
 def room_with(outbox: Outbox, *members: Mailbox) -> ChatRoom:
     """A room on the in-process bus with these members, fanning out through the outbox."""
     bus = MemoryBus()
-    manager = RoomManager([RoomDetail("lobby", "")], bus, bus.presence, outbox.room_fanned_out)
+    manager = RoomManager([RoomDetail("lobby", "")], bus, outbox, outbox.stats)
     for member in members:
         outcome: list[object] = []
         manager.join_room("lobby", member, outcome.append)
@@ -62,7 +63,7 @@ def room_with(outbox: Outbox, *members: Mailbox) -> ChatRoom:
 
 def test_one_write_per_mailbox_per_flush_however_many_events() -> None:
     loop = Loop()
-    outbox = Outbox(loop.call_soon)
+    outbox = Outbox(loop.call_soon, ServerStats())
     alice, bob, idle = Recorded(outbox, "a"), Recorded(outbox, "b"), Recorded(outbox, "c")
     room = room_with(outbox, alice.mailbox, bob.mailbox)
     loop.run()
@@ -87,7 +88,7 @@ def test_one_write_per_mailbox_per_flush_however_many_events() -> None:
 
 def test_send_schedules_a_flush_once_per_turn() -> None:
     loop = Loop()
-    outbox = Outbox(loop.call_soon)
+    outbox = Outbox(loop.call_soon, ServerStats())
     alice = Recorded(outbox, "a")
     alice.mailbox.send(b"one\n")
     alice.mailbox.send(b"two\n")
@@ -102,7 +103,7 @@ def test_send_schedules_a_flush_once_per_turn() -> None:
 
 def test_a_room_fan_out_past_flush_at_writes_early() -> None:
     loop = Loop()
-    outbox = Outbox(loop.call_soon)
+    outbox = Outbox(loop.call_soon, ServerStats())
     members = [Recorded(outbox, str(n)) for n in range(3)]
     room = room_with(outbox, *(m.mailbox for m in members))
     loop.run()
@@ -122,7 +123,7 @@ def test_a_room_fan_out_past_flush_at_writes_early() -> None:
 
 def test_a_sessions_own_events_past_flush_at_are_written_early() -> None:
     loop = Loop()
-    outbox = Outbox(loop.call_soon)
+    outbox = Outbox(loop.call_soon, ServerStats())
     alice = Recorded(outbox, "a")
     for _ in range(PER_EARLY_WRITE + 1):
         alice.mailbox.send(EVENT)
@@ -133,7 +134,7 @@ def test_a_sessions_own_events_past_flush_at_are_written_early() -> None:
 
 def test_a_closed_mailbox_drops_everything() -> None:
     loop = Loop()
-    outbox = Outbox(loop.call_soon)
+    outbox = Outbox(loop.call_soon, ServerStats())
     alice, bob = Recorded(outbox, "a"), Recorded(outbox, "b")
     room = room_with(outbox, alice.mailbox, bob.mailbox)
     loop.run()
@@ -170,7 +171,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 def test_window_zero_never_pauses(pair: tuple[socket.socket, socket.socket]) -> None:
-    outbox = Outbox(Loop().call_soon, 0.0)
+    outbox = Outbox(Loop().call_soon, ServerStats(), 0.0)
     outbox.watch(pair[0].fileno())  # nothing to watch with: a no-op
     alice = Recorded(outbox, "a")
     for n in range(50):
@@ -182,7 +183,7 @@ def test_window_zero_never_pauses(pair: tuple[socket.socket, socket.socket]) -> 
 
 
 def test_a_flush_right_after_another_waits() -> None:
-    outbox = Outbox(Loop().call_soon, 0.02)
+    outbox = Outbox(Loop().call_soon, ServerStats(), 0.02)
     try:
         outbox.flush()  # the first turn: the previous one began long ago
         assert outbox.pauses == 0
@@ -200,7 +201,7 @@ def test_the_wait_ends_when_a_watched_fd_becomes_readable(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     watched, other_end = pair
-    outbox = Outbox(Loop().call_soon, 30.0)
+    outbox = Outbox(Loop().call_soon, ServerStats(), 30.0)
     outbox.watch(watched.fileno())
     outbox.watch(watched.fileno())  # twice is once
     sent = threading.Event()
@@ -228,7 +229,7 @@ def test_the_wait_ends_when_a_watched_fd_becomes_readable(
 
 def test_an_unwatched_fd_does_not_end_the_wait(pair: tuple[socket.socket, socket.socket]) -> None:
     watched, other_end = pair
-    outbox = Outbox(Loop().call_soon, 0.3)
+    outbox = Outbox(Loop().call_soon, ServerStats(), 0.3)
     outbox.watch(watched.fileno())
     outbox.unwatch(watched.fileno())
     outbox.unwatch(watched.fileno())  # twice is harmless
@@ -245,7 +246,7 @@ def test_an_unwatched_fd_does_not_end_the_wait(pair: tuple[socket.socket, socket
 
 
 def test_a_closed_outbox_no_longer_waits() -> None:
-    outbox = Outbox(Loop().call_soon, 30.0)
+    outbox = Outbox(Loop().call_soon, ServerStats(), 30.0)
     outbox.flush()
     outbox.close()
     outbox.close()  # idempotent

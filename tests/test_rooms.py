@@ -20,12 +20,14 @@ from roomchat.server.config import RoomsFileError, default_rooms_path, load_room
 from roomchat.server.core.outbox import Outbox
 from roomchat.server.core.rooms import (
     AlreadyJoined,
+    ChatRoom,
     NotJoined,
     RoomError,
     RoomManager,
     UnknownRoom,
     UserSessionHandle,
 )
+from roomchat.server.core.stats import ServerStats
 
 
 class FakeMember:
@@ -66,7 +68,7 @@ def _no_call_soon(callback: object) -> None:
     """The tests flush by hand (FakeMember.received)."""
 
 
-OUTBOX = Outbox(_no_call_soon)
+OUTBOX = Outbox(_no_call_soon, ServerStats())
 ROOM = "lobby"
 
 
@@ -76,7 +78,7 @@ class RoomUnderTest:
     def __init__(self, detail: RoomDetail) -> None:
         bus = MemoryBus()
         self.presence = bus.presence
-        self.manager = RoomManager([detail], bus, bus.presence, OUTBOX.room_fanned_out)
+        self.manager = RoomManager([detail], bus, OUTBOX, OUTBOX.stats)
         self.room = self.manager.rooms[detail.name]
 
     def join(self, member: FakeMember) -> UserSessionHandle:
@@ -90,7 +92,7 @@ class RoomUnderTest:
         self.manager.leave(self.room, member.mailbox)
 
     def __contains__(self, member: FakeMember) -> bool:
-        return member.mailbox in self.room
+        return self.room.holds(member.mailbox)
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -339,7 +341,7 @@ DETAILS = (
 
 def manager_of(details: tuple[RoomDetail, ...]) -> tuple[RoomManager, MemoryBus]:
     bus = MemoryBus()
-    return RoomManager(iter(details), bus, bus.presence, OUTBOX.room_fanned_out), bus
+    return RoomManager(iter(details), bus, OUTBOX, OUTBOX.stats), bus
 
 
 def join(manager: RoomManager, room: str, member: FakeMember) -> UserSessionHandle:
@@ -388,8 +390,8 @@ def test_manager_join_routes_to_room() -> None:
     alice = FakeMember("alice")
     handle = join(manager, "zeta", alice)
     assert handle.room is manager.rooms["zeta"]
-    assert alice.mailbox in manager.rooms["zeta"]
-    assert alice.mailbox not in manager.rooms["alpha"]
+    assert manager.rooms["zeta"].holds(alice.mailbox)
+    assert not manager.rooms["alpha"].holds(alice.mailbox)
     assert alice.events() == [
         UserJoinedRoom("zeta", ("alice",)),
         RoomParticipation("zeta", "alice", "joined"),
@@ -404,7 +406,7 @@ def test_drop_user_session_handle_gives_back_membership() -> None:
     alice.events()
     bob.events()
     manager.drop_user_session_handle(handle)
-    assert alice.mailbox not in manager.rooms["alpha"]
+    assert not manager.rooms["alpha"].holds(alice.mailbox)
     assert bus.presence.users(manager.rooms["alpha"]) == ("bob",)
     assert alice.events() == []
     assert bob.events() == [RoomParticipation("alpha", "alice", "left")]
@@ -412,7 +414,7 @@ def test_drop_user_session_handle_gives_back_membership() -> None:
     with pytest.raises(NotJoined):
         manager.drop_user_session_handle(handle)
     join(manager, "alpha", alice)
-    assert alice.mailbox in manager.rooms["alpha"]
+    assert manager.rooms["alpha"].holds(alice.mailbox)
 
 
 # --- rooms file ---------------------------------------------------------------------
@@ -506,25 +508,40 @@ def test_packaged_rooms_file_loads() -> None:
     assert list(manager.rooms) == names
 
 
-def test_fan_out_enqueues_and_calls_the_hook_once() -> None:
-    calls: list[tuple[str, int]] = []
-    bus = MemoryBus()
-    manager = RoomManager(
-        [RoomDetail(ROOM, "a room")],
-        bus,
-        bus.presence,
-        on_fan_out=lambda room, size: calls.append((room.name, size)),
-    )
+class RecordedTurns:
+    """The outbox's side of a room's turn, recorded (rooms.Turns)."""
+
+    def __init__(self) -> None:
+        self.active: list[str] = []
+        self.early: list[str] = []
+
+    def room_active(self, room: ChatRoom) -> None:
+        self.active.append(room.name)
+
+    def flush_room(self, room: ChatRoom) -> None:
+        self.early.append(room.name)
+
+
+def test_fan_out_tells_the_outbox_once_per_turn_and_keeps_the_turns_bytes() -> None:
+    turns = RecordedTurns()
+    manager = RoomManager([RoomDetail(ROOM, "a room")], MemoryBus(), turns, ServerStats())
     members = [FakeMember(f"u{n}") for n in range(3)]
     for member in members:
         join(manager, ROOM, member)
+    room = manager.rooms[ROOM]
+    room.distribute()  # the joins' turn ends
     for member in members:
         member.received.clear()
-    calls.clear()
+    turns.active.clear()
     written = [len(member._written) for member in members]
-    manager.rooms[ROOM].post(b"event\r\n")
-    assert calls == [(ROOM, 7)]  # once per fan-out, not once per member
-    assert manager.rooms[ROOM].members == [member.mailbox for member in members]
+    fanned = room.fanned_bytes
+    room.post(b"event\r\n")
+    room.post(b"again\r\n")
+    assert turns.active == [ROOM]  # once per turn, not once per fan-out or member
+    assert room.turn_bytes == 14 and turns.early == []
+    room.distribute()
+    assert (room.turn_bytes, room.fanned_bytes) == (0, fanned + 14)
+    assert room.members == [member.mailbox for member in members]
     # Queued, not written: writing out is the outbox's job, at the end of the turn.
     assert [len(member._written) for member in members] == written
-    assert all(member.received == [b"event\r\n"] for member in members)
+    assert all(member.received == [b"event\r\n", b"again\r\n"] for member in members)

@@ -234,11 +234,11 @@ async def test_a_random_id_another_instance_holds_is_drawn_again(
         named = await connect("127.0.0.1", one.port, v2=True, name="dup01", timeout=TIMEOUT)
         # Both instances draw ids that another instance's users hold: a v1 user's
         # random id, and a chosen name (any case). Each login gets a fresh one instead.
-        monkeypatch.setattr("roomchat.server.shells.tcp.new_user_id", lambda: "twin1")
+        monkeypatch.setattr("roomchat.server.shells.shell.new_user_id", lambda: "twin1")
         first = await _client(one)
         assert first.user_id == "twin1"
         second = await _client(two)
-        monkeypatch.setattr("roomchat.server.shells.tcp.new_user_id", lambda: "DUP01")
+        monkeypatch.setattr("roomchat.server.shells.shell.new_user_id", lambda: "DUP01")
         third = await _client(two)
         monkeypatch.undo()
         assert second.user_id not in ("twin1", "dup01", "DUP01")

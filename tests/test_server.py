@@ -381,7 +381,7 @@ async def test_slow_consumer_is_cut_off_and_others_lose_nothing(bus_url: str) ->
         # The pending output of the slow consumer is gone with it, and the memory it held
         # is handed back to the system a moment later (server/shells/memory.py).
         assert all(c.session is None or c.session.user_id != slow_user for c in srv.connections)
-        await until(lambda: srv.hub.trimmer.trims > 0, "freed memory was trimmed")
+        await until(lambda: srv.shell.trimmer.trims > 0, "freed memory was trimmed")
         slow.close()
         healthy.close()
         sender.close()

@@ -525,7 +525,7 @@ async def test_silent_v2_peer_is_pinged_then_closed_silent_v1_stays() -> None:
         error = await v2.event()
         assert error["_et"] == "error" and error["code"] == "idle_timeout"
         await wait_eof(v2.sock)
-        assert srv.context.stats["idle_timeouts"] == 1
+        assert srv.stats.idle_timeouts == 1
         # The silent v1 session is still there and served.
         await v1.send(b'{"_ct":"join_room","r":"general"}')
         assert b"user_joined_room" in await v1.line()
@@ -534,7 +534,7 @@ async def test_silent_v2_peer_is_pinged_then_closed_silent_v1_stays() -> None:
         for _ in range(3):
             assert await v2b.line() == encode(ServerPing())
             await v2b.send(b'{"_ct":"pong"}')
-        assert srv.context.stats["idle_timeouts"] == 1
+        assert srv.stats.idle_timeouts == 1
         v1.close()
         v2b.close()
     finally:
@@ -557,7 +557,7 @@ async def test_flooder_is_slowed_and_a_member_loses_nothing() -> None:
         assert json.loads(notice)["retry_ms"] >= 1
         for n in range(count):
             assert await member.line() == encode(UserMessage(ROOM, flooder.user, f"m{n}"))
-        assert srv.context.stats["throttled"] >= 1
+        assert srv.stats.throttled >= 1
         flooder.close()
         member.close()
     finally:

@@ -17,12 +17,13 @@ import pytest
 
 from roomchat.protocol import Hello, JoinRoom, LeaveRoom, Quit, RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
+from roomchat.server.core.context import SessionContext
+from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
-from roomchat.server.core.presence import Presence
 from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
-from tests.session_harness import FakeConnection, LatePresence
+from tests.session_harness import BusWith, FakeConnection, LatePresence
 
 ROOMS = ("a", "b", "c")
 ROOM_EVENTS = (b'"_et":"user_message"', b'"_et":"room_participation"')
@@ -34,12 +35,14 @@ class Run:
     def __init__(self, late: LatePresence | None = None) -> None:
         self.stats = ServerStats()
         self.scheduled: list[Callable[[], None]] = []
-        self.outbox = Outbox(self.scheduled.append, 0.0, self.stats)
-        bus = MemoryBus()
+        self.outbox = Outbox(self.scheduled.append, self.stats)
         self.late = late  # joins answered when the run says so
-        presence: Presence = late if late is not None else bus.presence
+        bus = MemoryBus() if late is None else BusWith(late)
         details = [RoomDetail(name, "") for name in ROOMS]
-        self.rooms = RoomManager(details, bus, presence, self.outbox.room_fanned_out, self.stats)
+        self.rooms = RoomManager(details, bus, self.outbox, self.stats)
+        self.context = SessionContext(
+            rooms=self.rooms, stats=self.stats, names=NameRegistry(), max_line_length=1 << 20
+        )
         self.sessions: list[Session] = []
         self.output: list[list[bytes]] = []  # what each session was written, in order
         self.fed = self.written = self.writes = self.sends = self.room_events = 0
@@ -54,9 +57,7 @@ class Run:
             self._write(data)
 
         mailbox = self.outbox.open(f"user{n % 5}", f"s{n}", write)
-        session = Session(
-            self.rooms, mailbox, FakeConnection([]), max_line_length=1 << 20, stats=self.stats
-        )
+        session = Session(self.context, mailbox, FakeConnection([]), name=f"s{n}")
         self.sessions.append(session)
         session.start(self.rooms.details)
         if v2:

@@ -38,7 +38,7 @@ def test_a_lowered_limit_is_raised_for_real() -> None:
     assert (sentence, after) == (None, [200, hard])  # raised to what was asked
     if hard != resource.RLIM_INFINITY:  # Linux refuses an unlimited soft limit
         assert (to_hard, final) == (None, [hard, hard])  # no number: soft raised to hard
-        assert said == str(hard)
+        assert said == hard
 
 
 def test_the_limit_is_raised_up_to_the_hard_limit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +67,7 @@ def test_a_shortfall_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [(10_000, 10_000)]  # it tried to raise the hard limit too
     message = system.raise_open_files()
     assert message == "cannot raise the open-files limit from 1024 to 4096: not allowed"
-    assert system.open_files_limit() == "1024"
+    assert system.open_files_limit() == 1024
 
 
 def test_unlimited_needs_no_raising(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +76,7 @@ def test_unlimited_needs_no_raising(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resource, "setrlimit", lambda *_: pytest.fail("nothing to raise"))
     assert system.raise_open_files(10**9) is None
     assert system.raise_open_files() is None
-    assert system.open_files_limit() == "unlimited"
+    assert system.open_files_limit() is None
 
 
 def test_run_runs_a_coroutine_on_uvloop() -> None:

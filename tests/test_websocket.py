@@ -267,7 +267,7 @@ async def test_slow_consumer_is_cut_off() -> None:
                     received += 1
             if left:
                 break
-        assert all(c.session is None or c.session.user_id != slow_user for c in srv.web.connections)
+        assert all(c.session is None or c.session.user_id != slow_user for c in srv.connections)
         slow.close()
         sender.close()
     finally:
@@ -339,7 +339,7 @@ async def test_server_shutdown_closes_with_1001() -> None:
     closing = asyncio.create_task(srv.close())
     assert await closed_code(ws) == 1001
     await closing
-    assert srv.web is not None and not srv.web.connections
+    assert srv.web is not None and not srv.connections
 
 
 async def test_v2_over_websocket_hello_history_and_shutdown_notice() -> None:

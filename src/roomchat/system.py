@@ -51,14 +51,15 @@ def raise_open_files(needed: int | None = None) -> str | None:
     return None
 
 
-def open_files_limit() -> str:
-    """This process's soft open-files limit, for a log line: a number, or a word."""
+def open_files_limit() -> int | None:
+    """This process's soft open-files limit; None when unlimited or unknown (then the
+    server's admission has no open-files check)."""
     try:
         import resource
-    except ImportError:
-        return "unknown"
+    except ImportError:  # not on this platform
+        return None
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

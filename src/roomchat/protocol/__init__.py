@@ -18,9 +18,12 @@ from roomchat.protocol.codec import (
     encode_user,
     encode_user_joined_room,
     encode_users,
+    joined_event,
+    left_event,
     v1_of,
 )
 from roomchat.protocol.messages import (
+    COMMAND_TAGS,
     COMMAND_TYPES,
     ERROR_CODES,
     EVENT_TYPES,
@@ -67,6 +70,7 @@ DEFAULT_IDLE_TIMEOUT_S = 60
 HISTORY_MAX = 100
 
 __all__ = [
+    "COMMAND_TAGS",
     "COMMAND_TYPES",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_IDLE_TIMEOUT_S",
@@ -121,6 +125,8 @@ __all__ = [
     "encode_user",
     "encode_user_joined_room",
     "encode_users",
+    "joined_event",
+    "left_event",
     "name_key",
     "v1_of",
     "valid_name",

@@ -20,6 +20,7 @@ from roomchat.protocol.messages import (
     LeaveRoom,
     Message,
     Quit,
+    RoomParticipation,
     SendMessage,
     UserJoinedRoom,
 )
@@ -39,6 +40,8 @@ __all__ = [
     "encode_user",
     "encode_user_joined_room",
     "encode_users",
+    "joined_event",
+    "left_event",
     "v1_of",
 ]
 
@@ -80,6 +83,16 @@ def encode_user_joined_room(room: str, users: bytes) -> bytes:
     is kept encoded and copied per join rather than encoded again."""
     head, _, tail = encode(UserJoinedRoom(room, ())).rpartition(b"[]")
     return b"".join((head, b"[", users, b"]", tail))
+
+
+def joined_event(room: str, user_id: str) -> bytes:
+    """The v1 ``room_participation`` "joined" line (presence announces it)."""
+    return encode(RoomParticipation(room, user_id, "joined"))
+
+
+def left_event(room: str, user_id: str) -> bytes:
+    """The v1 ``room_participation`` "left" line."""
+    return encode(RoomParticipation(room, user_id, "left"))
 
 
 #: What follows a message's last field value on the wire.

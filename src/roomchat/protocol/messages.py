@@ -17,6 +17,7 @@ from typing import Annotated, Final, Literal, get_args
 import msgspec
 
 __all__ = [
+    "COMMAND_TAGS",
     "COMMAND_TYPES",
     "ERROR_CODES",
     "EVENT_TYPES",
@@ -298,3 +299,8 @@ V2_EVENT_TYPES: tuple[type[Event], ...] = (
     Shutdown,
 )
 EVENT_TYPES: tuple[type[Event], ...] = V1_EVENT_TYPES + V2_EVENT_TYPES
+
+#: Each command's ``_ct``, as the wire spells it (echoed in v2 errors as ``cmd``).
+COMMAND_TAGS: dict[type[Command], str] = {
+    kind: str(kind.__struct_config__.tag) for kind in COMMAND_TYPES
+}

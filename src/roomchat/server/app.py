@@ -9,22 +9,24 @@ import secrets
 import signal
 import ssl
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from roomchat.protocol import RoomDetail
-from roomchat.server.bus import Bus, open_bus
+from roomchat.server.bus import open_bus
 from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
 from roomchat.server.core.context import SessionContext
 from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
+from roomchat.server.core.ports import Bus
 from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
-from roomchat.server.shells.tcp import ChatConnection, Hub
+from roomchat.server.ops.http import OperatorServer
+from roomchat.server.ops.metrics import LagProbe, ServerCollector
+from roomchat.server.shells.net import listen, server_tls_context
+from roomchat.server.shells.shell import Shell, ShellConnection
+from roomchat.server.shells.tcp import TcpConnection
 from roomchat.server.shells.ws import WebServer
 from roomchat.system import open_files_limit
-
-if TYPE_CHECKING:
-    from roomchat.server.ops.metrics import MetricsEndpoint
 
 __all__ = [
     "ChatServer",
@@ -32,7 +34,6 @@ __all__ = [
     "format_address",
     "limits_summary",
     "serve",
-    "tls_context",
 ]
 
 log = logging.getLogger("roomchat.server")
@@ -43,7 +44,11 @@ class ServerStartError(Exception):
 
 
 class ChatServer:
-    """A running roomchat server. Create it with :meth:`start`; stop it with :meth:`close`."""
+    """A running roomchat server. Create it with :meth:`start`; stop it with :meth:`close`.
+
+    It only wires the parts together: the counters, the outbox, the bus, the rooms and
+    the sessions' context (core/), the connection shell and its two listeners (shells/),
+    and the operator's HTTP listener (ops/)."""
 
     def __init__(
         self,
@@ -53,24 +58,20 @@ class ChatServer:
     ) -> None:
         self.config = config
         loop = asyncio.get_running_loop()
-        #: The counters behind /metrics (stats.py), shared by the outbox, rooms, sessions.
+        #: The counters behind /metrics (core/stats.py), shared by every part.
         self.stats = stats = ServerStats()
-        self.outbox = Outbox(loop.call_soon, config.coalesce_window, stats)
+        self.outbox = Outbox(loop.call_soon, stats, config.coalesce_window)
         self.bus: Bus = open_bus(
-            config.bus_url, self.outbox, lease=config.bus_lease, history=config.history
+            config.bus_url, wakeups=self.outbox, lease=config.bus_lease, history=config.history
         )
-        self.rooms = RoomManager(
-            rooms,
-            self.bus,
-            self.bus.presence,
-            self.outbox.room_fanned_out,
-            stats,
-            history=config.history,
-        )
+        self.rooms = RoomManager(rooms, self.bus, self.outbox, stats, history=config.history)
         secret_file = config.auth_secret_file
         require = config.require_tokens
         self.context = SessionContext(
+            rooms=self.rooms,
+            stats=stats,
             names=NameRegistry(self.bus.names),
+            max_line_length=config.max_line_length,
             secret=load_secret(secret_file) if secret_file else secrets.token_bytes(32),
             require_tokens=(secret_file is not None) if require is None else require,
             token_ttl=config.token_ttl,
@@ -79,25 +80,22 @@ class ChatServer:
             flood_rate=config.flood_rate,
             flood_burst=config.flood_burst,
             hello_rate=config.hello_rate,
-            history=config.history,
             reconnect_ms=config.shutdown_reconnect_ms,
             clock=loop.time,
             call_later=loop.call_later,
         )
-        self.hub = Hub(
-            rooms=self.rooms,
-            outbox=self.outbox,
-            max_line_length=config.max_line_length,
+        self.shell = Shell(
+            self.context,
+            self.outbox,
             max_pending_output=config.max_pending_output,
             max_connections=config.max_connections,
             max_connections_per_ip=config.max_connections_per_ip,
             tls=tls,
             tls_handshake_timeout=config.tls_handshake_timeout,
-            stats=stats,
-            context=self.context,
         )
-        #: The --metrics HTTP endpoint, when config.metrics asks for one.
-        self.metrics: MetricsEndpoint | None = None
+        #: The --metrics HTTP listener, when config.metrics asks for one.
+        self.metrics: OperatorServer | None = None
+        self._probe = LagProbe(stats.loop_lag)
         self._server: asyncio.Server | None = None
         #: The web client and WebSocket sessions (``--ws``), or None.
         self.web: WebServer | None = None
@@ -105,30 +103,32 @@ class ChatServer:
         self._hurry = asyncio.Event()
 
     @property
-    def connections(self) -> set[ChatConnection]:
-        """The open connections."""
-        return self.hub.connections
+    def connections(self) -> set[ShellConnection]:
+        """The open connections, TCP and WebSocket."""
+        return self.shell.connections
+
+    @property
+    def sessions(self) -> list[Session]:
+        return self.shell.sessions
 
     @classmethod
     async def start(cls, config: ServerConfig) -> ChatServer:
         """Load the rooms, connect the bus and listen.
 
         Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
-        tls = tls_context(config)
         try:
+            tls = server_tls_context(config.tls_cert, config.tls_key)
             server = cls(config, load_rooms(config.rooms_path), tls)
-        except SecretFileError as exc:
+        except (ValueError, SecretFileError) as exc:
             raise ServerStartError(str(exc)) from None
-        loop = asyncio.get_running_loop()
         await server.bus.start()
         try:
-            server._server = await loop.create_server(
-                lambda: ChatConnection(server.hub),
+            server._server = await listen(
+                lambda: TcpConnection(server.shell),
                 config.host,
                 config.port,
                 backlog=config.backlog,
-                reuse_address=True,
-                reuse_port=config.reuse_port or None,
+                reuse_port=config.reuse_port,
             )
         except OSError as exc:
             await server.bus.close()
@@ -137,25 +137,41 @@ class ChatServer:
             raise ServerStartError(
                 f"cannot listen on {config.host}:{config.port}: {reason}"
             ) from None
-        for sock in server._server.sockets:
-            server.outbox.watch(sock.fileno())  # a coalescing wait never holds up accepting
+        server._watch(sock.fileno() for sock in server._server.sockets)
         if config.metrics is not None:
             await server._start_metrics(*config.metrics)
         if config.ws:
             await server._start_web()
         return server
 
-    async def _start_metrics(self, host: str, port: int) -> None:
-        from roomchat.server.ops.metrics import MetricsEndpoint  # prometheus_client: only if asked
+    def _watch(self, fds: Iterable[int]) -> None:
+        for fd in fds:  # a coalescing wait never holds up accepting
+            self.outbox.watch(fd)
 
+    def _unwatch(self, fds: Iterable[int]) -> None:
+        for fd in fds:
+            self.outbox.unwatch(fd)
+
+    async def _start_metrics(self, host: str, port: int) -> None:
+        sources = (self.stats, self.shell, self.rooms, self.outbox, self.bus)
+        endpoint = OperatorServer(ServerCollector(sources), self._not_ready)
         try:
-            self.metrics = await MetricsEndpoint.start(self, host, port)
+            await endpoint.start(host, port, reuse_port=self.config.reuse_port)
         except OSError as exc:
             await self.close()
             reason = exc.strerror or str(exc)
             raise ServerStartError(f"cannot serve metrics on {host}:{port}: {reason}") from None
-        for fd in self.metrics.sockets:
-            self.outbox.watch(fd)
+        self.metrics = endpoint
+        self._probe.start()
+        self._watch(endpoint.sockets)
+
+    def _not_ready(self) -> str | None:
+        """Why the server is not ready (/readyz), or None when it is."""
+        if not self.listening:
+            return "not listening"
+        if not self.bus.connected:
+            return "bus not connected"
+        return None
 
     @property
     def metrics_port(self) -> int | None:
@@ -171,12 +187,11 @@ class ChatServer:
         config = self.config
         try:
             self.web = await WebServer.start(
-                self.hub,
+                self.shell,
                 config.ws,
                 config.ws_origins,
-                tls_cert=config.tls_cert,
-                tls_key=config.tls_key,
                 backlog=config.backlog,
+                reuse_port=config.reuse_port,
             )
         except (OSError, ValueError) as exc:
             await self.close()
@@ -184,6 +199,7 @@ class ChatServer:
             raise ServerStartError(
                 f"cannot serve the web client on {config.ws}: {reason}"
             ) from None
+        self._watch(self.web.sockets)
 
     @property
     def port(self) -> int:
@@ -201,56 +217,34 @@ class ChatServer:
         """Stop accepting, close every session with its queued output, then wait; then
         disconnect the bus (the sessions' departures are announced through it).
 
-        Idempotent: a second call waits for the first to finish.
-        """
+        Idempotent: a second call waits for the first to finish."""
         if self._closed is not None:
             await asyncio.shield(self._closed)
             return
         self._closed = asyncio.get_running_loop().create_future()
         try:
             if self._server is not None:
-                for sock in self._server.sockets:
-                    self.outbox.unwatch(sock.fileno())
+                self._unwatch(sock.fileno() for sock in self._server.sockets)
                 self._server.close()
             if self.web is not None:
-                self.web.close_sessions()
-            connections = list(self.connections)
+                self._unwatch(self.web.sockets)
+                self.web.close()
             if self.context.liveness is not None:
                 self.context.liveness.stop()
-            for connection in connections:
-                if connection.session is not None:
-                    connection.session.shutdown_notice()  # v2: the notice goes first
-                    connection.session.close("server shutdown", announce=False)
-                else:  # still in its TLS handshake: nothing to flush
-                    connection.abort("server shutdown")
-            grace = self.config.shutdown_grace
-            await self._wait_connections_gone(grace, hurry=self._hurry)
-            if left := list(self.connections):
-                if self._hurry.is_set():
-                    log.info("aborting the %d sessions that had not flushed yet", len(left))
-                else:
-                    log.info(
-                        "%d sessions did not flush within the %g s grace: aborting them",
-                        len(left),
-                        grace,
-                    )
-            for connection in left:
-                connection.abort("server shutdown")
-            await self._wait_connections_gone(1.0)
+            count = await self.shell.close_all(self.config.shutdown_grace, self._hurry)
             if self.web is not None:
-                await self.web.wait_closed(self.config.shutdown_grace)
+                await self.web.wait_closed()
             if self._server is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._server.wait_closed()
             await self.bus.close()
             if self.metrics is not None:
-                for fd in self.metrics.sockets:
-                    self.outbox.unwatch(fd)
+                self._probe.stop()
+                self._unwatch(self.metrics.sockets)
                 await self.metrics.close()
             self.outbox.close()
-            self.hub.trimmer.cancel()
-            log.info("server closed (%d sessions were open)", len(connections))
+            log.info("server closed (%d sessions were open)", count)
         finally:
             self._closed.set_result(None)
 
@@ -258,42 +252,6 @@ class ChatServer:
         """Cut short the shutdown grace of a close in progress (or the next one): the
         sessions that have not flushed yet are aborted at once."""
         self._hurry.set()
-
-    async def _wait_connections_gone(
-        self, timeout: float, hurry: asyncio.Event | None = None
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # connection_lost runs on the loop; give it turns until every session is gone.
-        while self.connections and loop.time() < deadline:
-            if hurry is not None and hurry.is_set():
-                return
-            await asyncio.sleep(0.01)
-
-
-def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
-    """The server's TLS context (TLS 1.2 or newer), or None without a certificate.
-
-    Raises ServerStartError with a one-line reason."""
-    cert, key = config.tls_cert, config.tls_key
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        missing = "certificate" if cert is None else "key"
-        raise ServerStartError(f"TLS needs both a certificate and a key: the {missing} is missing")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except OSError as exc:  # ssl.SSLError is one too
-        if isinstance(exc, ssl.SSLError):
-            reason = f"not a valid PEM certificate and matching key ({exc.reason or exc})"
-        else:
-            reason = exc.strerror or str(exc)
-        raise ServerStartError(
-            f"cannot load TLS certificate {str(cert)!r} with key {str(key)!r}: {reason}"
-        ) from None
-    return context
 
 
 def format_address(sockname: object) -> str:
@@ -309,7 +267,7 @@ def limits_summary(config: ServerConfig) -> str:
         f"max line {config.max_line_length} bytes, "
         f"max pending output {config.max_pending_output} bytes, "
         f"coalescing {round(config.coalesce_window * 1e6)} µs, "
-        f"open-files limit {open_files_limit()}"
+        f"open-files limit {open_files_limit() or 'unlimited'}"
     )
 
 
@@ -352,7 +310,7 @@ async def serve(
     log.info(
         "TLS %s; connection limits: %s in all, %s per IP address",
         f"on (handshake timeout {config.tls_handshake_timeout:g} s)"
-        if server.hub.tls is not None
+        if server.shell.tls is not None
         else "off",
         config.max_connections or "no limit",
         config.max_connections_per_ip or "no limit",

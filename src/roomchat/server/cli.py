@@ -10,26 +10,30 @@ from pathlib import Path
 import click
 
 from roomchat import system
-from roomchat.protocol import (
-    DEFAULT_HEARTBEAT_S,
-    DEFAULT_IDLE_TIMEOUT_S,
-    DEFAULT_MAX_LINE_LENGTH,
-    HISTORY_MAX,
-)
 from roomchat.server.app import ChatServer, ServerStartError, serve
-from roomchat.server.bus import BusError
+from roomchat.server.bus import BusError, shared
 from roomchat.server.config import (
+    DEFAULT_BUS,
+    DEFAULT_BUS_LEASE,
     DEFAULT_COALESCE_WINDOW,
     DEFAULT_FLOOD_BURST,
     DEFAULT_FLOOD_RATE,
+    DEFAULT_HEARTBEAT,
     DEFAULT_HELLO_RATE,
+    DEFAULT_HISTORY,
+    DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_PORT,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     HELLO_BURST,
     RoomsFileError,
     ServerConfig,
 )
 from roomchat.server.ops.logs import LOG_FORMATS, configure_logging
-from roomchat.server.ops.workers import WorkerRole, WorkersError, shared_bus, supervise
+from roomchat.server.ops.workers import WorkerRole, WorkersError, supervise
+from roomchat.server.shells.ws import parse_address
 
 __all__ = ["command"]
 
@@ -42,7 +46,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--host",
     envvar="ROOMCHAT_HOST",
-    default="0.0.0.0",
+    default=DEFAULT_HOST,
     show_default=True,
     show_envvar=True,
     help="Address to listen on.",
@@ -50,7 +54,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--port",
     envvar="ROOMCHAT_PORT",
-    default=8080,
+    default=DEFAULT_PORT,
     show_default=True,
     type=click.IntRange(0, 65535),
     show_envvar=True,
@@ -107,7 +111,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     "--bus",
     "bus_url",
     envvar="ROOMCHAT_BUS",
-    default="memory://",
+    default=DEFAULT_BUS,
     show_default=True,
     show_envvar=True,
     help="Where rooms meet: memory:// (this process only), redis://HOST:PORT[/DB] or "
@@ -116,7 +120,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--bus-lease",
     envvar="ROOMCHAT_BUS_LEASE",
-    default=10.0,
+    default=DEFAULT_BUS_LEASE,
     show_default=True,
     show_envvar=True,
     type=click.FloatRange(1.0, 3600.0),
@@ -152,7 +156,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--tls-handshake-timeout",
     envvar="ROOMCHAT_TLS_HANDSHAKE_TIMEOUT",
-    default=5.0,
+    default=DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     show_default=True,
     show_envvar=True,
     type=click.FloatRange(0.1, 600.0),
@@ -219,7 +223,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--history",
     envvar="ROOMCHAT_HISTORY",
-    default=HISTORY_MAX,
+    default=DEFAULT_HISTORY,
     show_default=True,
     show_envvar=True,
     type=click.IntRange(0, 10_000),
@@ -228,7 +232,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--heartbeat",
     envvar="ROOMCHAT_HEARTBEAT",
-    default=float(DEFAULT_HEARTBEAT_S),
+    default=DEFAULT_HEARTBEAT,
     show_default=True,
     show_envvar=True,
     type=click.FloatRange(min=0),
@@ -237,7 +241,7 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
 @click.option(
     "--idle-timeout",
     envvar="ROOMCHAT_IDLE_TIMEOUT",
-    default=float(DEFAULT_IDLE_TIMEOUT_S),
+    default=DEFAULT_IDLE_TIMEOUT,
     show_default=True,
     show_envvar=True,
     type=click.FloatRange(min=0),
@@ -309,7 +313,7 @@ def command(
     auth_secret_file: Path | None,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
-    if workers > 1 and not shared_bus(bus_url):
+    if workers > 1 and not shared(bus_url):
         raise click.UsageError(
             f"--workers {workers} needs a shared bus: add --bus redis://HOST:PORT "
             "(the in-process bus cannot share rooms between processes)"
@@ -320,8 +324,6 @@ def command(
     )
     metrics_address = None
     if metrics.strip():
-        from roomchat.server.ops.metrics import parse_address
-
         try:
             metrics_address = parse_address(metrics)
         except ValueError as exc:
@@ -373,8 +375,6 @@ def _run(config: ServerConfig, on_listening: Callable[[ChatServer], None] | None
 
 
 def _ws_address(value: str) -> str:
-    from roomchat.server.shells.ws import parse_address
-
     value = value.strip()
     if value:
         try:

@@ -18,11 +18,24 @@ from roomchat.protocol import (
 )
 
 __all__ = [
+    "DEFAULT_BACKLOG",
+    "DEFAULT_BUS",
+    "DEFAULT_BUS_LEASE",
     "DEFAULT_COALESCE_WINDOW",
     "DEFAULT_FLOOD_BURST",
     "DEFAULT_FLOOD_RATE",
+    "DEFAULT_HEARTBEAT",
     "DEFAULT_HELLO_RATE",
+    "DEFAULT_HISTORY",
+    "DEFAULT_HOST",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_PENDING_OUTPUT",
+    "DEFAULT_PORT",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "DEFAULT_SHUTDOWN_RECONNECT_MS",
+    "DEFAULT_TLS_HANDSHAKE_TIMEOUT",
+    "DEFAULT_TOKEN_TTL",
     "HELLO_BURST",
     "RoomsFileError",
     "SecretFileError",
@@ -32,6 +45,20 @@ __all__ = [
     "load_secret",
     "parse_rooms",
 ]
+
+# Every default of ``roomchat serve``, once: the flags (cli.py), ServerConfig and the
+# parts that take a setting (sessions, the bus) all use these.
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8080
+#: Where rooms meet: this process.
+DEFAULT_BUS = "memory://"
+#: With Redis: seconds an instance stays registered without renewing its lease.
+DEFAULT_BUS_LEASE = 10.0
+#: Seconds shutdown waits for sessions to flush before dropping them.
+DEFAULT_SHUTDOWN_GRACE = 2.0
+DEFAULT_BACKLOG = 4096
+#: Seconds a client has to complete the TLS handshake.
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 5.0
 
 #: Output a session may have waiting before it counts as a slow consumer and is cut
 #: off (Redis' client-output-buffer-limit and Centrifugo use the same idea).
@@ -50,14 +77,23 @@ DEFAULT_FLOOD_BURST = 2000.0
 #: HELLO_BURST: beyond that the hello is refused with ``rate_limited``.
 DEFAULT_HELLO_RATE = 1.0
 HELLO_BURST = 10.0
+#: v2: messages kept per room for history and catch-up.
+DEFAULT_HISTORY = HISTORY_MAX
+#: v2: seconds without input before a ping, and before the close (docs/protocol.md).
+DEFAULT_HEARTBEAT = float(DEFAULT_HEARTBEAT_S)
+DEFAULT_IDLE_TIMEOUT = float(DEFAULT_IDLE_TIMEOUT_S)
+#: Lifetime of the token a ``welcome`` carries (docs/protocol.md: a day).
+DEFAULT_TOKEN_TTL = 24 * 3600
+#: The shutdown notice's ``reconnect_ms``.
+DEFAULT_SHUTDOWN_RECONNECT_MS = 2000
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``roomchat serve`` can be told. One place; the CLI fills it in."""
 
-    host: str = "0.0.0.0"
-    port: int = 8080
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     #: None: the rooms file shipped inside the package.
     rooms_path: Path | None = None
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -68,13 +104,13 @@ class ServerConfig:
     coalesce_window: float = DEFAULT_COALESCE_WINDOW
     #: Where rooms meet: "memory://" (this process) or "redis://HOST:PORT[/DB]" /
     #: "redis+cluster://HOST:PORT[,HOST:PORT...]" (instances share rooms).
-    bus_url: str = "memory://"
+    bus_url: str = DEFAULT_BUS
     #: With Redis: seconds an instance stays registered without renewing its lease (it
     #: renews every third of it). An instance that dies is purged within about this.
-    bus_lease: float = 10.0
+    bus_lease: float = DEFAULT_BUS_LEASE
     #: How long shutdown waits for sessions to flush before dropping them.
-    shutdown_grace: float = 2.0
-    backlog: int = 4096
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    backlog: int = DEFAULT_BACKLOG
     #: SO_REUSEPORT: several processes listen on the same port (``--workers``).
     reuse_port: bool = False
     #: TLS: the certificate chain and its private key, PEM files (both or neither).
@@ -82,7 +118,7 @@ class ServerConfig:
     tls_key: Path | None = None
     #: Seconds a client has to complete the TLS handshake before it is dropped (with a
     #: log line): a plain-text client that sends nothing is gone after this.
-    tls_handshake_timeout: float = 5.0
+    tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     #: Connections open at once (0: no limit but the open-files one); above it a new
     #: connection is closed at once, before its login.
     max_connections: int = 0
@@ -96,11 +132,11 @@ class ServerConfig:
     #: ``--ws-origin``: pages allowed to open WebSocket sessions; () same origin, "*" any.
     ws_origins: tuple[str, ...] = ()
     #: v2: messages kept per room for history and catch-up (0: none; seq still counts).
-    history: int = HISTORY_MAX
+    history: int = DEFAULT_HISTORY
     #: v2: seconds without input before the server pings (0: no heartbeats), and before
     #: it closes the session with idle_timeout (0: never).
-    heartbeat: float = float(DEFAULT_HEARTBEAT_S)
-    idle_timeout: float = float(DEFAULT_IDLE_TIMEOUT_S)
+    heartbeat: float = DEFAULT_HEARTBEAT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     #: Flood control, every session: commands per second and burst (rate 0: off).
     flood_rate: float = DEFAULT_FLOOD_RATE
     flood_burst: float = DEFAULT_FLOOD_BURST
@@ -113,9 +149,9 @@ class ServerConfig:
     #: ``auth_secret_file`` is given.
     require_tokens: bool | None = None
     #: Lifetime of the tokens the server hands out in ``welcome``, seconds.
-    token_ttl: int = 24 * 3600
+    token_ttl: int = DEFAULT_TOKEN_TTL
     #: The shutdown notice's ``reconnect_ms``.
-    shutdown_reconnect_ms: int = 2000
+    shutdown_reconnect_ms: int = DEFAULT_SHUTDOWN_RECONNECT_MS
 
 
 class SecretFileError(Exception):

@@ -1,24 +1,26 @@
-"""What every session of a server shares beyond its rooms: the v2 settings (names,
-tokens, heartbeats, flood control, shutdown) and their small helpers."""
+"""What every session of a server shares: its rooms and counters, the limits, and the v2
+settings (names, tokens, heartbeats, flood control, shutdown) with their small helpers."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from roomchat.protocol import HISTORY_MAX
-from roomchat.server.config import HELLO_BURST
+from roomchat.server.config import (
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_SHUTDOWN_RECONNECT_MS,
+    DEFAULT_TOKEN_TTL,
+    HELLO_BURST,
+)
 from roomchat.server.core.flood import HelloLimiter
 from roomchat.server.core.liveness import Liveness
 from roomchat.server.core.names import NameRegistry
+from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.stats import ServerStats
 
-__all__ = ["DEFAULT_TOKEN_TTL", "SessionContext"]
-
-#: Lifetime of the token a ``welcome`` carries (docs/protocol.md: a day by default).
-DEFAULT_TOKEN_TTL = 24 * 3600
+__all__ = ["SessionContext"]
 
 
 def _no_timer(delay: float, callback: Callable[[], None]) -> object:
@@ -27,7 +29,16 @@ def _no_timer(delay: float, callback: Callable[[], None]) -> object:
 
 @dataclass(eq=False)
 class SessionContext:
-    names: NameRegistry = field(default_factory=NameRegistry)
+    """The server's side of every session. ``rooms``, ``stats`` and ``names`` are the
+    server's own (no defaults: a session wired to the wrong ones would count and route
+    into nowhere); the settings default to ``roomchat serve``'s defaults (config.py),
+    and the heartbeats and flood control are off unless asked for."""
+
+    rooms: RoomManager
+    stats: ServerStats
+    names: NameRegistry
+    #: Longest command line in bytes; a longer one ends the session.
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     #: HMAC secret for tokens: the --auth-secret-file's, else random per process.
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     #: Tokens-required mode: every chosen name needs a valid token.
@@ -41,22 +52,18 @@ class SessionContext:
     flood_burst: float = 0.0
     #: v2 hellos per second per name after a burst (0: no limit): hello_limiter.
     hello_rate: float = 0.0
-    history: int = HISTORY_MAX
     #: The shutdown notice's advice to clients.
-    reconnect_ms: int = 2000
+    reconnect_ms: int = DEFAULT_SHUTDOWN_RECONNECT_MS
     shutdown_msg: str = "server shutting down"
     clock: Callable[[], float] = time.monotonic
     call_later: Callable[[float, Callable[[], None]], object] = _no_timer
-    liveness: Liveness | None = None
-    hello_limiter: HelloLimiter | None = None
-    #: Counters: "throttled" (flood episodes), "idle_timeouts", "pings", "hellos",
-    #: "hellos_refused".
-    stats: Counter[str] = field(default_factory=Counter)
+    liveness: Liveness | None = field(init=False, default=None)
+    hello_limiter: HelloLimiter | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.liveness is None and (self.heartbeat > 0 or self.idle_timeout > 0):
+        if self.heartbeat > 0 or self.idle_timeout > 0:
             self.liveness = Liveness(self.heartbeat, self.idle_timeout, self.clock, self.call_later)
-        if self.hello_limiter is None and self.hello_rate > 0:
+        if self.hello_rate > 0:
             self.hello_limiter = HelloLimiter(self.hello_rate, HELLO_BURST, self.clock)
 
     @property

@@ -21,34 +21,11 @@ bus) it also has a :class:`SharedNames`, the names of every instance (bus/redis.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from roomchat.protocol import name_key
+from roomchat.server.core.ports import Answer, SharedNames
 
-__all__ = ["NameRegistry", "SharedNames"]
-
-#: The answer to a claim: None (the name is the session's) or the spelling under which
-#: another user holds it.
-Answer = Callable[[str | None], None]
-
-
-class SharedNames(Protocol):
-    """The names of every instance (one per bus; None in-process)."""
-
-    def claim(self, name: str, how: str, answer: Answer) -> None:
-        """Hold ``name`` for one session of this instance unless another user holds
-        it. ``how``: "new" (a random id: any holder is another user), "name" (free
-        only), "proven" (free, or held under this spelling: the same user). Answers
-        later; during an outage at once with None (names are this instance's alone)."""
-
-    def hold(self, name: str) -> None:
-        """Hold ``name`` for one more session of a user this instance has already."""
-
-    def release(self, name: str) -> None:
-        """One session of this instance holding ``name`` has ended."""
-
-    def attach(self, local: NameRegistry) -> None:
-        """This process's registry (its names are asserted again after an outage)."""
+__all__ = ["NameRegistry"]
 
 
 class NameRegistry:

@@ -1,26 +1,29 @@
 """Every session's outbound bytes, written with one write per session per loop turn.
 
-The :class:`Outbox` owns one :class:`Mailbox` per session. A mailbox is the only place
-a session's unsent bytes live, and only the outbox empties it:
+The :class:`Outbox` owns one :class:`Mailbox` per session and the loop turn's order.
+A mailbox is the only place a session's unsent bytes live, and only the outbox empties
+it:
 
-- a room keeps the turn's events and tells the outbox once per fan-out
-  (:meth:`Outbox.room_fanned_out`); at the end of the turn the outbox has it
-  *distribute* them: the turn's bytes, joined, to each member with
-  ``mailbox.enqueue(bytes)``, which *is* the pending list's C-level ``append`` (no Python
-  call per recipient, one per member however many events the turn had);
+- a room keeps the turn's events and tells the outbox on its first fan-out of the turn
+  (:meth:`Outbox.room_active`); at the end of the turn the outbox has it *distribute*
+  them: the turn's bytes, joined, to each member with ``mailbox.enqueue(bytes)``, which
+  *is* the pending list's C-level ``append`` (no Python call per recipient, one per
+  member however many events the turn had);
 - a session queues an event of its own (its login, the reply to a join) with
-  :meth:`Mailbox.send`, which first takes what its rooms hold for it this turn (so it
-  overtakes none of their events) and makes sure the outbox writes it this turn.
+  :meth:`Mailbox.send`; the outbox first has the mailbox's rooms hand over what they
+  hold for it this turn (so it overtakes none of their events) and makes sure it is
+  written this turn. The outbox is the one place that coordinates the two: a room
+  never calls a mailbox but through ``enqueue``, a mailbox never calls a room.
 
 At the end of the turn :meth:`Outbox.flush` then joins each mailbox's list and hands it
 to the connection's ``write`` in one call, visiting each mailbox once: at high rates this
 is what saves the server from one syscall per event.
 
 Counting (``/metrics``, docs/operating.md) costs nothing per write: bytes out are counted
-where they are queued (a room's fan-outs by the room, from the bytes per member the outbox
-keeps in ``turn_bytes`` and adds to ``fanned_bytes`` at the end of the turn; a session's
-own events in :meth:`Mailbox.send`) less what a closed mailbox drops; writes are counted
-per room per turn, one per mailbox the flush visits, less the visits that wrote nothing.
+where they are queued (a room's fan-outs by the room, from the bytes per member it keeps
+for the turn; a session's own events in :meth:`Mailbox.send`) less what a closed mailbox
+drops; writes are counted per room per turn, one per mailbox the flush visits, less the
+visits that wrote nothing.
 
 The coalescing window (``--coalesce-us``, see docs/architecture.md): when a flush comes
 less than the window after the previous turn began, the outbox waits for the rest of the
@@ -40,7 +43,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from roomchat.server.core.stats import ServerStats
+from roomchat.server.core.stats import Reading, ServerStats
 
 __all__ = ["FLUSH_AT", "FanOutRoom", "Mailbox", "Outbox", "Writer"]
 
@@ -52,21 +55,11 @@ FLUSH_AT = 256 * 1024
 Writer = Callable[[bytes], None]
 
 
-class _Flushable(Protocol):
-    def flush(self) -> None: ...
-
-    def write_out(self) -> None: ...
-
-
 class FanOutRoom(Protocol):
-    """What the outbox needs of a room: the mailboxes it fans out to, and the bytes it
-    fanned out to each, this turn and before (kept here, counted by the room)."""
-
-    turn_bytes: int
-    fanned_bytes: int
+    """What the outbox needs of a room: the mailboxes it fans out to, and its turn."""
 
     @property
-    def members(self) -> Sequence[_Flushable]: ...
+    def members(self) -> Sequence[Mailbox]: ...
 
     def distribute(self) -> None:
         """Queue the turn's events for the members."""
@@ -99,7 +92,7 @@ class Mailbox:
         #: Identifies the session everywhere (presence keys, join markers on the bus).
         self.key = key
         self._pending: list[bytes] = []
-        #: The rooms fanning out to this session (kept by the rooms).
+        #: The rooms fanning out to this session (attach, detach).
         self.rooms: list[FanOutRoom] = []
         #: Queue bytes for this session; rooms call it once per delivery. It is the list's
         #: own ``append``, so a fan-out runs no Python code per recipient.
@@ -119,12 +112,19 @@ class Mailbox:
     def pending_bytes(self) -> int:
         return sum(map(len, self._pending))
 
+    def attach(self, room: FanOutRoom) -> None:
+        """``room`` fans out to this session from now on."""
+        if room not in self.rooms:
+            self.rooms.append(room)
+
+    def detach(self, room: FanOutRoom) -> None:
+        self.rooms.remove(room)
+
     def send(self, data: bytes) -> None:
         """Queue an event for this session alone, written by the end of the turn, after
         what its rooms queued for it before (they keep a turn's events until its end)."""
         if self.rooms and self._outbox.fanned_out:
-            for room in self.rooms:
-                room.hand_over(self)
+            self._outbox.hand_over(self)
         if not self._own:
             self._outbox.add(self)
         self._pending.append(data)
@@ -144,10 +144,7 @@ class Mailbox:
     def flush(self) -> None:
         """Write what is pending, and what its rooms have for it this turn, in one call
         now (or drop it if the mailbox is closed)."""
-        for room in self.rooms:
-            room.hand_over(self)
-        self._stats.writes += 1
-        self.write_out()
+        self._outbox.flush_now(self)
 
     def write_out(self) -> None:
         """Write what is pending in one call (or drop it if the mailbox is closed).
@@ -199,12 +196,12 @@ class Outbox:
     def __init__(
         self,
         call_soon: Callable[[Callable[[], None]], object],
+        stats: ServerStats,
         window: float = 0.0,
-        stats: ServerStats | None = None,
     ):
         self._call_soon = call_soon
         #: Writes, bytes out and the turn-duration histogram are counted here.
-        self.stats = stats if stats is not None else ServerStats()
+        self.stats = stats
         self._turn_began = 0.0  # when this turn first queued output (the flush is due)
         self._mailboxes: list[Mailbox] = []
         #: The rooms that fanned out this turn (a dict: each once, in order).
@@ -216,6 +213,16 @@ class Outbox:
         self._priority: set[int] = set()
         #: How many coalescing waits ran (for tests and metrics).
         self.pauses = 0
+
+    def readings(self) -> list[Reading]:
+        return [
+            Reading(
+                "coalesce_pauses",
+                "counter",
+                "Coalescing waits (--coalesce-us) the event loop made.",
+                self.pauses,
+            )
+        ]
 
     def open(self, user_id: str, key: str, write: Writer) -> Mailbox:
         return Mailbox(self, user_id, key, write)
@@ -252,31 +259,38 @@ class Outbox:
         self._mailboxes.append(mailbox)
         self._schedule()
 
-    def room_fanned_out(self, room: FanOutRoom, size: int) -> None:
-        """A room enqueued ``size`` bytes to each of its members."""
-        queued = room.turn_bytes + size
-        room.turn_bytes = queued
-        if queued == size:  # its first fan-out this turn (or since an early write)
-            self.fanned_out[room] = None
-            self._schedule()
-        elif queued > FLUSH_AT:
-            room.fanned_bytes += queued
-            room.turn_bytes = 0
-            room.distribute()
-            for member in room.members:
-                member.flush()
+    def room_active(self, room: FanOutRoom) -> None:
+        """A room has events this turn: it distributes them at the turn's end."""
+        self.fanned_out[room] = None
+        self._schedule()
+
+    def flush_room(self, room: FanOutRoom) -> None:
+        """A room's turn has grown past FLUSH_AT: distribute it and write its members."""
+        room.distribute()
+        for member in room.members:
+            self.flush_now(member)
+
+    def hand_over(self, mailbox: Mailbox) -> None:
+        """Queue for ``mailbox`` what its rooms hold for it this turn, so that an event
+        of its own does not overtake them."""
+        for room in mailbox.rooms:
+            room.hand_over(mailbox)
+
+    def flush_now(self, mailbox: Mailbox) -> None:
+        """Write ``mailbox`` now: what its rooms hold for it, then what it has pending."""
+        self.hand_over(mailbox)
+        self.stats.writes += 1
+        mailbox.write_out()
 
     def flush(self) -> None:
         self._scheduled = False
         rooms, self.fanned_out = self.fanned_out, {}
         mailboxes, self._mailboxes = self._mailboxes, []
         for room in rooms:
-            room.fanned_bytes += room.turn_bytes
-            room.turn_bytes = 0
             room.distribute()
         # Each mailbox once, though it may be in several of the rooms (a set, built in C).
         if len(rooms) == 1 and not mailboxes:
-            targets: Collection[_Flushable] = next(iter(rooms)).members
+            targets: Collection[Mailbox] = next(iter(rooms)).members
         else:
             targets = set(mailboxes)
             for room in rooms:

@@ -8,40 +8,16 @@ instance, answered at once). The Redis one (roomchat.server.bus.redis.bus) keeps
 answers after a round trip, and announces through the room's channel.
 
 A join is answered with two calls on the room, in either order: ``room.join_reply(key,
-users)`` and ``room.join_marker(key, announcement)`` (see rooms.py).
+users)`` and ``room.join_marker(key, announcement)`` (see rooms.py). The interface,
+:class:`~roomchat.server.core.ports.Presence`, is in ports.py.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from roomchat.protocol import encode_user, encode_users, joined_event, left_event
+from roomchat.server.core.ports import Participant, RoomLink
 
-from roomchat.protocol import RoomParticipation, encode, encode_user, encode_users
-
-if TYPE_CHECKING:
-    from roomchat.server.core.rooms import ChatRoom, Member
-
-__all__ = ["MemoryPresence", "Presence", "joined_event", "left_event"]
-
-
-def joined_event(room: str, user_id: str) -> bytes:
-    return encode(RoomParticipation(room, user_id, "joined"))
-
-
-def left_event(room: str, user_id: str) -> bytes:
-    return encode(RoomParticipation(room, user_id, "left"))
-
-
-class Presence(Protocol):
-    def join(self, room: ChatRoom, member: Member) -> None:
-        """Register a session in a room; answer through join_reply and join_marker (or
-        join_failed). Must not block."""
-
-    def leave(self, room: ChatRoom, member: Member) -> None:
-        """Unregister a session; announce ``left`` if it was its user's last one."""
-
-    def users(self, room: ChatRoom) -> tuple[str, ...]:
-        """The room's users as this instance last knew them (for logs and tests)."""
-        ...
+__all__ = ["MemoryPresence"]
 
 
 class MemoryPresence:
@@ -55,10 +31,10 @@ class MemoryPresence:
     __slots__ = ("_listed", "_rooms")
 
     def __init__(self) -> None:
-        self._rooms: dict[ChatRoom, dict[str, int]] = {}
-        self._listed: dict[ChatRoom, bytearray] = {}  # room -> encode_users(its users)
+        self._rooms: dict[RoomLink, dict[str, int]] = {}
+        self._listed: dict[RoomLink, bytearray] = {}  # room -> encode_users(its users)
 
-    def join(self, room: ChatRoom, member: Member) -> None:
+    def join(self, room: RoomLink, member: Participant) -> None:
         users = self._rooms.get(room)
         if users is None:
             users = self._rooms[room] = {}
@@ -75,7 +51,7 @@ class MemoryPresence:
         room.join_reply(member.key, bytes(listed))
         room.join_marker(member.key, None if sessions else joined_event(room.name, user_id))
 
-    def leave(self, room: ChatRoom, member: Member) -> None:
+    def leave(self, room: RoomLink, member: Participant) -> None:
         users = self._rooms.get(room)
         if users is None or member.user_id not in users:
             return
@@ -88,5 +64,5 @@ class MemoryPresence:
             self._listed.pop(room, None)
             room.announce(left_event(room.name, user_id))
 
-    def users(self, room: ChatRoom) -> tuple[str, ...]:
+    def users(self, room: RoomLink) -> tuple[str, ...]:
         return tuple(self._rooms.get(room, ()))

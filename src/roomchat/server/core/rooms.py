@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -62,13 +62,12 @@ from roomchat.protocol import (
     encode_user_joined_room,
     encode_users,
 )
+from roomchat.server.core.clock import now_ms
+from roomchat.server.core.errors import AlreadyJoined, NotJoined, RoomError, UnknownRoom
 from roomchat.server.core.history import Entry, HistoryRequest, Snapshot, history_event
-from roomchat.server.core.stats import ServerStats
-
-if TYPE_CHECKING:
-    from roomchat.server.bus import Bus
-    from roomchat.server.core.outbox import FanOutRoom
-    from roomchat.server.core.presence import Presence
+from roomchat.server.core.outbox import FLUSH_AT, Mailbox
+from roomchat.server.core.ports import Bus, Participant, Presence
+from roomchat.server.core.stats import Histogram, Reading, ServerStats
 
 __all__ = [
     "AlreadyJoined",
@@ -78,6 +77,7 @@ __all__ = [
     "NotJoined",
     "RoomError",
     "RoomManager",
+    "Turns",
     "UnknownRoom",
     "UserSessionHandle",
 ]
@@ -87,84 +87,31 @@ _content = operator.attrgetter("content")
 _time_ns = time.time_ns
 _TAIL_LENGTH = len(MESSAGE_TAIL)
 
-
-def now_ms() -> int:
-    """Server time for ``ts``: ms since the Unix epoch."""
-    return _time_ns() // 1_000_000
-
-
-class Member(Protocol):
-    """A session as a room sees it (implemented by outbox.Mailbox)."""
-
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def key(self) -> str:
-        """Unique per session across every instance."""
-        ...
-
-    @property
-    def enqueue(self) -> Callable[[bytes], None]:
-        """Queue an encoded event; called once per delivery."""
-        ...
-
-    @property
-    def v2(self) -> bool:
-        """Whether the session speaks version 2 (fixed before its first join)."""
-        ...
-
-    @property
-    def closed(self) -> bool:
-        """Nothing more reaches the session (what is queued for it is dropped)."""
-        ...
-
-    @property
-    def rooms(self) -> list[FanOutRoom]:
-        """The rooms fanning out to this member (kept by the rooms): what they queued for
-        it this turn is handed over before an event of its own (Mailbox.send)."""
-        ...
-
-    def send(self, data: bytes) -> None:
-        """Queue an event for this member alone and see that it is written this turn."""
-
-    def flush(self) -> None: ...
-
-    def write_out(self) -> None:
-        """Write what is queued in one call (the outbox's end-of-turn flush, which
-        counts the writes)."""
-
-    def flush_soon(self) -> None:
-        """See that what is queued is written this turn, whoever queued it."""
+#: Members per room (local members of rooms with at least one), for /metrics.
+ROOM_MEMBER_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+#: Rooms listed by name in roomchat_room_members_top (bounded cardinality).
+TOP_ROOMS = 10
 
 
-#: Told after each fan-out with the room and the event's size (Outbox.room_fanned_out).
-FanOutHook = Callable[["ChatRoom", int], None]
+#: A member of a room is a session's mailbox: rooms reach it only through
+#: ``enqueue`` (a turn's events), ``send`` (an event of its own, such as the reply to a
+#: join), ``attach``/``detach`` and ``flush_soon``.
+Member = Mailbox
+
+
+class Turns(Protocol):
+    """What a room tells the outbox about its turn (implemented by outbox.Outbox)."""
+
+    def room_active(self, room: ChatRoom) -> None:
+        """The room has its first events of this turn: distribute them at its end."""
+
+    def flush_room(self, room: ChatRoom) -> None:
+        """The room's turn has grown past FLUSH_AT: distribute it and write its members
+        now, so that one turn's burst cannot pile up before the slow-consumer check."""
+
+
 #: How a join ends: the handle, or the reason it failed.
 JoinCallback = Callable[["UserSessionHandle | RoomError"], None]
-
-
-def _no_outbox(room: ChatRoom, size: int) -> None:
-    """The fan-out hook without an outbox (benchmarks): every fan-out reaches the members
-    at once, and the count is kept as the outbox would."""
-    room.fanned_bytes += size
-    room.distribute()
-
-
-class RoomError(Exception):
-    """A room command that cannot be carried out (ignored in v1, logged)."""
-
-
-class UnknownRoom(RoomError):
-    pass
-
-
-class AlreadyJoined(RoomError):
-    pass
-
-
-class NotJoined(RoomError):
-    pass
 
 
 class _Joining:
@@ -188,8 +135,8 @@ class ChatRoom:
 
     Counting (stats.py, docs/operating.md): nothing is counted per message, per fan-out
     or per member. ``seq`` counts the room's messages, and ``turn_bytes`` +
-    ``fanned_bytes`` the bytes fanned out to each v1 member (kept by the outbox, which
-    needs the turn's to bound it). The members do not change between two changes of
+    ``fanned_bytes`` the bytes fanned out to each v1 member (the turn's also bound the
+    turn: :meth:`_queued`). The members do not change between two changes of
     membership, so before each change the room adds members x messages (deliveries) and
     v1 members x bytes (bytes out) to the stats (:meth:`_count`), and the stats add what
     is due since when they are read. In process every message numbered here was posted
@@ -199,7 +146,6 @@ class ChatRoom:
     __slots__ = (
         "_bytes_counted",
         "_counted",
-        "_fanned_out",
         "_history",
         "_joining",
         "_members",
@@ -210,6 +156,7 @@ class ChatRoom:
         "_stats",
         "_turn",
         "_turn2",
+        "_turns",
         "description",
         "fanned_bytes",
         "history_size",
@@ -221,15 +168,15 @@ class ChatRoom:
     def __init__(
         self,
         detail: RoomDetail,
-        on_fan_out: FanOutHook | None = None,
-        stats: ServerStats | None = None,
+        turns: Turns,
+        stats: ServerStats,
         *,
         history: int = HISTORY_MAX,
     ) -> None:
         self.name = detail.name
-        self._stats = stats if stats is not None else ServerStats()
+        self._stats = stats
         self.description = detail.description
-        self._fanned_out = on_fan_out or _no_outbox
+        self._turns = turns
         # Local members -> their enqueue: a fan-out calls these directly. v1 sessions
         # in the first, v2 sessions in the second (they get other bytes).
         self._members: dict[Member, Callable[[bytes], None]] = {}
@@ -242,8 +189,7 @@ class ChatRoom:
         self._skip: dict[Member, int] = {}
         #: The room's latest sequence number (as this instance knows it).
         self.seq = 0
-        #: Bytes of v1 events fanned out to each member, this turn and before (kept by
-        #: Outbox.room_fanned_out and Outbox.flush).
+        #: Bytes of v1 events fanned out to each member, this turn and before.
         self.turn_bytes = 0
         self.fanned_bytes = 0
         self._counted = 0  # seq up to which the deliveries are in the stats
@@ -259,12 +205,12 @@ class ChatRoom:
     def __repr__(self) -> str:
         return f"<room {self.name!r}: {self.member_count} local members>"
 
-    def connect(self, publish: Callable[[bytes], None]) -> None:
+    def connect(self, publish: Callable[[bytes], None], numbered_here: bool) -> None:
         """The bus says how this room posts (RoomManager wires it). Messages numbered
         elsewhere (Redis) are counted as they are posted; the in-process bus's publisher
         is fan_out, and ``seq`` counts them."""
-        self._numbered_here = publish == self.fan_out
-        if self._numbered_here:
+        self._numbered_here = numbered_here
+        if numbered_here:
             self._publish = publish
             return
         stats = self._stats
@@ -321,13 +267,12 @@ class ChatRoom:
         """Whether any local session is in the room or joining it (bus interest)."""
         return bool(self._members or self._members2 or self._joining)
 
-    def __contains__(self, member: object) -> bool:
+    def holds(self, member: Participant) -> bool:
         """Whether a session is in the room or joining it."""
-        return (
-            member in self._members
-            or member in self._members2
-            or any(j.member is member for j in self._joining.values())
-        )
+        if member in self._members or member in self._members2:
+            return True
+        joining = self._joining.get(member.key)
+        return joining is not None and joining.member is member
 
     def snapshot(self) -> Snapshot:
         """The history this instance holds, at this moment of the room's order."""
@@ -350,7 +295,7 @@ class ChatRoom:
         self.seq += count
         if self._history is not None or self._members2:
             self._keep(first, count, _time_ns() // 1_000_000, event)
-        self._fanned_out(self, len(event))
+        self._queued(len(event))
 
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
         """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
@@ -363,7 +308,7 @@ class ChatRoom:
         self.seq = self._counted = seq + count - 1
         if self._history is not None or self._members2:
             self._keep(seq, count, ts, event)
-        self._fanned_out(self, len(event))
+        self._queued(len(event))
 
     def _keep(self, first: int, count: int, ts: int, event: bytes) -> None:
         """v2's part of a fan-out: the history entries, and the numbered lines for the
@@ -391,9 +336,19 @@ class ChatRoom:
             self._turn2.append(event2)
             self._stats.sent += len(event2) * len(self._members2)
         self._stats.delivered += len(self._members) + len(self._members2)  # not numbered
-        self._fanned_out(self, len(event))
+        self._queued(len(event))
 
     # -- the turn's events ---------------------------------------------------------------
+    def _queued(self, size: int) -> None:
+        """``size`` more bytes for each v1 member this turn: the first ones make the
+        outbox distribute the room at the turn's end; past FLUSH_AT it is written now."""
+        queued = self.turn_bytes + size
+        self.turn_bytes = queued
+        if queued == size:  # the turn's first (or the first since an early write)
+            self._turns.room_active(self)
+        elif queued > FLUSH_AT:
+            self._turns.flush_room(self)
+
     def _side(self, member: Member) -> tuple[dict[Member, Callable[[bytes], None]], list[bytes]]:
         """The member dict ``member`` is in and the turn's events it gets (v1 or v2);
         a KeyError if it is in neither."""
@@ -407,6 +362,8 @@ class ChatRoom:
         """Queue the turn's events for every member: one append per member, of the turn's
         bytes joined, however many events the turn had (Outbox.flush, at the turn's end).
         A member added during the turn, or handed its share early, gets only the rest."""
+        self.fanned_bytes += self.turn_bytes
+        self.turn_bytes = 0
         skip = self._skip
         late: list[tuple[dict[Member, Callable[[bytes], None]], Member, Callable[[bytes], None]]]
         late = []
@@ -452,9 +409,7 @@ class ChatRoom:
         (self._members2 if v2 else self._members)[member] = enqueue
         if turn:
             self._skip[member] = len(turn)
-        rooms = member.rooms
-        if self not in rooms:
-            rooms.append(self)
+        member.attach(self)
 
     def _discard(self, member: Member) -> bool:
         """Stop fanning out to ``member``, once it has what the turn queued for it so
@@ -473,7 +428,7 @@ class ChatRoom:
                 # turn_bytes is the size of _turn (kept by the outbox with it).
                 whole = start == 0 and turn is self._turn and self.turn_bytes
                 self._stats.sent -= whole or sum(map(len, turn[start:]))
-        member.rooms.remove(self)
+        member.detach(self)
         return True
 
     # -- joining -------------------------------------------------------------------------
@@ -597,7 +552,7 @@ class UserSessionHandle:
 
 
 class RoomManager:
-    """Every room of the server, in rooms-file order, wired to a bus and a presence."""
+    """Every room of the server, in rooms-file order, wired to a bus and its presence."""
 
     __slots__ = ("_bus", "_presence", "details", "history", "rooms")
 
@@ -605,22 +560,50 @@ class RoomManager:
         self,
         details: Iterable[RoomDetail],
         bus: Bus,
-        presence: Presence,
-        on_fan_out: FanOutHook | None = None,
-        stats: ServerStats | None = None,
+        turns: Turns,
+        stats: ServerStats,
         *,
         history: int = HISTORY_MAX,
     ) -> None:
         self.details = tuple(details)
         self.history = history
         self.rooms = {
-            detail.name: ChatRoom(detail, on_fan_out, stats, history=history)
-            for detail in self.details
+            detail.name: ChatRoom(detail, turns, stats, history=history) for detail in self.details
         }
         self._bus = bus
-        self._presence = presence
+        self._presence: Presence = bus.presence
         for room in self.rooms.values():
-            room.connect(bus.publisher(room))
+            room.connect(bus.publisher(room), bus.numbers_here)
+
+    def readings(self) -> list[Reading]:
+        """Rooms with local members, their sizes and the largest ones (/metrics)."""
+        sizes = [
+            (room.member_count, name) for name, room in self.rooms.items() if room.member_count
+        ]
+        histogram = Histogram(ROOM_MEMBER_BUCKETS)
+        for size, _ in sizes:
+            histogram.observe(size)
+        out = [
+            Reading("rooms_with_members", "gauge", "Rooms with local members.", len(sizes)),
+            Reading(
+                "room_members",
+                "histogram",
+                "Local members per room, over the rooms with members.",
+                histogram,
+            ),
+        ]
+        sizes.sort(key=lambda pair: (-pair[0], pair[1]))
+        for size, name in sizes[:TOP_ROOMS]:
+            out.append(
+                Reading(
+                    "room_members_top",
+                    "gauge",
+                    f"Local members of the {TOP_ROOMS} largest rooms.",
+                    size,
+                    (("room", name),),
+                )
+            )
+        return out
 
     def join_room(
         self,

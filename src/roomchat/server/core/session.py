@@ -5,36 +5,54 @@ A :class:`Session` takes the bytes a client sent (:meth:`Session.receive_data`,
 leaves and posts to rooms, and queues its events in its mailbox. It never touches a
 socket or an event loop: what it needs of the connection (stop and start reading, close,
 abort) goes through the narrow :class:`Connection` interface, so tests drive it without
-sockets and ``connection.py`` only moves bytes (as websockets' ``protocol.py`` and
-``asyncio/connection.py`` share the work).
+sockets and the shells (roomchat.server.shells) only move bytes, as websockets'
+``protocol.py`` and ``asyncio/connection.py`` share the work.
 
-Joining may take a round trip (presence in Redis): while a join is in progress the
-session keeps the commands that follow it, in order, and stops reading, so that a
-``send_message`` right after a ``join_room`` goes to the room it joined.
+Phases (:class:`Phase`; every transition is listed once, in :data:`TRANSITIONS`, as h11
+keeps its rules in ``_state.py``)::
+
+    LOGGING_IN --(the random id is the session's)--> NEW
+    NEW ------(a first command)--> READY       (a first v2 hello may make it WAITING)
+    READY <---(a join or a name claim answered)--> WAITING
+    any ------(quit, end of input, a refused hello, a lost connection)--> CLOSED
+
+- LOGGING_IN: with several instances, the session's random user id is confirmed with the
+  shared registry before the login is sent (names.py). Input is kept undecoded: a first
+  ``hello`` is still recognised afterwards.
+- NEW: logged in, nothing received yet. A first ``hello`` with ``v`` >= 2 gets
+  ``welcome`` (or an error and the close), the decoder upgraded and the mailbox marked v2
+  (rooms then send it v2 bytes). From then on the commands v1 ignores get an ``error``.
+- WAITING: a join, or a claim of a name, is answered after a round trip (presence or
+  names in Redis). The session keeps what follows, in order, and stops reading, so that
+  a ``send_message`` right after a ``join_room`` goes to the room it joined.
+
+Commands are dispatched through one table (:data:`COMMANDS`, as Ergo's
+``irc/commands.go``): each command's handler and whether v1 knows it. ``send_message``,
+by far the most frequent, is taken before the table, a run of them to one room at once.
+A command that cannot be carried out raises or is answered with a
+:class:`~roomchat.server.core.errors.Refused`, which carries its v2 error code: v2
+sessions get an ``error``, v1 sessions have it ignored and logged (capped per session).
 
 Bounds and bad input (docs/protocol.md, "What happens to bad input"): a line longer than
-the limit aborts the session; a bad line or a command that cannot be carried out is
-ignored and logged (capped per session); a client that closes its side has its last
-unterminated command carried out, then the session ends as with ``quit``.
-
-Version 2 (docs/protocol.md, "Version 2"): a session whose first command is a ``hello``
-with ``v`` >= 2 gets ``welcome`` (or an error and the close), its decoder upgraded and its
-mailbox marked v2 (rooms then send it v2 bytes). From then on the commands v1 ignores
-get an ``error``; ``ping`` is answered. A v1 session stays exactly v1. Every session, v1
-included, has its commands counted against a token bucket (flood.py) when flood control
-is on: over budget, reading stops until the bucket has refilled.
+the limit ends the session; a client that closes its side has its last unterminated
+command carried out, then the session ends as with ``quit``. Every session, v1 included,
+has its commands counted against a token bucket (flood.py) when flood control is on:
+over budget, reading stops until the bucket has refilled.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import secrets
 import time
 from collections import deque
-from typing import Protocol, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 from roomchat import tokens
 from roomchat.protocol import (
+    COMMAND_TAGS,
     FEATURES,
     PROTOCOL_VERSION,
     BadLine,
@@ -60,20 +78,15 @@ from roomchat.protocol import (
     name_key,
     valid_name,
 )
+from roomchat.server.core import errors
 from roomchat.server.core.context import SessionContext
+from roomchat.server.core.errors import AlreadyJoined, BadCommand, NotJoined, Refused, RoomError
 from roomchat.server.core.flood import Bucket
 from roomchat.server.core.history import HistoryRequest
 from roomchat.server.core.outbox import Mailbox
-from roomchat.server.core.rooms import (
-    AlreadyJoined,
-    RoomError,
-    RoomManager,
-    UnknownRoom,
-    UserSessionHandle,
-)
-from roomchat.server.core.stats import ServerStats
+from roomchat.server.core.rooms import UserSessionHandle
 
-__all__ = ["Connection", "Session", "new_session_id", "new_user_id"]
+__all__ = ["COMMANDS", "TRANSITIONS", "Connection", "Phase", "Session", "new_session_id"]
 
 log = logging.getLogger("roomchat.server")
 
@@ -84,21 +97,27 @@ _IGNORED_LOGGED = 5
 _THROTTLES_LOGGED = 5
 
 _Item = Command | BadLine | LineTooLong
-#: ``Session._joining`` while a hello's name is being claimed: like a join in progress,
-#: later commands wait (compared by identity: no room is this object).
-_NAMING = "<claiming a name>"
-#: ``Session._joining`` while its random id is being claimed (before the login).
-_LOGGING_IN = "<claiming a random id>"
-_CLAIMS = (_NAMING, _LOGGING_IN)
 
 
-class _Refused(Exception):
-    """A v2 command that cannot be carried out: its error code and message."""
+class Phase(enum.Enum):
+    LOGGING_IN = "logging in"
+    NEW = "new"
+    READY = "ready"
+    WAITING = "waiting"
+    CLOSED = "closed"
 
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
+
+#: Every transition a session may make (anything else is a bug in this module).
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.LOGGING_IN: frozenset({Phase.NEW, Phase.CLOSED}),
+    Phase.NEW: frozenset({Phase.READY, Phase.WAITING, Phase.CLOSED}),
+    Phase.READY: frozenset({Phase.WAITING, Phase.CLOSED}),
+    Phase.WAITING: frozenset({Phase.READY, Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+_READY = Phase.READY
+_CLOSED = Phase.CLOSED
 
 
 def new_session_id() -> str:
@@ -134,18 +153,17 @@ class Session:
         "_decoder",
         "_eof",
         "_episode",
-        "_fresh",
         "_handles",
         "_ignored",
         "_joining",
         "_name_held",
+        "_paused",
+        "_phase",
         "_rooms",
         "_shutting_down",
         "_stats",
         "_throttled",
         "_unread",
-        "_waiting",
-        "closed",
         "heard",
         "mailbox",
         "name",
@@ -157,27 +175,19 @@ class Session:
     )
 
     def __init__(
-        self,
-        rooms: RoomManager,
-        mailbox: Mailbox,
-        connection: Connection,
-        *,
-        max_line_length: int,
-        name: str = "?",
-        stats: ServerStats | None = None,
-        context: SessionContext | None = None,
+        self, context: SessionContext, mailbox: Mailbox, connection: Connection, *, name: str
     ) -> None:
-        self._rooms = rooms
-        self._stats = stats if stats is not None else ServerStats()
+        self._context = context
+        self._rooms = context.rooms
+        self._stats = context.stats
         self.mailbox = mailbox
         self.session_id = mailbox.key
         self.user_id = mailbox.user_id
         self._connection = connection
-        self._context = context = context or SessionContext()
-        self._decoder = CommandDecoder(max_line_length)
+        self._decoder = CommandDecoder(context.max_line_length)
+        self._phase = Phase.LOGGING_IN
         self.v2 = False
         self._name_held = True  # the user id is held in context.names until the end
-        self._fresh = True  # no command yet: a first hello may make the session v2
         self._shutting_down = False
         # Flood control: None when off.
         self._bucket = (
@@ -192,18 +202,24 @@ class Session:
         self.quiet_since = 0.0
         self.pinged = False
         self._handles: dict[str, UserSessionHandle] = {}
-        # The room of the join in progress (or _NAMING: a hello's name being claimed).
-        self._joining: str | None = None
-        self._waiting = False  # that join is answered later: reading is paused
-        self._backlog: deque[_Item] = deque()  # commands after it, in order
-        self._unread: list[bytes] = []  # what came before the login (start)
+        self._joining: str | None = None  # the room of the join in progress (WAITING)
+        self._paused = False  # reading paused for a wait answered later
+        self._backlog: deque[_Item] = deque()  # commands that came during a wait
+        self._unread: list[bytes] = []  # what came while LOGGING_IN
         self._eof = False
         self._ignored = 0
-        self.closed = False
         self.name = name  # for logs: the peer's address
 
     def __repr__(self) -> str:
         return f"<session {self.session_id} user {self.user_id} from {self.name}>"
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _CLOSED
 
     @property
     def log_fields(self) -> dict[str, str]:
@@ -215,6 +231,31 @@ class Session:
         """The rooms this session is in (joins in progress not included)."""
         return list(self._handles)
 
+    def _enter(self, phase: Phase) -> None:
+        if phase not in TRANSITIONS[self._phase]:
+            raise RuntimeError(f"{self!r}: no transition from {self._phase} to {phase}")
+        self._phase = phase
+
+    def _wait(self, room: str | None) -> None:
+        """A join (``room``) or a name claim (None) is under way: commands wait."""
+        self._enter(Phase.WAITING)
+        self._joining = room
+
+    def _waited(self) -> bool:
+        """The wait is over; whether reading was paused for it (answered later)."""
+        self._joining = None
+        paused, self._paused = self._paused, False
+        if self._phase is not _CLOSED:
+            self._enter(_READY)
+        return paused
+
+    def _pause_if_waiting(self) -> None:
+        """After asking for something that may be answered at once or later: if later,
+        stop reading until then."""
+        if self._phase is Phase.WAITING or self._phase is Phase.LOGGING_IN:
+            self._paused = True
+            self._connection.pause_reading()
+
     # -- input -------------------------------------------------------------------------
     def start(self, rooms: tuple[RoomDetail, ...]) -> None:
         """docs/protocol.md: the server speaks first, once the user id is the session's:
@@ -222,17 +263,14 @@ class Session:
         it (names.py), with a new id drawn if another instance's user has this one."""
         names = self._context.names
         if names.shared is None:
+            self._enter(Phase.NEW)
             self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
             return
-        self._joining = _LOGGING_IN
         names.confirm_new(self.user_id, lambda holder: self._logged_in(rooms, holder))
-        if self._joining is _LOGGING_IN:
-            self._waiting = True
-            self._connection.pause_reading()
+        self._pause_if_waiting()
 
     def _logged_in(self, rooms: tuple[RoomDetail, ...], holder: str | None) -> None:
-        if self.closed:  # gone meanwhile: _release gave the id back
-            self._joining = None
+        if self._phase is _CLOSED:  # gone meanwhile: _release gave the id back
             return
         if holder is not None:  # another instance's user: draw again
             names = self._context.names
@@ -242,26 +280,29 @@ class Session:
             self.user_id = self.mailbox.user_id = user_id
             names.confirm_new(user_id, lambda holder: self._logged_in(rooms, holder))
             return
-        self._joining = None
+        self._enter(Phase.NEW)
+        paused, self._paused = self._paused, False
         self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
         unread, self._unread = b"".join(self._unread), []
         if unread:  # what came before the login, read now (counted once, when it came)
             self._stats.bytes_in -= len(unread)
             self.receive_data(unread)
         if self._eof:  # as receive_eof would have, had the login been sent
-            self._backlog.extend(self._decoder.feed_eof())
-        if self._waiting and self._joining is None:
-            self._waiting = False
-            self._drain_backlog()
+            self._take(self._decoder.feed_eof())
+            self._ended_input()
+        elif paused:
+            self._resume()
 
     def receive_data(self, data: bytes) -> None:
         self.heard = True
         self._stats.bytes_in += len(data)  # counted per read, not per line (stats.py)
-        if self._fresh:
-            if self._joining is _LOGGING_IN:  # a hello must be read after the login
+        phase = self._phase
+        if phase is not _READY:
+            if phase is Phase.LOGGING_IN:  # a hello must be read after the login
                 self._unread.append(data)
                 return
-            data = self._first_command(data)
+            if phase is Phase.NEW:
+                data = self._first_command(data)
         items = self._decoder.feed(data)
         bucket = self._bucket
         if bucket is not None:  # flood control: one subtraction per batch
@@ -270,15 +311,24 @@ class Session:
                 self._throttle(bucket)
             elif self._episode:
                 self._episode = False
-        if self._joining is None:
+        self._take(items)
+
+    def _take(self, items: list[_Item]) -> None:
+        """Carry out ``items`` now, or keep them, in order, while a wait is under way:
+        the one place that decides."""
+        phase = self._phase
+        if phase is Phase.NEW and items:  # the first command at the end of the input
+            self._enter(_READY)
+            phase = _READY
+        if phase is _READY:
             self._handle(items)
-        else:
+        elif phase is not _CLOSED and items:
             self._backlog.extend(items)
 
     def _first_command(self, data: bytes) -> bytes:
         """Decode line by line up to the first command: a hello changes how the lines
         after it are decoded (v2). Returns the bytes after that line."""
-        while self._fresh and not self.closed:
+        while self._phase is Phase.NEW:
             newline = data.find(b"\n")
             if newline < 0:
                 return data  # no complete line yet
@@ -286,28 +336,21 @@ class Session:
             items = self._decoder.feed(line)
             if not items:
                 continue  # a blank line, or the end of a line begun earlier... kept
-            self._fresh = False
-            first, rest = items[0], items[1:]
+            first = items[0]
             if type(first) is Hello and first.version >= 2:
-                self._hello(first)
-                if rest and not self.closed:
-                    if self._joining is None:
-                        self._handle(rest)
-                    else:
-                        self._backlog.extend(rest)
-            elif self._joining is None:
-                self._handle(items)
+                self._hello(first)  # READY, WAITING for the name, or CLOSED
+                self._take(items[1:])
             else:
-                self._backlog.extend(items)
-        return data if not self.closed else b""
+                self._enter(_READY)
+                self._take(items)
+        return data if self._phase is not _CLOSED else b""
 
     def _throttle(self, bucket: Bucket) -> None:
         wait = bucket.refill()
         if wait <= 0 or self._throttled:
             return
-        context = self._context
-        context.stats["throttled"] += 1
-        count = context.stats["throttled"]
+        self._stats.throttled += 1
+        count = self._stats.throttled
         if count <= _THROTTLES_LOGGED or count % 1000 == 0:
             log.warning(
                 "%r: over the flood limit (%g commands/s, burst %g): not read for %d ms "
@@ -323,27 +366,31 @@ class Session:
         if self.v2 and not self._episode:
             self._episode = True
             self.mailbox.send(encode(RateLimited(max(1, round(wait * 1000)))))
-        context.call_later(wait, self._unthrottle)
+        self._context.call_later(wait, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self._throttled = False
-        if not self.closed and self._joining is None:
+        if self._phase is _READY or self._phase is Phase.NEW:
             self._connection.resume_reading()
 
     def receive_eof(self) -> None:
         """The client closed its side (e.g. nc at the end of its input): carry out a last
         unterminated command, then end the session as the original does."""
         self._eof = True
-        if self._joining is _LOGGING_IN:
+        if self._phase is Phase.LOGGING_IN:
             return  # read with what came before, after the login (_logged_in)
-        items = self._decoder.feed_eof()
-        self._backlog.extend(items)
-        if self._joining is None:
-            self._drain_backlog()
+        self._take(self._decoder.feed_eof())
+        self._ended_input()
+
+    def _ended_input(self) -> None:
+        """After the end of input was taken: close once nothing waits any more."""
+        if self._phase is _READY or self._phase is Phase.NEW:
+            self.close("client closed its side")
 
     def connection_lost(self) -> None:
         """The connection is gone: leave every room (the others see "left")."""
-        self.closed = True
+        if self._phase is not _CLOSED:
+            self._enter(_CLOSED)
         self._backlog.clear()
         self.mailbox.close()  # first: the rooms then drop its share of the turn at once
         self._leave_all()
@@ -361,18 +408,20 @@ class Session:
     def _handle(self, items: list[_Item]) -> None:
         index, count = 0, len(items)
         while index < count:
-            if self.closed:
+            if self._phase is not _READY:  # a wait began, or the session ended
+                if self._phase is not _CLOSED:
+                    self._backlog.extend(items[index:])
                 return
             item = items[index]
             index += 1
-            if type(item) is SendMessage:  # by far the most frequent: checked first
-                room = item.room
-                handle = self._handles.get(room)
+            if type(item) is SendMessage:  # by far the most frequent: before the table
                 # A run of messages to one room (a busy client's read holds many) is
                 # encoded and posted as one event: the members get one append for all.
+                room = item.room
                 end = index
                 while end < count and type(run := items[end]) is SendMessage and run.room == room:
                     end += 1
+                handle = self._handles.get(room)
                 if handle is not None and not self._shutting_down:
                     if end == index:
                         handle.send_message(item.content)
@@ -380,114 +429,188 @@ class Session:
                         handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
                 else:  # refused: posted ones are counted by their room (ChatRoom.post)
                     self._stats.messages += end - index + 1
+                    refusal: Refused = (
+                        errors.ShuttingDown() if self._shutting_down else NotJoined.in_room(room)
+                    )
                     for refused in items[index - 1 : end]:  # each has its own id (v2)
-                        assert isinstance(refused, SendMessage)
-                        if self._shutting_down:
-                            self._refuse(refused, "shutting_down", "the server is shutting down")
-                        else:
-                            self._refuse(refused, "not_member", f"not in room {room!r}")
+                        self._refuse(cast(SendMessage, refused), refusal)
                 index = end
-            elif type(item) is JoinRoom:
-                self._join(item)
-                if self._joining is not None:  # in progress: keep the rest for later
-                    self._backlog.extend(items[index:])
-                    return
+                continue
+            rule = COMMANDS[type(item)]
+            if rule.v2_only and not self.v2:  # hello (not first), ping, pong: unknown to v1
+                self._stats.ignored += 1
+                self._ignore(f"{type(item).__name__} in a v1 session")
             else:
-                self._other(item)
+                rule.handler(self, item)
 
-    def _other(self, item: _Item) -> None:
-        stats = self._stats
-        if isinstance(item, LeaveRoom):
-            self._leave(item)
-        elif isinstance(item, Quit):
-            self.close("quit")
-        elif isinstance(item, BadLine):
-            stats.bad_lines += 1
-            if self.v2:
-                self._error("bad_command", item.reason, item.command, item.id)
-            else:
-                self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
-        elif isinstance(item, LineTooLong):
-            stats.lines_too_long += 1
-            log.warning(
-                "%r: line longer than %d bytes, closing",
-                self,
-                item.limit,
-                extra={**self.log_fields, "reason": "line too long"},
-            )
-            if self.v2:
-                self._error("line_too_long", f"a line passed {item.limit} bytes")
-                self.close("line too long")
-            else:
-                self.abort("line too long")
-        elif not self.v2:  # hello (not first), ping, pong: unknown to v1
-            self._ignore(f"{type(item).__name__} in a v1 session")
-        elif isinstance(item, Ping):
-            self.mailbox.send(encode(ServerPong(item.id)))
-        elif isinstance(item, Pong):
-            pass
-        elif isinstance(item, Hello):
-            self._error("bad_command", "this session said hello already", "hello", item.id)
+    def _drain_backlog(self) -> None:
+        backlog = self._backlog
+        while backlog and self._phase is _READY:
+            self._handle([backlog.popleft()])
 
-    # -- v2 ----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """A wait answered later is over: carry on where it stopped, then read again."""
+        self._drain_backlog()
+        if self._phase is not _READY and self._phase is not Phase.NEW:
+            return  # waiting again, or closed
+        if self._eof:
+            self.close("client closed its side")
+        elif not self._throttled:
+            self._connection.resume_reading()
+
+    # -- refusals ----------------------------------------------------------------------
+    def _refuse(self, item: Command, refusal: Refused) -> None:
+        """A command that cannot be carried out: an error in v2, ignored in v1."""
+        self._stats.ignored += 1
+        if self.v2:
+            self._error(refusal.code, refusal.msg, COMMAND_TAGS[type(item)], item.id)
+        else:
+            self._ignore(f"{type(item).__name__}: {refusal.msg}")
+
     def _error(
         self, code: str, msg: str, command: str | None = None, ident: str | None = None
     ) -> None:
         self.mailbox.send(encode(Error(code, msg, command, ident)))
 
-    def _refuse(self, item: Command, code: str, msg: str) -> None:
-        """A command that cannot be carried out: an error in v2, ignored in v1."""
-        if self.v2:
-            tag = type(item).__struct_config__.tag
-            self._error(code, msg, tag if isinstance(tag, str) else None, item.id)
-        else:
-            self._ignore(f"{type(item).__name__}: {msg}")
+    def _ignore(self, what: str) -> None:
+        # v1 has no error event (docs/protocol.md): ignore, log, keep the session open.
+        # The log is capped per session so that a flood of bad lines cannot flood it.
+        before = self._ignored
+        self._ignored = count = before + 1
+        if before < _IGNORED_LOGGED or count % 1000 == 0:
+            log.warning(
+                "%r: ignored #%d: %s",
+                self,
+                count,
+                what,
+                extra={**self.log_fields, "reason": what},
+            )
 
+    # -- commands (the handlers of COMMANDS) -------------------------------------------
+    def _join(self, item: JoinRoom) -> None:
+        room = item.room
+        request = None
+        if self.v2:
+            if self._shutting_down:
+                self._refuse(item, errors.ShuttingDown())
+                return
+            if item.history is not None and item.after is not None:
+                self._refuse(item, BadCommand("h and after exclude each other"))
+                return
+            request = HistoryRequest(item.history, item.after)
+        if room in self._handles:
+            self._refuse(item, AlreadyJoined(f"already in room {room!r}"))
+            return
+        self._wait(room)
+        try:
+            self._rooms.join_room(room, self.mailbox, self._joined, request)
+        except RoomError as exc:
+            self._waited()
+            self._refuse(item, exc)
+            return
+        self._pause_if_waiting()
+
+    def _joined(self, outcome: UserSessionHandle | RoomError) -> None:
+        room = self._joining
+        if self._phase is _CLOSED:  # the connection went while the join was under way
+            self._joining = None
+            if isinstance(outcome, UserSessionHandle):
+                self._rooms.drop_user_session_handle(outcome)
+            return
+        paused = self._waited()
+        if isinstance(outcome, RoomError):
+            self._stats.ignored += 1
+            self._ignore(f"join_room {room!r}: {outcome}")
+        else:
+            self._handles[outcome.room.name] = outcome
+        if paused:  # answered after a wait: carry on where the join stopped
+            self._resume()
+
+    def _leave(self, item: LeaveRoom) -> None:
+        handle = self._handles.pop(item.room, None)
+        if handle is None:
+            self._refuse(item, NotJoined.in_room(item.room))
+            return
+        self._rooms.drop_user_session_handle(handle)
+
+    def _quit(self, item: Quit) -> None:
+        self.close("quit")
+
+    def _bad_line(self, item: BadLine) -> None:
+        self._stats.bad_lines += 1
+        if self.v2:
+            self._error("bad_command", item.reason, item.command, item.id)
+        else:
+            self._ignore(f"bad line ({item.reason}): {item.line[:80]!r}")
+
+    def _line_too_long(self, item: LineTooLong) -> None:
+        self._stats.lines_too_long += 1
+        log.warning(
+            "%r: line longer than %d bytes, closing",
+            self,
+            item.limit,
+            extra={**self.log_fields, "reason": "line too long"},
+        )
+        if self.v2:
+            self._error("line_too_long", f"a line passed {item.limit} bytes")
+            self.close("line too long")
+        else:
+            self.abort("line too long")
+
+    def _ping(self, item: Ping) -> None:
+        self.mailbox.send(encode(ServerPong(item.id)))
+
+    def _pong(self, item: Pong) -> None:
+        pass  # heard: receive_data noted it
+
+    def _hello_again(self, item: Hello) -> None:
+        self._refuse(item, BadCommand("this session said hello already"))
+
+    # -- v2's hello ----------------------------------------------------------------------
     def _hello(self, hello: Hello) -> None:
+        """A first hello (NEW): READY as the session's own id, WAITING while a name is
+        claimed, or CLOSED when refused."""
         context = self._context
-        context.stats["hellos"] += 1
+        self._stats.hellos += 1
         try:
             user, proven = self._check_hello(hello)
-        except _Refused as refused:
-            context.stats["hellos_refused"] += 1
-            log.info("%r: hello refused (%s): %s", self, refused.code, refused.msg)
-            self._error(refused.code, refused.msg, "hello", hello.id)
-            self.close(f"hello refused: {refused.code}")
+        except Refused as refused:
+            self._hello_refused(hello, refused)
             return
         self._decoder.upgrade()  # what follows the hello is read as v2 (or dropped)
         if user == self.user_id:
+            self._enter(_READY)
             self._welcome(hello, user)
             return
         # The registry may answer after a round trip (several instances): until then
         # the session reads nothing and keeps what it has read, as during a join.
-        self._joining = _NAMING
+        self._wait(None)
         context.names.request(user, proven, lambda holder: self._named(hello, user, holder))
-        if self._joining is _NAMING:
-            self._waiting = True
-            self._connection.pause_reading()
+        self._pause_if_waiting()
+
+    def _hello_refused(self, hello: Hello, refused: Refused) -> None:
+        self._stats.hellos_refused += 1
+        log.info("%r: hello refused (%s): %s", self, refused.code, refused.msg)
+        self._error(refused.code, refused.msg, "hello", hello.id)
+        self.close(f"hello refused: {refused.code}")
 
     def _named(self, hello: Hello, user: str, holder: str | None) -> None:
         """The registry's answer to the name ``user``: None (it is the session's) or the
         spelling another user holds it under."""
-        self._joining = None
         context = self._context
-        if self.closed:  # gone while the claim was under way: give the name back
+        if self._phase is _CLOSED:  # gone while the claim was under way: give it back
             if holder is None:
                 context.names.release(user)
-            self._waiting = False
             return
+        paused = self._waited()
         if holder is not None:
-            context.stats["hellos_refused"] += 1
-            log.info("%r: hello refused (name_taken): %r is held by another user", self, user)
-            self._error("name_taken", f"the name {user!r} is in use", "hello", hello.id)
-            self.close("hello refused: name_taken")
+            self._hello_refused(hello, errors.NameTaken(f"the name {user!r} is in use"))
             return
         context.names.release(self.user_id)
         self.user_id = self.mailbox.user_id = user
         self._welcome(hello, user)
-        if self._waiting:
-            self._waiting = False
-            self._drain_backlog()
+        if paused:
+            self._resume()
 
     def _welcome(self, hello: Hello, user: str) -> None:
         context = self._context
@@ -513,37 +636,37 @@ class Session:
 
     def _check_hello(self, hello: Hello) -> tuple[str, bool]:
         """The user id the session asks for and whether its token proves it; or
-        _Refused."""
+        Refused."""
         context = self._context
         if self._shutting_down:
-            raise _Refused("shutting_down", "the server is shutting down")
+            raise errors.ShuttingDown()
         name, token = hello.name, hello.token
         if name is None:
             if token is not None:
-                raise _Refused("bad_command", "a token without a name")
+                raise BadCommand("a token without a name")
             return self.user_id, False
         if not valid_name(name):
-            raise _Refused("name_invalid", "a name is 1 to 32 of A-Z a-z 0-9 _ - . (no spaces)")
+            raise errors.NameInvalid("a name is 1 to 32 of A-Z a-z 0-9 _ - . (no spaces)")
         limiter = context.hello_limiter
         if limiter is not None and not limiter.allow(name_key(name)):
-            raise _Refused("rate_limited", f"too many hellos for the name {name!r}: wait a while")
+            raise errors.RateLimited(f"too many hellos for the name {name!r}: wait a while")
         proven = token is not None and tokens.verify(context.secret, name, token, time.time())
         if context.require_tokens and not proven:
-            raise _Refused("not_authorised", f"the name {name!r} needs a valid token")
+            raise errors.NotAuthorised(f"the name {name!r} needs a valid token")
         if name_key(name) == name_key(self.user_id):
             return self.user_id, proven  # this session's own random id
         return name, proven  # whether it is free: the name registry answers (_hello)
 
     # -- what the server and the sweeper ask -------------------------------------------
     def send_ping(self) -> None:
-        if not self.closed:
+        if self._phase is not _CLOSED:
             self.mailbox.send(encode(ServerPing()))
 
     def idle_timeout(self, quiet: float) -> None:
-        if self.closed:
+        if self._phase is _CLOSED:
             return
         log.info("%r: nothing received for %.1f s, closing", self, quiet)
-        self._context.stats["idle_timeouts"] += 1
+        self._stats.idle_timeouts += 1
         self._error("idle_timeout", f"nothing received for {round(quiet)} s")
         self.close("idle timeout")
 
@@ -551,127 +674,65 @@ class Session:
         """The server is about to close: v2 sessions are told; commands that still come
         are refused with shutting_down."""
         self._shutting_down = True
-        if self.v2 and not self.closed:
+        if self.v2 and self._phase is not _CLOSED:
             context = self._context
             self.mailbox.send(encode(Shutdown(context.reconnect_ms, context.shutdown_msg)))
 
-    def _drain_backlog(self) -> None:
-        backlog = self._backlog
-        while backlog and self._joining is None and not self.closed:
-            item = backlog.popleft()
-            if type(item) is JoinRoom:
-                self._join(item)
-            else:
-                self._handle([item])
-        if self._joining is None and not self.closed:
-            if self._eof:
-                self.close("client closed its side")
-            elif not self._throttled:
-                self._connection.resume_reading()
-
-    # -- commands --------------------------------------------------------------------
-    def _join(self, item: JoinRoom) -> None:
-        room = item.room
-        request = None
-        if self.v2:
-            if self._shutting_down:
-                self._refuse(item, "shutting_down", "the server is shutting down")
-                return
-            if item.history is not None and item.after is not None:
-                self._refuse(item, "bad_command", "h and after exclude each other")
-                return
-            request = HistoryRequest(item.history, item.after)
-        if room in self._handles:
-            self._refuse(item, "already_joined", f"already in room {room!r}")
-            return
-        self._joining = room
-        try:
-            self._rooms.join_room(room, self.mailbox, self._joined, request)
-        except RoomError as exc:
-            self._joining = None
-            code = (
-                "unknown_room"
-                if isinstance(exc, UnknownRoom)
-                else "already_joined"
-                if isinstance(exc, AlreadyJoined)
-                else "bad_command"
-            )
-            self._refuse(item, code, str(exc))
-            return
-        if self._joining is not None:  # not answered yet: wait, reading nothing more
-            self._waiting = True
-            self._connection.pause_reading()
-
-    def _joined(self, outcome: UserSessionHandle | RoomError) -> None:
-        room, self._joining = self._joining, None
-        if isinstance(outcome, RoomError):
-            self._ignore(f"join_room {room!r}: {outcome}")
-        elif self.closed:  # the connection went while the join was under way
-            self._waiting = False
-            self._rooms.drop_user_session_handle(outcome)
-            return
-        else:
-            self._handles[outcome.room.name] = outcome
-        if self._waiting:  # answered after a wait: carry on where the join stopped
-            self._waiting = False
-            self._drain_backlog()
-
-    def _leave(self, item: LeaveRoom) -> None:
-        handle = self._handles.pop(item.room, None)
-        if handle is None:
-            self._refuse(item, "not_member", f"not in room {item.room!r}")
-            return
-        self._rooms.drop_user_session_handle(handle)
-
+    # -- ending ------------------------------------------------------------------------
     def _leave_all(self) -> None:
         handles = list(self._handles.values())
         self._handles.clear()
         for handle in handles:
             self._rooms.drop_user_session_handle(handle)
-        if self._joining is not None and self._joining not in _CLAIMS:
+        if self._joining is not None:  # a join under way: take the member back out
             room = self._rooms.rooms.get(self._joining)
             self._joining = None
-            self._waiting = False
-            if room is not None and self.mailbox in room:
+            if room is not None and room.holds(self.mailbox):
                 self._rooms.leave(room, self.mailbox)
 
-    def _ignore(self, what: str, times: int = 1) -> None:
-        # v1 has no error event (docs/protocol.md): ignore, log, keep the session open.
-        # The log is capped per session so that a flood of bad lines cannot flood it.
-        before = self._ignored
-        self._ignored = count = before + times
-        self._stats.ignored += times
-        if before < _IGNORED_LOGGED or count // 1000 > before // 1000:
-            suffix = f" (x{times})" if times > 1 else ""
-            log.warning(
-                "%r: ignored #%d: %s%s",
-                self,
-                count,
-                what,
-                suffix,
-                extra={**self.log_fields, "reason": what},
-            )
-
-    # -- ending ----------------------------------------------------------------------
     def close(self, reason: str, *, announce: bool = True) -> None:
         """End the session: leave every room (with ``announce`` the others see "left";
         at server shutdown that happens when the connection is gone), send what is
         queued, close."""
-        if self.closed:
+        if self._phase is _CLOSED:
             return
         if announce:
             self._leave_all()
-        self.closed = True
+        self._enter(_CLOSED)
         self.mailbox.flush()
         self._release()
         self._connection.close(reason)
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once, discarding queued output."""
-        if self.closed:
+        if self._phase is _CLOSED:
             return
-        self.closed = True
+        self._enter(_CLOSED)
         self.mailbox.close()
         self._leave_all()
         self._release()
         self._connection.abort(reason)
+
+
+class _Rule:
+    """One row of the command table: its handler, and whether v1 knows the command (a
+    v1 session ignores the others, logged, as the original ignores unknown lines)."""
+
+    __slots__ = ("handler", "v2_only")
+
+    def __init__(self, handler: Callable[[Session, Any], None], *, v2_only: bool = False) -> None:
+        self.handler = handler
+        self.v2_only = v2_only
+
+
+#: What the session does with each decoded line, but ``send_message`` (see _handle).
+COMMANDS: dict[type[Any], _Rule] = {
+    JoinRoom: _Rule(Session._join),
+    LeaveRoom: _Rule(Session._leave),
+    Quit: _Rule(Session._quit),
+    BadLine: _Rule(Session._bad_line),
+    LineTooLong: _Rule(Session._line_too_long),
+    Ping: _Rule(Session._ping, v2_only=True),
+    Pong: _Rule(Session._pong, v2_only=True),
+    Hello: _Rule(Session._hello_again, v2_only=True),
+}

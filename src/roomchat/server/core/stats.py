@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-__all__ = ["LAG_BUCKETS", "TURN_BUCKETS", "Histogram", "ServerStats"]
+__all__ = ["LAG_BUCKETS", "TURN_BUCKETS", "Histogram", "Reading", "ServerStats"]
 
 #: Seconds; for the event loop's lateness (a probe every 100 ms).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -57,6 +58,20 @@ class Histogram:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One number a part of the server reports for /metrics, without Prometheus: its
+    name (the metric's, without ``roomchat_`` and the counters' ``_total``), its kind,
+    what it means, its value now (a Histogram for a histogram), and its labels. Readings
+    of one name and different labels are one metric."""
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    doc: str
+    value: float | Histogram
+    labels: tuple[tuple[str, str], ...] = ()
+
+
 class Counting(Protocol):
     """A room, as far as counting goes (rooms.ChatRoom): what it owes the counters."""
 
@@ -78,6 +93,9 @@ class ServerStats:
         "bytes_in",
         "connections_accepted",
         "delivered",
+        "hellos",
+        "hellos_refused",
+        "idle_timeouts",
         "ignored",
         "lines_too_long",
         "loop_lag",
@@ -85,6 +103,7 @@ class ServerStats:
         "rooms",
         "sent",
         "slow_consumers",
+        "throttled",
         "turn",
         "writes",
     )
@@ -95,8 +114,8 @@ class ServerStats:
         #: send_message commands refused, and those posted to a room numbered elsewhere
         #: (Redis); what rooms number here they count themselves (messages_received).
         self.messages = 0
-        self.bad_lines = 0  # lines that are not a command (ignored)
-        self.ignored = 0  # commands ignored, bad lines included (Session._ignore)
+        self.bad_lines = 0  # lines that are not a command (v1: ignored; v2: bad_command)
+        self.ignored = 0  # valid commands that could not be carried out (both versions)
         self.lines_too_long = 0  # sessions closed for a line over the limit
         #: Events queued to members by fan-outs, as far as the rooms put them here (they
         #: do when their members change; ``deliveries`` adds what they owe since).
@@ -109,6 +128,10 @@ class ServerStats:
         self.rooms: list[Counting] = []
         self.writes = 0  # transport.write calls (one per session per turn at most)
         self.slow_consumers = 0  # sessions cut off for not reading
+        self.throttled = 0  # flood-control episodes: a session not read for a while
+        self.idle_timeouts = 0  # v2 sessions closed for saying nothing (idle_timeout)
+        self.hellos = 0  # v2 hellos received
+        self.hellos_refused = 0  # ... refused (name taken or invalid, token, rate)
         self.loop_lag = Histogram(LAG_BUCKETS)
         self.turn = Histogram(TURN_BUCKETS)
 
@@ -127,7 +150,83 @@ class ServerStats:
         """send_message commands handled (carried out or refused)."""
         return self.messages + sum(room.messages_posted for room in self.rooms)
 
-    @property
-    def ignored_commands(self) -> int:
-        """Commands that could not be carried out (bad lines not included)."""
-        return self.ignored - self.bad_lines
+    def readings(self) -> list[Reading]:
+        """Every counter here, for /metrics (docs/operating.md says what each means)."""
+        counters = (
+            (
+                "messages_received",
+                "send_message commands received from clients.",
+                self.messages_received,
+            ),
+            (
+                "deliveries",
+                "Events queued to room members by fan-outs (members x events).",
+                self.deliveries,
+            ),
+            ("received_bytes", "Bytes read from clients.", self.bytes_in),
+            (
+                "sent_bytes",
+                "Bytes written to clients (counted when queued, less what was dropped).",
+                self.bytes_out,
+            ),
+            (
+                "socket_writes",
+                "Writes to client sockets (at most one per session per loop turn).",
+                self.writes,
+            ),
+            (
+                "slow_consumer_disconnects",
+                "Sessions cut off for having more than --max-pending-output unsent.",
+                self.slow_consumers,
+            ),
+            (
+                "lines_too_long",
+                "Sessions closed for a line longer than --max-line-length.",
+                self.lines_too_long,
+            ),
+            (
+                "bad_lines",
+                "Lines that are not a valid command (v1: ignored; v2: bad_command).",
+                self.bad_lines,
+            ),
+            (
+                "ignored_commands",
+                "Valid commands that could not be carried out (v1: "
+                "ignored; v2: answered with an error).",
+                self.ignored,
+            ),
+            (
+                "flood_throttled",
+                "Times a session went over --flood-rate and was not read for a while.",
+                self.throttled,
+            ),
+            (
+                "idle_timeouts",
+                "v2 sessions closed for saying nothing for --idle-timeout.",
+                self.idle_timeouts,
+            ),
+            ("hellos", "v2 hellos received.", self.hellos),
+            (
+                "hellos_refused",
+                "v2 hellos refused (name taken or invalid, token, rate, shutting down).",
+                self.hellos_refused,
+            ),
+        )
+        out = [Reading(name, "counter", doc, value) for name, doc, value in counters]
+        out.append(
+            Reading(
+                "loop_lag_seconds",
+                "histogram",
+                "How late a callback scheduled every 0.1 s runs.",
+                self.loop_lag,
+            )
+        )
+        out.append(
+            Reading(
+                "turn_seconds",
+                "histogram",
+                "Per loop turn with output: from its first queued event to its last write.",
+                self.turn,
+            )
+        )
+        return out

@@ -51,6 +51,7 @@ import msgspec
 
 from roomchat.server.app import ServerStartError, format_address, limits_summary
 from roomchat.server.config import ServerConfig, load_rooms
+from roomchat.server.shells.ws import parse_address
 
 if TYPE_CHECKING:
     from roomchat.server.app import ChatServer
@@ -61,7 +62,6 @@ __all__ = [
     "WORKER_INDEX_ENV",
     "WorkerRole",
     "WorkersError",
-    "shared_bus",
     "supervise",
 ]
 
@@ -88,12 +88,6 @@ class WorkersError(Exception):
     """The workers could not start, or one kept failing to. The message says why."""
 
 
-def shared_bus(url: str) -> bool:
-    """Whether ``url`` names a bus that processes can share (Redis)."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    return scheme in ("redis", "redis+cluster")
-
-
 # -- the parent ------------------------------------------------------------------------
 def supervise(config: ServerConfig, workers: int, log_level: str, log_format: str = "text") -> int:
     """Run ``workers`` worker processes until SIGINT or SIGTERM; return the exit status.
@@ -104,11 +98,19 @@ def supervise(config: ServerConfig, workers: int, log_level: str, log_format: st
     bus = _bus_display(config.bus_url)
     reserved = _reserve_port(config.host, config.port)
     try:
-        port = reserved[0].getsockname()[1]
+        config = replace(config, port=reserved[0].getsockname()[1])
+        if config.ws:  # the web port too: every worker listens on it (SO_REUSEPORT)
+            try:
+                host, port = parse_address(config.ws)
+            except ValueError as exc:
+                raise ServerStartError(f"cannot serve the web client: {exc}") from None
+            web = _reserve_port(host, port)
+            reserved += web
+            config = replace(config, ws=format_address((host, web[0].getsockname()[1])))
         supervisor = _Supervisor(
-            config=replace(config, port=port),
+            config=config,
             count=workers,
-            env=_worker_env(replace(config, port=port), log_level, log_format),
+            env=_worker_env(config, log_level, log_format),
             summary=(
                 f"{', '.join(format_address(sock.getsockname()) for sock in reserved)} "
                 f"with {len(rooms)} rooms, bus {bus}"

@@ -12,8 +12,9 @@ outbox, the same limits. Only the framing differs:
   mailbox's ``write`` gets a turn's events joined (several ``\\r\\n``-terminated lines),
   and :func:`frame_events` cuts them into frames and writes them all in one call.
 
-:class:`WebConnection` is an ``asyncio.Protocol`` like
-:class:`~roomchat.server.shells.tcp.ChatConnection`, driven by websockets' sans-I/O
+:class:`WebConnection` is a :class:`~roomchat.server.shells.shell.ShellConnection`
+like the TCP one (the same admission, limits, TLS, keepalive, slow-consumer rule,
+counting and log lines: shell.py), driven by websockets' sans-I/O
 :class:`websockets.server.ServerProtocol` (which parses the HTTP request and the
 handshake, answers pings, reassembles fragments, reports protocol errors and runs the
 closing handshake). Two shortcuts keep it as cheap as picows (docs/websocket.md has the
@@ -25,7 +26,7 @@ negotiated), and complete, plain incoming text frames are read here
 Bad input (docs/websocket.md): a binary frame closes with 1003, a frame longer than
 ``max_line_length`` closes with 1009 (websockets' ``max_size``), invalid JSON and unknown
 commands are ignored as in v1. A client that does not read is cut off when the
-transport's buffer passes ``max_pending_output`` (``pause_writing``), as over TCP.
+transport's buffer passes ``max_pending_output`` (the shell's ``pause_writing``).
 """
 
 from __future__ import annotations
@@ -34,13 +35,11 @@ import asyncio
 import contextlib
 import email.utils
 import logging
-import ssl
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
@@ -49,13 +48,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from roomchat.server.shells.tcp import Hub
+from roomchat.server.shells.net import listen
+from roomchat.server.shells.shell import Shell, ShellConnection
 
 try:  # websockets' C extension (its wheels ship it); the pure-Python one otherwise
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
-from roomchat.server.core.session import Session
 
 __all__ = [
     "CSP",
@@ -63,6 +62,7 @@ __all__ = [
     "OriginPolicy",
     "WebConnection",
     "WebServer",
+    "WebSite",
     "frame_events",
     "load_assets",
     "parse_address",
@@ -208,56 +208,35 @@ def load_assets() -> dict[str, Asset]:
     return assets
 
 
-@dataclass(eq=False)
-class WebHub:
-    """What every web connection of a server shares."""
+@dataclass(frozen=True, slots=True)
+class WebSite:
+    """What every web connection of a server serves: the files and the origin rule."""
 
-    hub: Hub
     origins: OriginPolicy
     assets: dict[str, Asset]
-    connections: set[WebConnection] = field(default_factory=set)
 
 
 # -- one connection ------------------------------------------------------------------------
-class WebConnection(asyncio.Protocol):
+class WebConnection(ShellConnection):
     """One HTTP connection: a static file, or an upgrade to a WebSocket session."""
 
-    __slots__ = (
-        "_close_timer",
-        "_fragments",
-        "_ignored",
-        "_name",
-        "_reason",
-        "_transport",
-        "_web",
-        "_ws",
-        "session",
-    )
+    label = "ws "
 
-    def __init__(self, web: WebHub) -> None:
-        self._web = web
-        self._transport: asyncio.Transport | None = None
-        self._ws = ServerProtocol(max_size=web.hub.max_line_length, logger=_wire_log)
-        self._reason = "connection lost"
-        self._name = "?"
+    __slots__ = ("_close_timer", "_fragments", "_ignored", "_site", "_ws")
+
+    def __init__(self, shell: Shell, site: WebSite) -> None:
+        super().__init__(shell)
+        self._site = site
+        self._ws = ServerProtocol(max_size=shell.context.max_line_length, logger=_wire_log)
         self._fragments: list[bytes] | None = None  # a fragmented text message
         self._ignored = 0
         self._close_timer: asyncio.TimerHandle | None = None
-        self.session: Session | None = None
 
-    def __repr__(self) -> str:
-        return repr(self.session) if self.session is not None else f"<web {self._name}>"
+    # -- the shell's hooks ---------------------------------------------------------
+    def opened(self, transport: asyncio.Transport) -> None:
+        pass  # the HTTP request comes first (received)
 
-    # -- asyncio.Protocol ----------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self._name = f"{peer[0]}:{peer[1]}"
-        transport.set_write_buffer_limits(high=self._web.hub.max_pending_output)
-        self._web.connections.add(self)
-
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         ws = self._ws
         if (
             self.FAST_INPUT
@@ -279,41 +258,18 @@ class WebConnection(asyncio.Protocol):
             # 1002) and queued its close frame: end the session too.
             code = ws.close_sent.code if ws.close_sent is not None else 1006
             log.warning("%r: %s, closing (%d)", session, ws.parser_exc, code)
-            self._reason = str(ws.parser_exc)
-            session.abort(self._reason)
+            self.set_reason(str(ws.parser_exc))
+            session.abort(str(ws.parser_exc))
         self._send_pending()
 
-    def eof_received(self) -> bool:
+    def ended(self) -> bool:
         self._ws.receive_eof()
         self._send_pending()
         return False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._web.connections.discard(self)
-        self._transport = None
+    def lost(self) -> None:
         if self._close_timer is not None:
             self._close_timer.cancel()
-        session = self.session
-        if session is None:
-            return
-        session.connection_lost()
-        reason = f"{self._reason} ({exc})" if exc else self._reason
-        log.info("%r disconnected: %s", session, reason)
-
-    def pause_writing(self) -> None:
-        # More than max_pending_output is waiting in the transport: a slow consumer.
-        session = self.session
-        if session is not None and not session.closed:
-            log.warning(
-                "%r: slow consumer, more than %d bytes pending, disconnecting",
-                session,
-                self._web.hub.max_pending_output,
-            )
-            session.mailbox.close()
-            asyncio.get_running_loop().call_soon(session.abort, "slow consumer")
-
-    def resume_writing(self) -> None:
-        pass
 
     # -- incoming ------------------------------------------------------------------
     def _events(self, events: list[Any]) -> None:
@@ -340,7 +296,7 @@ class WebConnection(asyncio.Protocol):
         session = self.session
         assert session is not None
         ws = self._ws
-        limit = self._web.hub.max_line_length
+        limit = self.shell.context.max_line_length
         size = len(data)
         pos = 0
         while size - pos >= 6:
@@ -364,7 +320,7 @@ class WebConnection(asyncio.Protocol):
             payload = apply_mask(data[head + 4 : end], data[head : head + 4])
             pos = end
             self._text(payload)
-            if session.closed or ws.state is not State.OPEN or self._transport is None:
+            if session.closed or ws.state is not State.OPEN or self.transport is None:
                 break
         return data[pos:] if pos else data
 
@@ -399,7 +355,7 @@ class WebConnection(asyncio.Protocol):
             self._fail(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
         elif opcode is Opcode.CLOSE:
             # websockets has answered the close; end the session as for quit.
-            self._reason = "client closed"
+            self.set_reason("client closed")
             session.receive_eof()
 
     def _ignore(self, what: str) -> None:
@@ -410,13 +366,13 @@ class WebConnection(asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         log.warning("%r: %s, closing (%d)", self, reason, code)
-        self._reason = reason
+        self.set_reason(reason)
         self._ws.fail(code, reason)
         if self.session is not None:
             self.session.abort(reason)  # leaves its rooms; abort() below sends the close
 
     def _send_pending(self) -> None:
-        transport = self._transport
+        transport = self.transport
         if transport is None:
             return
         for data in self._ws.data_to_send():
@@ -437,7 +393,7 @@ class WebConnection(asyncio.Protocol):
         if path == WS_PATH:
             self._upgrade(request)
             return
-        asset = self._web.assets.get(path)
+        asset = self._site.assets.get(path)
         if asset is None:
             self._respond(404, b"not found\n", "text/plain; charset=utf-8", method)
         else:
@@ -464,12 +420,12 @@ class WebConnection(asyncio.Protocol):
     def _upgrade(self, request: Request) -> None:
         ws = self._ws
         origin = request.headers.get("Origin")
-        if not self._web.origins.allows(origin, request.headers.get("Host")):
+        if not self._site.origins.allows(origin, request.headers.get("Host")):
             log.warning(
                 "refused WebSocket from %s: origin %r not allowed (%r)",
                 self._name,
                 origin,
-                self._web.origins,
+                self._site.origins,
             )
             ws.send_response(ws.reject(403, "origin not allowed\n"))
             return
@@ -483,36 +439,22 @@ class WebConnection(asyncio.Protocol):
                 ws.handshake_exc,
             )
             return
-        hub = self._web.hub
-        # The server's v2 context (names, tokens, heartbeats, flood control, shutdown
-        # notice) and stats, shared with the TCP sessions.
-        self.session = session = hub.open_session(self, self._write, f"ws {self._name}")
-        log.info("%r connected", session)
-        session.start(hub.rooms.details)
+        self.start_session(self._write)
 
     # -- outgoing (the mailbox's writer) --------------------------------------------
     def _write(self, data: bytes) -> None:
-        transport = self._transport
+        transport = self.transport
         if transport is not None and self._ws.state is State.OPEN:
             transport.write(frame_events(data))
 
-    # -- what the session asks of its connection (session.Connection) ----------------
-    def pause_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
-
+    # -- what the session asks of its connection: the closing handshake ---------------
     def close(self, reason: str) -> None:
         """The closing handshake: a close frame (1001 at shutdown, else 1000), then wait
         (at most CLOSE_TIMEOUT) for the client's before closing the TCP connection."""
-        transport = self._transport
+        transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._reason == "connection lost":
-            self._reason = reason
+        self.set_reason(reason)
         ws = self._ws
         if ws.state is State.OPEN:
             code = CLOSE_GOING_AWAY if reason == "server shutdown" else CLOSE_NORMAL
@@ -525,11 +467,10 @@ class WebConnection(asyncio.Protocol):
     def abort(self, reason: str) -> None:
         """Close at once. After a protocol failure (binary or oversized frame) the close
         frame websockets queued is sent first; otherwise (slow consumer) nothing is."""
-        transport = self._transport
+        transport = self.transport
         if transport is None:
             return
-        if self._reason == "connection lost":
-            self._reason = reason
+        self.set_reason(reason)
         if self._ws.eof_sent and reason != "server shutdown":
             self._send_pending()  # the close frame, then the end of the stream
             return
@@ -538,53 +479,38 @@ class WebConnection(asyncio.Protocol):
 
 # -- the listener --------------------------------------------------------------------------
 class WebServer:
-    """The HTTP/WebSocket listener of one ChatServer (``--ws``)."""
+    """The HTTP/WebSocket listener of one ChatServer (``--ws``). Its connections are the
+    shell's, with the TCP ones (admission, limits, shutdown: shell.py)."""
 
-    def __init__(self, web: WebHub, server: asyncio.Server, scheme: str) -> None:
-        self._web = web
+    def __init__(self, server: asyncio.Server, scheme: str) -> None:
         self._server = server
         self._scheme = scheme
-
-    @property
-    def connections(self) -> set[WebConnection]:
-        return self._web.connections
 
     @classmethod
     async def start(
         cls,
-        hub: Hub,
+        shell: Shell,
         address: str,
         origins: Iterable[str] = (),
         *,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
-        backlog: int = 4096,
+        backlog: int,
+        reuse_port: bool = False,
     ) -> WebServer:
-        """Listen on ``address`` (HOST:PORT). Raises ValueError for a bad address or TLS
-        files, OSError when the port cannot be bound."""
+        """Listen on ``address`` (HOST:PORT), TLS when the shell has it. Raises
+        ValueError for a bad address, OSError when the port cannot be bound."""
         host, port = parse_address(address)
-        context: ssl.SSLContext | None = None
-        if tls_cert:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                context.load_cert_chain(tls_cert, tls_key or None)
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"cannot load TLS certificate {tls_cert!r}: {exc}") from None
-        web = WebHub(hub, OriginPolicy(origins), load_assets())
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: WebConnection(web),
-            host,
-            port,
-            backlog=backlog,
-            reuse_address=True,
-            ssl=context,
+        site = WebSite(OriginPolicy(origins), load_assets())
+        server = await listen(
+            lambda: WebConnection(shell, site), host, port, backlog=backlog, reuse_port=reuse_port
         )
-        for sock in server.sockets:
-            hub.outbox.watch(sock.fileno())  # a coalescing wait never holds up accepting
-        self = cls(web, server, "https" if context else "http")
-        log.info("web client on %s (WebSocket origins: %r)", self.url, web.origins)
+        self = cls(server, "https" if shell.tls is not None else "http")
+        log.info("web client on %s (WebSocket origins: %r)", self.url, site.origins)
         return self
+
+    @property
+    def sockets(self) -> list[int]:
+        """The listening sockets' descriptors (a coalescing wait ends on them)."""
+        return [sock.fileno() for sock in self._server.sockets]
 
     @property
     def port(self) -> int:
@@ -601,30 +527,11 @@ class WebServer:
             host = f"[{host}]"
         return f"{self._scheme}://{host}:{self.port}/"
 
-    def close_sessions(self) -> None:
-        """Stop listening; close every session with its queued output (no "left" is
-        announced: the server is going away, as for TCP sessions); v2 sessions get the
-        shutdown notice first."""
-        for sock in self._server.sockets:
-            self._web.hub.outbox.unwatch(sock.fileno())
+    def close(self) -> None:
+        """Stop listening (the connections are closed with the others: Shell.close_all)."""
         self._server.close()
-        for connection in list(self._web.connections):
-            if connection.session is not None:
-                connection.session.shutdown_notice()  # v2: the notice goes first
-                connection.session.close("server shutdown", announce=False)
-            else:
-                connection.abort("server shutdown")
 
-    async def wait_closed(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the sessions to go, then drop the rest."""
-        loop = asyncio.get_running_loop()
-        for timeout, drop in ((grace, True), (1.0, False)):
-            deadline = loop.time() + timeout
-            while self._web.connections and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            if drop:
-                for connection in list(self._web.connections):
-                    connection.abort("server shutdown")
+    async def wait_closed(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 await self._server.wait_closed()

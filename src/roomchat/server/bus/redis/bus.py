@@ -26,15 +26,15 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.crc import key_slot
 
-from roomchat.protocol import HISTORY_MAX, name_key
-from roomchat.server.bus import BusError
+from roomchat.protocol import joined_event, left_event, name_key
+from roomchat.server.bus.memory import BUS_CONNECTED_DOC
 from roomchat.server.bus.redis import scripts
 from roomchat.server.bus.redis.resp import (
     ReplyError,
@@ -43,20 +43,15 @@ from roomchat.server.bus.redis.resp import (
     open_connection,
     reply_future,
 )
+from roomchat.server.core.clock import now_ms
 from roomchat.server.core.history import Snapshot
-from roomchat.server.core.presence import joined_event, left_event
-from roomchat.server.core.rooms import now_ms
-
-if TYPE_CHECKING:
-    from roomchat.server.core.names import NameRegistry
-    from roomchat.server.core.outbox import Outbox
-    from roomchat.server.core.rooms import ChatRoom, Member
+from roomchat.server.core.ports import BusError, HeldNames, Participant, RoomLink, Wakeups
+from roomchat.server.core.stats import Reading
 
 __all__ = ["BusStats", "RedisBus", "RedisNames", "RedisPresence", "parse_redis_url"]
 
 log = logging.getLogger("roomchat.bus")
 
-DEFAULT_LEASE = 10.0  # seconds an instance stays registered without renewing
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0  # so that delivery resumes within about a second of Redis being back
 _UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local member
@@ -201,13 +196,13 @@ class RedisBus:
     def __init__(
         self,
         url: str,
-        outbox: Outbox,
         *,
-        lease: float = DEFAULT_LEASE,
-        history: int = HISTORY_MAX,
+        wakeups: Wakeups,
+        lease: float,
+        history: int,
     ) -> None:
         self._target = parse_redis_url(url)
-        self._outbox = outbox
+        self._wakeups = wakeups
         self._lease = lease
         self.history = history
         self.instance_id = secrets.token_hex(6)
@@ -219,14 +214,14 @@ class RedisBus:
             if cluster
             else (b"SUBSCRIBE", b"UNSUBSCRIBE", b"PUBLISH")
         )
-        self._keys: dict[ChatRoom, _RoomKeys] = {}
-        self._by_channel: dict[bytes, ChatRoom] = {}
-        self._by_name: dict[str, ChatRoom] = {}
+        self._keys: dict[RoomLink, _RoomKeys] = {}
+        self._by_channel: dict[bytes, RoomLink] = {}
+        self._by_name: dict[str, RoomLink] = {}
         self._nodes: dict[tuple[str, int], _Node] = {}
         self._slots: list[_Node] = []  # slot -> node (cluster), or [the node]
         # Room -> True (subscribed) or the future of its subscription.
-        self._subscribed: dict[ChatRoom, asyncio.Future[None] | bool] = {}
-        self._unsubscribing: set[ChatRoom] = set()
+        self._subscribed: dict[RoomLink, asyncio.Future[None] | bool] = {}
+        self._unsubscribing: set[RoomLink] = set()
         self._shas: dict[str, bytes] = {}
         self._online = False
         self._closing = False
@@ -241,6 +236,9 @@ class RedisBus:
         self.names = RedisNames(self)
 
     # -- Bus ---------------------------------------------------------------------------
+    #: Redis numbers the messages (the POST script), not the rooms.
+    numbers_here = False
+
     @property
     def description(self) -> str:
         return f"{self._target.display} (instance {self.instance_id})"
@@ -261,7 +259,49 @@ class RedisBus:
                     total += connection.write_buffer
         return total
 
-    def publisher(self, room: ChatRoom) -> Callable[[bytes], None]:
+    def readings(self) -> Iterable[Reading]:
+        stats = self.stats
+        return (
+            Reading("bus_connected", "gauge", BUS_CONNECTED_DOC, 1 if self._online else 0),
+            Reading("bus_published", "counter", "Events published to Redis.", stats.published),
+            Reading("bus_received", "counter", "Events received from Redis.", stats.received),
+            Reading("bus_errors", "counter", "Error replies from Redis.", stats.errors),
+            Reading(
+                "bus_outages", "counter", "Times the connection to Redis was lost.", stats.outages
+            ),
+            Reading(
+                "bus_connects",
+                "counter",
+                "Successful connections to Redis (the first one included).",
+                stats.connects,
+            ),
+            Reading(
+                "bus_local_only",
+                "counter",
+                "Events delivered to local members only (Redis lost or too slow).",
+                stats.local_only,
+            ),
+            Reading(
+                "bus_overflow",
+                "counter",
+                "Of those, events kept local because Redis was too slow.",
+                stats.overflow,
+            ),
+            Reading(
+                "bus_purged_instances",
+                "counter",
+                "Dead instances cleaned up by this one.",
+                stats.purged_instances,
+            ),
+            Reading(
+                "bus_queue_bytes",
+                "gauge",
+                "Bytes queued for Redis and not yet sent.",
+                self.queued_bytes,
+            ),
+        )
+
+    def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
         """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
         room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
         message is numbered and delivered on this instance only (room.fan_out)."""
@@ -344,7 +384,7 @@ class RedisBus:
         self._drop_connections()
 
     # -- wiring ------------------------------------------------------------------------
-    def _room_keys(self, room: ChatRoom) -> _RoomKeys:
+    def _room_keys(self, room: RoomLink) -> _RoomKeys:
         keys = self._keys.get(room)
         if keys is None:
             keys = self._keys[room] = _RoomKeys(room.name, self._target.cluster)
@@ -396,7 +436,7 @@ class RedisBus:
                     for handler in handlers:
                         handler(error)
 
-    def queue(self, room: ChatRoom, data: bytes, handler: Callable[[Any], None]) -> None:
+    def queue(self, room: RoomLink, data: bytes, handler: Callable[[Any], None]) -> None:
         """Queue one command about ``room`` behind the room's earlier events (scripts)."""
         self._queue_on(self._node_for(self._room_keys(room)), data, handler)
 
@@ -446,7 +486,7 @@ class RedisBus:
                 )
 
     # -- subscriptions -----------------------------------------------------------------
-    def interest(self, room: ChatRoom) -> asyncio.Future[None] | None:
+    def interest(self, room: RoomLink) -> asyncio.Future[None] | None:
         """Make sure this instance receives ``room``'s events: None when it already
         does, else a future done once the subscription is confirmed."""
         state = self._subscribed.get(room)
@@ -459,7 +499,7 @@ class RedisBus:
         self._send_subscribe(room)
         return future
 
-    def _send_subscribe(self, room: ChatRoom) -> None:
+    def _send_subscribe(self, room: RoomLink) -> None:
         keys = self._room_keys(room)
         node = self._node_for(keys)
         if node is None or node.sub is None:
@@ -470,11 +510,11 @@ class RedisBus:
             rooms_key = self._registry + b"rooms:" + self.instance_id.encode()
             registry.cmd.send(command(b"SADD", rooms_key, room.name))
 
-    def lose_interest(self, room: ChatRoom) -> None:
+    def lose_interest(self, room: RoomLink) -> None:
         """The room's last local session left: unsubscribe soon, unless one comes back."""
         asyncio.get_running_loop().call_later(_UNSUBSCRIBE_AFTER, self._unsubscribe_idle, room)
 
-    def _unsubscribe_idle(self, room: ChatRoom) -> None:
+    def _unsubscribe_idle(self, room: RoomLink) -> None:
         if room.busy or self._subscribed.get(room) is not True:
             return
         del self._subscribed[room]
@@ -516,7 +556,7 @@ class RedisBus:
             # Redis dropped the subscription itself: the slot moved to another shard.
             self._lost(f"subscription to room {room.name!r} dropped by Redis (slot moved)")
 
-    def _control(self, room: ChatRoom, payload: bytes) -> None:
+    def _control(self, room: RoomLink, payload: bytes) -> None:
         kind = payload[:1]
         if kind == b"J":  # a join's marker: J<session key>\n<"joined" event or nothing>
             key, _, announcement = payload[1:].partition(b"\n")
@@ -541,7 +581,7 @@ class RedisBus:
             node.sub = await self._open(address, self._on_push)
             for connection in (node.cmd, node.sub):
                 # Bus traffic ends a coalescing wait (outbox.py): never held up by it.
-                self._outbox.watch(connection.fileno)
+                self._wakeups.watch(connection.fileno)
             for name, source in scripts.SCRIPTS.items():
                 sha = await node.cmd.call("SCRIPT", "LOAD", source)
                 self._shas[name] = sha
@@ -640,7 +680,7 @@ class RedisBus:
                 handler(error)
             for connection in (node.cmd, node.sub):
                 if connection is not None:
-                    self._outbox.unwatch(connection.fileno)
+                    self._wakeups.unwatch(connection.fileno)
                     connection.abort()
 
     async def _reconnect(self) -> None:
@@ -753,15 +793,15 @@ class RedisPresence:
     def __init__(self, bus: RedisBus) -> None:
         self._bus = bus
         # room -> session key -> user id: this instance's sessions, joined or joining.
-        self._local: dict[ChatRoom, dict[str, str]] = {}
+        self._local: dict[RoomLink, dict[str, str]] = {}
 
-    def local_rooms(self) -> list[ChatRoom]:
+    def local_rooms(self) -> list[RoomLink]:
         return [room for room, sessions in self._local.items() if sessions]
 
-    def users(self, room: ChatRoom) -> tuple[str, ...]:
+    def users(self, room: RoomLink) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self._local.get(room, {}).values()))
 
-    def join(self, room: ChatRoom, member: Member) -> None:
+    def join(self, room: RoomLink, member: Participant) -> None:
         sessions = self._local.setdefault(room, {})
         sessions[member.key] = member.user_id
         bus = self._bus
@@ -774,7 +814,7 @@ class RedisPresence:
             return
 
         def subscribed(done: asyncio.Future[None]) -> None:
-            if member not in room:  # left (or gone) while waiting
+            if not room.holds(member):  # left (or gone) while waiting
                 return
             if done.cancelled() or done.exception() is not None:
                 self._answer_locally(room, member)
@@ -783,7 +823,7 @@ class RedisPresence:
 
         future.add_done_callback(subscribed)
 
-    def _send_join(self, room: ChatRoom, member: Member) -> None:
+    def _send_join(self, room: RoomLink, member: Participant) -> None:
         bus = self._bus
         keys = bus._room_keys(room)
         key, user = member.key, member.user_id
@@ -793,7 +833,7 @@ class RedisPresence:
             if isinstance(answer, Exception):
                 if isinstance(answer, ReplyError):
                     bus._reply_error(answer, f"join of room {room.name!r}")
-                if member in room:
+                if room.holds(member):
                     self._answer_locally(room, member)
                 return
             users, seq, entries = answer
@@ -833,7 +873,7 @@ class RedisPresence:
             reply,
         )
 
-    def _answer_locally(self, room: ChatRoom, member: Member) -> None:
+    def _answer_locally(self, room: RoomLink, member: Participant) -> None:
         """Redis is not there: the room is this instance's alone until it is back."""
         sessions = self._local.get(room, {})
         users = list(dict.fromkeys(sessions.values()))
@@ -841,7 +881,7 @@ class RedisPresence:
         room.join_reply(member.key, users)
         room.join_marker(member.key, joined_event(room.name, member.user_id) if first else None)
 
-    def leave(self, room: ChatRoom, member: Member) -> None:
+    def leave(self, room: RoomLink, member: Participant) -> None:
         sessions = self._local.get(room)
         if sessions is None or sessions.pop(member.key, None) is None:
             return
@@ -859,11 +899,11 @@ class RedisPresence:
         if not room.busy:
             bus.lose_interest(room)
 
-    def _leave_reply(self, room: ChatRoom, reply: Any) -> None:
+    def _leave_reply(self, room: RoomLink, reply: Any) -> None:
         if isinstance(reply, ReplyError):
             self._bus._reply_error(reply, f"leave of room {room.name!r}")
 
-    async def reassert(self, room: ChatRoom) -> None:
+    async def reassert(self, room: RoomLink) -> None:
         """Make Redis hold exactly this instance's sessions of ``room`` (after an
         outage); users who appear or disappear are announced to the other instances."""
         bus = self._bus
@@ -876,7 +916,7 @@ class RedisPresence:
             room, bus.script("assert", keys.keys, bus.instance_id, bus._verbs[2], origin, *args)
         )
 
-    async def purge(self, room: ChatRoom, instance: str) -> int:
+    async def purge(self, room: RoomLink, instance: str) -> int:
         """Remove a dead instance's sessions from ``room``; how many there were."""
         bus = self._bus
         keys = bus._room_keys(room)
@@ -885,7 +925,7 @@ class RedisPresence:
         )
         return int(removed)
 
-    async def _call(self, room: ChatRoom, data: bytes) -> Any:
+    async def _call(self, room: RoomLink, data: bytes) -> Any:
         future, handler = reply_future()
         self._bus.queue(room, data, handler)
         return await future
@@ -899,12 +939,12 @@ class RedisNames:
     def __init__(self, bus: RedisBus) -> None:
         self._bus = bus
         #: Set by the server: this process's registry (asserted again after an outage).
-        self.local: NameRegistry | None = None
+        self.local: HeldNames | None = None
         prefix = bus._registry
         self._keys = (prefix + b"names", prefix + b"holds")
         self.clashes = 0  # names found held elsewhere too when asserted after an outage
 
-    def attach(self, local: NameRegistry) -> None:
+    def attach(self, local: HeldNames) -> None:
         self.local = local
 
     def _keys_of(self, instance: str) -> tuple[bytes, bytes, bytes]:
