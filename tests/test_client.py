@@ -8,14 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from roomchat.client import (
-    _QUEUE_HIGH,
-    _QUEUE_LOW,
-    ConnectionClosed,
-    ProtocolViolation,
-    connect,
-    parse_address,
-)
+from roomchat.client import ConnectionClosed, ProtocolViolation, connect, parse_address
+from roomchat.client.connection import _QUEUE_HIGH, _QUEUE_LOW
 from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
 from roomchat.server import ChatServer
 from tests.helpers import TIMEOUT, client_of, joined, until
@@ -97,7 +91,7 @@ async def test_unread_events_pause_reading_and_lose_nothing(server: ChatServer) 
     # 25,000 events queue up unread: the client stops reading from the socket past
     # its high-water mark, then resumes as they are consumed; none is lost.
     client = await client_of(server)
-    protocol, transport = client._protocol, client._transport
+    protocol, transport = client._connection, client._transport
     await joined(client, "general")
     count = 25_000
     client.write(

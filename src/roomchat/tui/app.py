@@ -7,7 +7,9 @@ they do not wait on the network beyond the transport's flow control.
 
 The session is a :class:`~roomchat.client.ReconnectingClient`: protocol v2 when the
 server has it (else v1, silently), and after a drop it reconnects with backoff, re-joins
-the rooms and catches up on what it missed.
+the rooms and catches up on what it missed. With ``history_markers`` it also says where
+each room's history begins and ends (:class:`~roomchat.client.HistoryStart`,
+:class:`~roomchat.client.HistoryEnd`), so that the past can be shown apart.
 """
 
 from __future__ import annotations
@@ -31,34 +33,17 @@ from roomchat.client import (
     ReconnectingClient,
     parse_address,
 )
-from roomchat.protocol import History, LoginSuccessful, valid_name
+from roomchat.protocol import LoginSuccessful, valid_name
 from roomchat.tui.screens import ChatScreen, ConnectScreen
-from roomchat.tui.state import (
-    DEFAULT_HISTORY_LIMIT,
-    JOIN_HISTORY,
-    ChatState,
-    HistoryEnd,
-    HistoryStart,
-    StateEvent,
-)
+from roomchat.tui.state import DEFAULT_HISTORY_LIMIT, JOIN_HISTORY, ChatState, StateEvent
 
 __all__ = ["DEFAULT_ADDRESS", "RoomChatApp"]
 
 DEFAULT_ADDRESS = "localhost:8080"
 
 
-class Session(ReconnectingClient):
-    """The reconnecting client, also saying where each room's history begins and ends
-    (its messages arrive as user_message events), so that the past can be shown apart."""
-
-    def _catch_up(self, history: History) -> None:
-        self._emit(HistoryStart(history.room, catch_up=history.room in self.last_seq))  # type: ignore[arg-type]
-        super()._catch_up(history)
-        self._emit(HistoryEnd(history.room))  # type: ignore[arg-type]
-
-
 class SessionStarted(Message):
-    def __init__(self, client: Session) -> None:
+    def __init__(self, client: ReconnectingClient) -> None:
         super().__init__()
         self.client = client
 
@@ -136,7 +121,7 @@ class RoomChatApp(App[None]):
         self.hello_timeout = hello_timeout  # how long to wait for a v2 welcome
         self.backoff = (backoff_initial, backoff_max)
         self.state = ChatState(history_limit=history_limit, clock=clock)
-        self.client: Session | None = None
+        self.client: ReconnectingClient | None = None
 
     def get_default_screen(self) -> ConnectScreen:
         return ConnectScreen(self, self.default_address, self.user_name)
@@ -177,10 +162,11 @@ class RoomChatApp(App[None]):
 
     @work(exclusive=True, group="session", exit_on_error=False)
     async def _run_session(self, host: str, port: int, name: str | None) -> None:
-        client = Session(
+        client = ReconnectingClient(
             host,
             port,
             name=name,
+            history_markers=True,
             hello_timeout=self.hello_timeout,
             connect_timeout=self.connect_timeout,
             backoff_initial=self.backoff[0],
@@ -259,7 +245,9 @@ class RoomChatApp(App[None]):
             screen.show_update(update)
 
     # -- commands from the chat page ------------------------------------------------------
-    async def _command(self, send: Callable[[Session], Awaitable[None]], refused: str) -> bool:
+    async def _command(
+        self, send: Callable[[ReconnectingClient], Awaitable[None]], refused: str
+    ) -> bool:
         """Send a command if connected; otherwise (or if the connection just dropped) say
         plainly that it was not sent: nothing typed is ever silently lost."""
         client = self.client

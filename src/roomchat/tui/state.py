@@ -16,10 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from roomchat.client import Disconnected, MissedMessages, Reconnected
+from roomchat.client import (
+    ClientEvent,
+    Disconnected,
+    HistoryEnd,
+    HistoryStart,
+    MissedMessages,
+    Reconnected,
+)
 from roomchat.protocol import (
     Error,
-    Event,
     LoginSuccessful,
     RateLimited,
     RoomParticipation,
@@ -61,25 +67,10 @@ class ChatLine:
     past: bool = False  # a message from the room's history, sent before we joined
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryStart:
-    """The messages of a room's v2 ``history`` follow (as user_message events): the
-    room's past on a first join, or (``catch_up``) what was missed while disconnected."""
-
-    room: str
-    catch_up: bool
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEnd:
-    """The messages of the room's ``history`` are over; live messages follow."""
-
-    room: str
-
-
 #: Everything :meth:`ChatState.apply` takes: the server's events, the reconnecting
-#: client's own (Disconnected, Reconnected, MissedMessages) and the history markers.
-StateEvent = Event | Disconnected | Reconnected | MissedMessages | HistoryStart | HistoryEnd
+#: client's own (Disconnected, Reconnected, MissedMessages) and its history markers
+#: (HistoryStart, HistoryEnd: re-exported here, they are roomchat.client's).
+StateEvent = ClientEvent
 
 GAP_NOTICE = "some messages were missed"
 HISTORY_NOTICE = "history"
