@@ -24,7 +24,8 @@ from roomchat.protocol import (
     encode,
 )
 from roomchat.server import ChatServer, ServerConfig, load_rooms
-from roomchat.server.shells.ws import CSP, OriginPolicy, WebConnection, frame_events, parse_address
+from roomchat.server.shells.net import listen_address
+from roomchat.server.shells.ws import CSP, OriginPolicy, WebConnection, frame_events
 from tests.helpers import TIMEOUT, client_of, joined, next_event, raw_socket, read_line
 from tests.instances import spawn_serve
 
@@ -471,13 +472,13 @@ def test_frame_events_sizes() -> None:
         assert framed == header + line + b"\x81\x02{}"
 
 
-def test_parse_address() -> None:
-    assert parse_address("127.0.0.1:8081") == ("127.0.0.1", 8081)
-    assert parse_address(":8081") == ("0.0.0.0", 8081)
-    assert parse_address("[::1]:0") == ("::1", 0)
+def test_listen_address() -> None:
+    assert listen_address("127.0.0.1:8081") == ("127.0.0.1", 8081)
+    assert listen_address(":8081") == ("0.0.0.0", 8081)
+    assert listen_address("[::1]:0") == ("::1", 0)
     for bad in ("8081", "host:", "host:http", "h:70000"):
         with pytest.raises(ValueError):
-            parse_address(bad)
+            listen_address(bad)
 
 
 # -- the input fast path and websockets' parser share one stream ------------------------------

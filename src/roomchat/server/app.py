@@ -10,6 +10,7 @@ import signal
 import ssl
 from collections.abc import Callable, Iterable
 
+from roomchat.addresses import format_address
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import open_bus
 from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
@@ -31,7 +32,6 @@ from roomchat.system import open_files_limit
 __all__ = [
     "ChatServer",
     "ServerStartError",
-    "format_address",
     "limits_summary",
     "serve",
 ]
@@ -252,13 +252,6 @@ class ChatServer:
         """Cut short the shutdown grace of a close in progress (or the next one): the
         sessions that have not flushed yet are aborted at once."""
         self._hurry.set()
-
-
-def format_address(sockname: object) -> str:
-    if isinstance(sockname, tuple) and len(sockname) >= 2:
-        host, port = sockname[0], sockname[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(sockname)
 
 
 def limits_summary(config: ServerConfig) -> str:

@@ -33,7 +33,7 @@ from roomchat.server.config import (
 )
 from roomchat.server.ops.logs import LOG_FORMATS, configure_logging
 from roomchat.server.ops.workers import WorkerRole, WorkersError, supervise
-from roomchat.server.shells.ws import parse_address
+from roomchat.server.shells.net import listen_address
 
 __all__ = ["command"]
 
@@ -325,7 +325,7 @@ def command(
     metrics_address = None
     if metrics.strip():
         try:
-            metrics_address = parse_address(metrics)
+            metrics_address = listen_address(metrics)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     config = ServerConfig(
@@ -378,7 +378,7 @@ def _ws_address(value: str) -> str:
     value = value.strip()
     if value:
         try:
-            parse_address(value)
+            listen_address(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--ws'") from None
     return value

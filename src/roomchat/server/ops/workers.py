@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
-from roomchat.server.app import ServerStartError, format_address, limits_summary
+from roomchat.addresses import format_address
+from roomchat.server.app import ServerStartError, limits_summary
 from roomchat.server.config import ServerConfig, load_rooms
-from roomchat.server.shells.ws import parse_address
+from roomchat.server.shells.net import listen_address
 
 if TYPE_CHECKING:
     from roomchat.server.app import ChatServer
@@ -101,7 +102,7 @@ def supervise(config: ServerConfig, workers: int, log_level: str, log_format: st
         config = replace(config, port=reserved[0].getsockname()[1])
         if config.ws:  # the web port too: every worker listens on it (SO_REUSEPORT)
             try:
-                host, port = parse_address(config.ws)
+                host, port = listen_address(config.ws)
             except ValueError as exc:
                 raise ServerStartError(f"cannot serve the web client: {exc}") from None
             web = _reserve_port(host, port)

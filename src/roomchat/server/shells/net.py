@@ -9,12 +9,20 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["KEEPALIVE", "keepalive", "listen", "peer_of", "server_tls_context"]
+from roomchat.addresses import parse_address
+
+__all__ = ["KEEPALIVE", "keepalive", "listen", "listen_address", "peer_of", "server_tls_context"]
 
 #: TCP keepalive on every accepted connection, so that a half-dead peer (a v1 one
 #: especially: it has no heartbeats) is found: first probe after 60 s of silence, then
 #: every 10 s, given up after 6 unanswered (about 2 minutes in all).
 KEEPALIVE = (60, 10, 6)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """A listening address (``--ws``, ``--metrics``): ``HOST:PORT``, ``[V6]:PORT``, or
+    ``:PORT`` for every interface; port 0 lets the system pick. Raises ValueError."""
+    return parse_address(value, default_host="0.0.0.0", allow_port_zero=True)
 
 
 def server_tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:

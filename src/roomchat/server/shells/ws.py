@@ -48,7 +48,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from roomchat.server.shells.net import listen
+from roomchat.server.shells.net import listen, listen_address
 from roomchat.server.shells.shell import Shell, ShellConnection
 
 try:  # websockets' C extension (its wheels ship it); the pure-Python one otherwise
@@ -65,7 +65,6 @@ __all__ = [
     "WebSite",
     "frame_events",
     "load_assets",
-    "parse_address",
 ]
 
 log = logging.getLogger("roomchat.server")
@@ -136,16 +135,6 @@ def frame_events(data: bytes) -> bytes:
 
 
 # -- configuration -----------------------------------------------------------------------
-def parse_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6; ``:PORT`` means every address)."""
-    host, sep, port_text = value.strip().rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "0.0.0.0", int(port_text)
-
-
 class OriginPolicy:
     """Which pages may open a WebSocket session (checked on the upgrade request).
 
@@ -498,7 +487,7 @@ class WebServer:
     ) -> WebServer:
         """Listen on ``address`` (HOST:PORT), TLS when the shell has it. Raises
         ValueError for a bad address, OSError when the port cannot be bound."""
-        host, port = parse_address(address)
+        host, port = listen_address(address)
         site = WebSite(OriginPolicy(origins), load_assets())
         server = await listen(
             lambda: WebConnection(shell, site), host, port, backlog=backlog, reuse_port=reuse_port
