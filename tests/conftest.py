@@ -102,6 +102,7 @@ def redis_cluster_shared() -> Iterator[RedisCluster]:
 
 
 # Hypothesis: `HYPOTHESIS_PROFILE=long` (or `pytest --hypothesis-profile=long`) runs the
-# property and stateful tests far longer than `make test` does (tests/test_session_model.py).
+# property and stateful tests far longer than `make test` does
+# (tests/server/core/test_session_model.py).
 settings.register_profile("long", max_examples=1000, stateful_step_count=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

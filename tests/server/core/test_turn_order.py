@@ -2,7 +2,7 @@
 outbox.py): whatever happens during the turn, each session gets each room's events in the
 room's order, from its join on, with nothing lost, repeated or overtaken.
 
-The random runs of tests/test_stats.py (v1 and v2 sessions joining, leaving and posting
+The random runs of tests/server/core/test_stats.py (v1 and v2 sessions joining, leaving and posting
 in turns of several steps, joins answered late, runs big enough to be written before the
 turn ends, sessions lost or cut off), checked session by session from what was written:
 
@@ -18,8 +18,8 @@ import json
 
 import pytest
 
+from tests.random_runs import Run
 from tests.session_harness import LatePresence
-from tests.test_stats import Run
 
 
 def check_session(lines: list[bytes], v2: bool) -> int:

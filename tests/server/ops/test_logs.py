@@ -19,7 +19,7 @@ from roomchat.client import connect
 from roomchat.protocol import UserJoinedRoom
 from roomchat.server.ops.logs import JsonFormatter
 from tests.instances import spawn_serve
-from tests.test_cli import LISTENING, TIMEOUT, Served, assert_one_clean_line, run_roomchat
+from tests.serve_cli import LISTENING, TIMEOUT, Served, assert_one_clean_line, run_roomchat
 
 METRICS = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 

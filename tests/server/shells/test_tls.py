@@ -20,7 +20,7 @@ from roomchat.client import ChatClient, connect, tls_context
 from roomchat.protocol import UserMessage
 from roomchat.server import ChatServer, ServerConfig
 from tests.helpers import TIMEOUT, joined, messages, raw_socket, wait_eof
-from tests.test_cli import assert_one_clean_line, run_roomchat, start_serve
+from tests.serve_cli import assert_one_clean_line, run_roomchat, start_serve
 
 
 @dataclass

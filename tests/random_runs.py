@@ -1,19 +1,10 @@
-"""The counters behind /metrics (server/core/stats.py) are exact, though nothing is counted per
-delivery or per write: deliveries, messages and bytes out are worked out from the rooms'
-sequence numbers and fanned-out bytes when their members change, writes per room per turn.
-
-Random runs of sessions (v1 and v2) joining, leaving, posting runs of messages big enough
-to be written before the end of the turn, several commands in one turn, joins answered
-late (events held back for the joiner), sessions quitting, lost or cut off as slow
-consumers; the counters are checked against what the sessions were fed and written.
-"""
+"""Random runs of sessions sharing one ServerStats, with what they were fed and written
+(the counters' test and the turn-order test both play them)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-
-import pytest
 
 from roomchat.protocol import Hello, JoinRoom, LeaveRoom, Quit, RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
@@ -24,6 +15,8 @@ from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
 from tests.session_harness import BusWith, FakeConnection, LatePresence
+
+__all__ = ["ROOMS", "Run"]
 
 ROOMS = ("a", "b", "c")
 ROOM_EVENTS = (b'"_et":"user_message"', b'"_et":"room_participation"')
@@ -118,27 +111,3 @@ class Run:
         while late is not None and late.joins:
             late.joins.pop().answer()
         self.turn()
-
-
-@pytest.mark.parametrize("late", [False, True], ids=["memory-presence", "late-joins"])
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_counters_are_exact(seed: int, late: bool) -> None:
-    run = Run(LatePresence() if late else None)
-    run.play(seed, 800, cut_off=False)
-    stats = run.stats
-    assert run.writes > 100 and run.room_events > 500
-    assert stats.bytes_in == run.fed
-    assert stats.bytes_out == run.written
-    assert stats.writes == run.writes
-    assert stats.deliveries == run.room_events  # nothing was dropped
-    assert stats.messages_received == run.sends
-
-
-@pytest.mark.parametrize("seed", [4, 5, 6])
-def test_bytes_dropped_by_lost_and_slow_sessions_are_not_counted_as_sent(seed: int) -> None:
-    run = Run(LatePresence())
-    run.play(seed, 800, cut_off=True)
-    assert sum(session.closed for session in run.sessions) > 20
-    assert run.stats.bytes_out == run.written
-    assert run.stats.writes == run.writes
-    assert run.stats.bytes_in == run.fed

@@ -14,8 +14,8 @@ or abort.
 It runs a modest number of examples in ``make test``. To run it longer, use the "long"
 settings profile registered in tests/conftest.py::
 
-    HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_session_model.py
-    .venv/bin/pytest tests/test_session_model.py --hypothesis-profile=long
+    HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/server/core/test_session_model.py
+    .venv/bin/pytest tests/server/core/test_session_model.py --hypothesis-profile=long
 
 (a thousand examples of 60 steps: a couple of minutes). To replay or vary a run, add
 ``--hypothesis-seed=N``; when the model and the sessions disagree, hypothesis prints

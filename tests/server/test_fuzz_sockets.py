@@ -30,8 +30,8 @@ fuzzer connection.
 "long" settings profile registered in tests/conftest.py (1000 examples: a few minutes;
 lift pytest-timeout's per-test limit)::
 
-    HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_fuzz_sockets.py --timeout=0
-    .venv/bin/pytest tests/test_fuzz_sockets.py --hypothesis-profile=long --timeout=0
+    HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/server/test_fuzz_sockets.py --timeout=0
+    .venv/bin/pytest tests/server/test_fuzz_sockets.py --hypothesis-profile=long --timeout=0
 
 Add ``--hypothesis-seed=N`` to replay or vary a run; a failure prints the example that
 broke it, shrunk.

@@ -20,7 +20,7 @@ from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, UserJoinedRoom, UserMessage
 from tests.instances import spawn_serve
 from tests.redis_servers import RedisServer
-from tests.test_cli import TIMEOUT, assert_one_clean_line, run_roomchat
+from tests.serve_cli import TIMEOUT, assert_one_clean_line, run_roomchat
 
 LISTENING = r"roomchat listening on [^ ]*?:(\d+) with \d+ rooms"
 READY = r"\[worker (\d+)\] roomchat\.server: ready on .* \(pid (\d+)\)"

@@ -1,6 +1,6 @@
 """The client library speaking v2 (against a fake v2 server, tests/fake_v2.py) and
 falling back to v1 (against the fake with its v2 turned off, which ignores hello as
-rust-chat-server does). The real server's v2 is tests/test_server_v2.py's."""
+rust-chat-server does). The real server's v2 is tests/server/test_server_v2.py's."""
 
 from __future__ import annotations
 
