@@ -262,7 +262,10 @@ class Outbox:
     def room_active(self, room: FanOutRoom) -> None:
         """A room has events this turn: it distributes them at the turn's end."""
         self.fanned_out[room] = None
-        self._schedule()
+        if not self._scheduled:  # _schedule, written out: once per room per turn
+            self._scheduled = True
+            self._turn_began = time.perf_counter()
+            self._call_soon(self.flush)
 
     def flush_room(self, room: FanOutRoom) -> None:
         """A room's turn has grown past FLUSH_AT: distribute it and write its members."""

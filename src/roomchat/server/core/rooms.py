@@ -295,7 +295,14 @@ class ChatRoom:
         self.seq += count
         if self._history is not None or self._members2:
             self._keep(first, count, _time_ns() // 1_000_000, event)
-        self._queued(len(event))
+        # _queued, written out: this runs once per message in process.
+        size = len(event)
+        queued = self.turn_bytes + size
+        self.turn_bytes = queued
+        if queued == size:
+            self._turns.room_active(self)
+        elif queued > FLUSH_AT:
+            self._turns.flush_room(self)
 
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
         """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""

@@ -100,6 +100,10 @@ _Item = Command | BadLine | LineTooLong
 
 
 class Phase(enum.Enum):
+    # Hashed by identity, in C: Enum's own __hash__ is Python code, and every transition
+    # looks its phase up in TRANSITIONS.
+    __hash__ = object.__hash__
+
     LOGGING_IN = "logging in"
     NEW = "new"
     READY = "ready"
@@ -117,6 +121,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 }
 
 _READY = Phase.READY
+_WAITING = Phase.WAITING
 _CLOSED = Phase.CLOSED
 
 
@@ -311,19 +316,14 @@ class Session:
                 self._throttle(bucket)
             elif self._episode:
                 self._episode = False
-        self._take(items)
+        self._handle(items)
 
     def _take(self, items: list[_Item]) -> None:
-        """Carry out ``items`` now, or keep them, in order, while a wait is under way:
-        the one place that decides."""
-        phase = self._phase
-        if phase is Phase.NEW and items:  # the first command at the end of the input
+        """``items`` from anywhere but a read: the end of the input may hold a first
+        command (NEW), then carried out or kept as any read's (_handle decides)."""
+        if self._phase is Phase.NEW and items:
             self._enter(_READY)
-            phase = _READY
-        if phase is _READY:
-            self._handle(items)
-        elif phase is not _CLOSED and items:
-            self._backlog.extend(items)
+        self._handle(items)
 
     def _first_command(self, data: bytes) -> bytes:
         """Decode line by line up to the first command: a hello changes how the lines
@@ -406,9 +406,12 @@ class Session:
             context.liveness.discard(self)
 
     def _handle(self, items: list[_Item]) -> None:
+        """Carry out ``items`` now, or keep them, in order, while a wait is under way:
+        the one place that decides (before each command: a join may begin a wait)."""
         index, count = 0, len(items)
+        ready = _READY
         while index < count:
-            if self._phase is not _READY:  # a wait began, or the session ended
+            if self._phase is not ready:  # a wait began, or the session ended
                 if self._phase is not _CLOSED:
                     self._backlog.extend(items[index:])
                 return
@@ -501,14 +504,20 @@ class Session:
         if room in self._handles:
             self._refuse(item, AlreadyJoined(f"already in room {room!r}"))
             return
-        self._wait(room)
+        # _wait, _waited and _pause_if_waiting written out: a join storm runs this
+        # thousands of times a second, and in process the join is answered at once.
+        self._enter(_WAITING)
+        self._joining = room
         try:
             self._rooms.join_room(room, self.mailbox, self._joined, request)
         except RoomError as exc:
-            self._waited()
+            self._joining = None
+            self._enter(_READY)
             self._refuse(item, exc)
             return
-        self._pause_if_waiting()
+        if self._phase is _WAITING:  # answered later: read nothing more until then
+            self._paused = True
+            self._connection.pause_reading()
 
     def _joined(self, outcome: UserSessionHandle | RoomError) -> None:
         room = self._joining
@@ -517,7 +526,9 @@ class Session:
             if isinstance(outcome, UserSessionHandle):
                 self._rooms.drop_user_session_handle(outcome)
             return
-        paused = self._waited()
+        self._joining = None
+        paused, self._paused = self._paused, False
+        self._enter(_READY)
         if isinstance(outcome, RoomError):
             self._stats.ignored += 1
             self._ignore(f"join_room {room!r}: {outcome}")
