@@ -316,7 +316,10 @@ class Session:
                 self._throttle(bucket)
             elif self._episode:
                 self._episode = False
-        self._handle(items)
+        if phase is _READY:
+            self._handle(items)
+        else:  # NEW: what the first command left (a line too long may need READY)
+            self._take(items)
 
     def _take(self, items: list[_Item]) -> None:
         """``items`` from anywhere but a read: the end of the input may hold a first
