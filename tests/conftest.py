@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import trustme
 import uvloop
 from hypothesis import settings
 
@@ -22,6 +25,7 @@ _ON_BOTH_LOOPS = {
     "test_tls.py",
     "test_limits.py",
     "test_fuzz_sockets.py",
+    "test_shell.py",
 }
 
 
@@ -106,3 +110,23 @@ def redis_cluster_shared() -> Iterator[RedisCluster]:
 # (tests/server/core/test_session_model.py).
 settings.register_profile("long", max_examples=1000, stateful_step_count=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@dataclass
+class Pki:
+    ca: Path  # the CA certificate clients trust
+    cert: Path  # the server's certificate chain (for 127.0.0.1 and localhost)
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    authority.cert_pem.write_to_path(str(pki.ca))
+    issued.private_key_pem.write_to_path(str(pki.key))
+    for index, blob in enumerate(issued.cert_chain_pems):
+        blob.write_to_path(str(pki.cert), append=index > 0)
+    return pki

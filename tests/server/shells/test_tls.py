@@ -10,37 +10,16 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 
 from roomchat.client import ChatClient, connect, tls_context
 from roomchat.protocol import UserMessage
 from roomchat.server import ChatServer, ServerConfig
+from tests.conftest import Pki
 from tests.helpers import TIMEOUT, joined, messages, raw_socket, wait_eof
 from tests.serve_cli import assert_one_clean_line, run_roomchat, start_serve
-
-
-@dataclass
-class Pki:
-    ca: Path  # the CA certificate clients trust
-    cert: Path  # the server's certificate chain (for 127.0.0.1 and localhost)
-    key: Path
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    authority = trustme.CA()
-    issued = authority.issue_cert("127.0.0.1", "localhost")
-    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    authority.cert_pem.write_to_path(str(pki.ca))
-    issued.private_key_pem.write_to_path(str(pki.key))
-    for index, blob in enumerate(issued.cert_chain_pems):
-        blob.write_to_path(str(pki.cert), append=index > 0)
-    return pki
 
 
 @pytest.fixture

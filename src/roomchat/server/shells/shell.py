@@ -241,6 +241,7 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
     label: ClassVar[str] = ""
 
     __slots__ = (
+        "_decrypted",
         "_early",
         "_handshake",
         "_ip",
@@ -260,7 +261,11 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
         self._name = "?"
         self._tls = False
         self._handshake: asyncio.Task[None] | None = None
-        self._early: list[bytes] = []  # bytes read before start_tls took the transport
+        # During a TLS handshake: the bytes read before start_tls took the transport (the
+        # ClientHello: None once it has), then those it decrypted before _opened (a
+        # WebSocket client sends its request in the handshake's last flight).
+        self._early: list[bytes] | None = []
+        self._decrypted: list[bytes] = []
         self.session: Session | None = None
 
     def __repr__(self) -> str:
@@ -328,7 +333,8 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
 
         uvloop starts reading right after connection_made even if it paused reading,
         so a client that speaks first can be read before start_tls runs."""
-        data, self._early = b"".join(self._early), []
+        data = b"".join(self._early or ())
+        self._early = None
         protocol = tcp.get_protocol()
         if not data or protocol is self:
             return
@@ -348,12 +354,19 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
         # pause_writing fires when the transport holds more than this: a slow consumer.
         transport.set_write_buffer_limits(high=self.shell.max_pending_output)
         self.opened(transport)
+        if self._decrypted:
+            data = b"".join(self._decrypted)
+            self._decrypted = []
+            self.received(data)
 
     def data_received(self, data: bytes) -> None:
-        if self._handshake is not None:  # before start_tls took over (see _replay_early)
-            self._early.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
+        if self._handshake is not None:
+            if self._early is not None:  # before start_tls took over (see _replay_early)
+                self._early.append(data)
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            else:  # decrypted before the handshake's end was seen (see _opened)
+                self._decrypted.append(data)
             return
         self.received(data)
 
