@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -15,15 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect
 
-from roomchat.client import ChatClient, connect
+from roomchat.client import ChatClient, connect, tls_context
 from roomchat.protocol import Event, UserJoinedRoom, UserMessage
+from tests.conftest import Pki
 from tests.instances import spawn_serve
 from tests.redis_servers import RedisServer
 from tests.serve_cli import TIMEOUT, assert_one_clean_line, run_roomchat
 
 LISTENING = r"roomchat listening on [^ ]*?:(\d+) with \d+ rooms"
 READY = r"\[worker (\d+)\] roomchat\.server: ready on .* \(pid (\d+)\)"
+WEB_LINE = r"\[worker (\d+)\] .*web client on https://127\.0\.0\.1:(\d+)/"
+METRICS_LINE = r"\[worker (\d+)\] .*metrics on http://127\.0\.0\.1:(\d+)/metrics"
 
 
 def free_port() -> int:
@@ -151,6 +156,18 @@ async def wait_gone(pid: int) -> None:
     async with asyncio.timeout(TIMEOUT):
         while running(pid):
             await asyncio.sleep(0.02)
+
+
+async def per_worker(log: Log, pattern: str, count: int) -> dict[int, int]:
+    """Worker index -> the number the first line of each worker matching ``pattern``
+    gives (its second group)."""
+    found: dict[int, int] = {}
+    index = 0
+    while len(found) < count:
+        index, match = await log.wait_for(pattern, index)
+        found.setdefault(int(match.group(1)), int(match.group(2)))
+        index += 1
+    return found
 
 
 async def until_message(client: ChatClient) -> UserMessage:
@@ -294,3 +311,58 @@ async def test_a_worker_that_cannot_start_again_ends_the_command(
     assert last.startswith("roomchat: error: worker 2 failed to start 5 times in a row"), last
     assert "cannot use the Redis bus" in last
     assert "Traceback" not in workers.log.text
+
+
+async def test_workers_with_the_web_port_metrics_and_tls(redis: RedisServer, pki: Pki) -> None:
+    """``--workers 2`` with ``--ws`` (one web port for all: the parent reserves it),
+    ``--metrics`` (one endpoint per worker) and TLS on both ports."""
+    served = await start_workers(
+        2,
+        "--bus",
+        redis.url,
+        "--ws",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(pki.cert),
+        "--tls-key",
+        str(pki.key),
+    )
+    try:
+        web = await per_worker(served.log, WEB_LINE, 2)
+        metrics = await per_worker(served.log, METRICS_LINE, 2)
+        assert len(set(web.values())) == 1, served.log.text  # one port, reserved by the parent
+        assert len(set(metrics.values())) == 2, served.log.text  # one endpoint each
+
+        context = tls_context(pki.ca)
+        tcp = await connect("127.0.0.1", served.port, timeout=TIMEOUT, ssl=context)
+        await join(tcp, "general")
+        async with ws_connect(
+            f"wss://127.0.0.1:{web[1]}/ws", ssl=context, open_timeout=TIMEOUT
+        ) as browser:
+            login = json.loads(await asyncio.wait_for(browser.recv(), TIMEOUT))
+            assert login["_et"] == "login_successful"
+            await browser.send('{"_ct":"join_room","r":"general"}')
+            while json.loads(await asyncio.wait_for(browser.recv(), TIMEOUT))["_et"] != (
+                "user_joined_room"
+            ):
+                pass
+            await tcp.send("general", "from TLS over TCP")
+            while (event := json.loads(await asyncio.wait_for(browser.recv(), TIMEOUT)))[
+                "_et"
+            ] != "user_message":
+                pass
+            assert event["c"] == "from TLS over TCP"
+        tcp.close()
+        for port in metrics.values():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"roomchat_sessions" in answer
+        assert await served.stop() == 0
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
+            await served.process.wait()

@@ -100,6 +100,10 @@ def supervise(config: ServerConfig, workers: int, log_level: str, log_format: st
     reserved = _reserve_port(config.host, config.port)
     try:
         config = replace(config, port=reserved[0].getsockname()[1])
+        summary = (
+            f"{', '.join(format_address(sock.getsockname()) for sock in reserved)} "
+            f"with {len(rooms)} rooms, bus {bus}"
+        )
         if config.ws:  # the web port too: every worker listens on it (SO_REUSEPORT)
             try:
                 host, port = listen_address(config.ws)
@@ -108,14 +112,12 @@ def supervise(config: ServerConfig, workers: int, log_level: str, log_format: st
             web = _reserve_port(host, port)
             reserved += web
             config = replace(config, ws=format_address((host, web[0].getsockname()[1])))
+            summary += f", web client on {config.ws}"
         supervisor = _Supervisor(
             config=config,
             count=workers,
             env=_worker_env(config, log_level, log_format),
-            summary=(
-                f"{', '.join(format_address(sock.getsockname()) for sock in reserved)} "
-                f"with {len(rooms)} rooms, bus {bus}"
-            ),
+            summary=summary,
         )
         return asyncio.run(supervisor.run())
     finally:
