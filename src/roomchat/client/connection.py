@@ -9,6 +9,7 @@ waiting for the transport to drain, and TLS.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import contextlib
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext, create_default_context
 from types import TracebackType
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 from roomchat import addresses
 from roomchat.client.protocol import (
@@ -38,6 +39,7 @@ __all__ = [
     "ChatClient",
     "DataCallback",
     "EventCallback",
+    "EventStream",
     "connect",
     "parse_address",
     "tls_context",
@@ -253,7 +255,28 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-class ChatClient:
+E = TypeVar("E")
+
+
+class EventStream(abc.ABC, Generic[E]):
+    """``async for event in stream``: :meth:`next_event` until the stream ends
+    (ConnectionClosed ends the iteration)."""
+
+    @abc.abstractmethod
+    async def next_event(self, timeout: float | None = None) -> E:
+        """The next event; raises ConnectionClosed at the end, TimeoutError on timeout."""
+
+    def __aiter__(self) -> EventStream[E]:
+        return self
+
+    async def __anext__(self) -> E:
+        try:
+            return await self.next_event()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+
+class ChatClient(EventStream[Event]):
     """One session with a protocol v1 or v2 server. Create it with :func:`connect`."""
 
     def __init__(self, connection: _Connection, transport: asyncio.Transport) -> None:
@@ -428,15 +451,6 @@ class ChatClient:
         event = connection.queue.popleft()
         connection.resume_reading_if_low()
         return event
-
-    def __aiter__(self) -> ChatClient:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            return await self.next_event()
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
 
     # -- closing -------------------------------------------------------------------------
     def close(self) -> None:

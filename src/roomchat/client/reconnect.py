@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ssl import SSLContext
 from types import TracebackType
 
-from roomchat.client.connection import ChatClient, connect
+from roomchat.client.connection import ChatClient, EventStream, connect
 from roomchat.client.protocol import (
     DEFAULT_CLIENT_MAX_LINE_LENGTH,
     ConnectionClosed,
@@ -157,7 +157,7 @@ class CatchUp:
         self.last_seq.pop(room, None)
 
 
-class ReconnectingClient:
+class ReconnectingClient(EventStream[ClientEvent]):
     """A v2 session that survives connection loss.
 
     It connects with ``hello``; when the connection is lost it reconnects with
@@ -310,15 +310,6 @@ class ReconnectingClient:
                 finally:
                     self._waiter = None
         return self._events.popleft()
-
-    def __aiter__(self) -> ReconnectingClient:
-        return self
-
-    async def __anext__(self) -> ClientEvent:
-        try:
-            return await self.next_event()
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
 
     def _emit(self, event: ClientEvent) -> None:
         self._events.append(event)
