@@ -32,7 +32,7 @@ from roomchat.client.protocol import (
     JoinResult,
     State,
 )
-from roomchat.protocol import Command, Event, LoginSuccessful, RoomDetail, Welcome
+from roomchat.protocol import DEFAULT_PORT, Command, Event, LoginSuccessful, RoomDetail, Welcome
 
 __all__ = [
     "DEFAULT_PORT",
@@ -45,8 +45,6 @@ __all__ = [
     "tls_context",
 ]
 
-#: The port of an address given without one (the original's, and roomchat's default).
-DEFAULT_PORT = 8080
 
 _QUEUE_HIGH = 10_000  # queued events at which reading pauses
 _QUEUE_LOW = 1_000  # ... and resumes

@@ -62,6 +62,8 @@ from roomchat.protocol.messages import (
 )
 from roomchat.protocol.names import NAME_MAX_LENGTH, name_key, valid_name
 
+#: The port a server listens on and a client connects to unless told otherwise.
+DEFAULT_PORT = 8080
 #: The protocol version a ``hello`` asks for and this package speaks at most.
 PROTOCOL_VERSION = 2
 #: Defaults a v2 server announces / applies (docs/protocol.md, "Limits").
@@ -75,6 +77,7 @@ __all__ = [
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_IDLE_TIMEOUT_S",
     "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_PORT",
     "ERROR_CODES",
     "EVENT_TYPES",
     "FEATURES",

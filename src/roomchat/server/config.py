@@ -13,6 +13,7 @@ from roomchat.protocol import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_PORT,
     HISTORY_MAX,
     RoomDetail,
 )
@@ -49,7 +50,6 @@ __all__ = [
 # Every default of ``roomchat serve``, once: the flags (cli.py), ServerConfig and the
 # parts that take a setting (sessions, the bus) all use these.
 DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 8080
 #: Where rooms meet: this process.
 DEFAULT_BUS = "memory://"
 #: With Redis: seconds an instance stays registered without renewing its lease.

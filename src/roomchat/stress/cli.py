@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from roomchat.client import parse_address, tls_context
+from roomchat.protocol import DEFAULT_PORT
 from roomchat.stress.config import DEFAULT_RAMP, Config, RampConfig, SteadyConfig, parse_steps
 from roomchat.stress.report import report_table
 from roomchat.stress.runner import StressError, run_in_processes
@@ -28,7 +29,7 @@ def _common(func: F) -> F:
         click.option(
             "--addr",
             envvar="ROOMCHAT_ADDR",
-            default="127.0.0.1:8080",
+            default=f"127.0.0.1:{DEFAULT_PORT}",
             show_default=True,
             help="Server to load, host:port (env ROOMCHAT_ADDR); several comma-separated "
             "(instances sharing rooms through Redis) split the users evenly. Nothing else "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from roomchat.protocol import NAME_MAX_LENGTH, valid_name
+from roomchat.protocol import DEFAULT_PORT, NAME_MAX_LENGTH, valid_name
 
 __all__ = [
     "DEFAULT_RAMP",
@@ -58,7 +58,7 @@ class RunConfig:
     """What every mode shares."""
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = DEFAULT_PORT
     #: Further servers sharing the rooms (instances behind one Redis): user i connects to
     #: the (i mod n)-th of host:port and these, so the users are split evenly.
     more_addrs: tuple[tuple[str, int], ...] = ()

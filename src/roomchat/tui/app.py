@@ -33,13 +33,13 @@ from roomchat.client import (
     ReconnectingClient,
     parse_address,
 )
-from roomchat.protocol import LoginSuccessful, valid_name
+from roomchat.protocol import DEFAULT_PORT, LoginSuccessful, valid_name
 from roomchat.tui.screens import ChatScreen, ConnectScreen
 from roomchat.tui.state import DEFAULT_HISTORY_LIMIT, JOIN_HISTORY, ChatState, StateEvent
 
 __all__ = ["DEFAULT_ADDRESS", "RoomChatApp"]
 
-DEFAULT_ADDRESS = "localhost:8080"
+DEFAULT_ADDRESS = f"localhost:{DEFAULT_PORT}"
 
 
 class SessionStarted(Message):
