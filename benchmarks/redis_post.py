@@ -68,8 +68,10 @@ def main() -> None:
     keys = RoomKeys("general")
     line = encode(UserMessage("general", "x3Ab_", "hello, this is a typical chat line"))
     publish = command(b"PUBLISH", keys.channel, line)
-    post = command(b"EVALSHA", sha, 3, *keys.post_keys, 100, b"PUBLISH", line)
-    post0 = command(b"EVALSHA", sha, 3, *keys.post_keys, 0, b"PUBLISH", line)
+    # POST's ARGV (scripts.py): history size, verb, how many messages, their time, lines.
+    ts = int(time.time() * 1000)
+    post = command(b"EVALSHA", sha, 3, *keys.post_keys, 100, b"PUBLISH", 1, ts, line)
+    post0 = command(b"EVALSHA", sha, 3, *keys.post_keys, 0, b"PUBLISH", 1, ts, line)
     for name, cmd in (
         ("PUBLISH", publish),
         ("POST, history 100", post),
