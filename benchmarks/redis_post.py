@@ -15,8 +15,7 @@ import socket
 import time
 
 from roomchat.protocol import UserMessage, encode
-from roomchat.server.bus import scripts
-from roomchat.server.bus.redis.bus import _RoomKeys
+from roomchat.server.bus.redis import RoomKeys, scripts
 from roomchat.server.bus.redis.resp import command
 
 
@@ -66,15 +65,13 @@ def main() -> None:
     sock = socket.create_connection((args.host, args.port))
     sock.sendall(command(b"SCRIPT", b"LOAD", scripts.POST))
     sha = sock.recv(4096).strip()[5:]
-    keys = _RoomKeys("general", cluster=False)
+    keys = RoomKeys("general")
     line = encode(UserMessage("general", "x3Ab_", "hello, this is a typical chat line"))
     publish = command(b"PUBLISH", keys.channel, line)
-    post = command(
-        b"EVALSHA", sha, 3, keys.keys[6], keys.keys[7], keys.channel, 100, b"PUBLISH", line
-    )
-    post0 = command(
-        b"EVALSHA", sha, 3, keys.keys[6], keys.keys[7], keys.channel, 0, b"PUBLISH", line
-    )
+    # POST's ARGV (scripts.py): history size, verb, how many messages, their time, lines.
+    ts = int(time.time() * 1000)
+    post = command(b"EVALSHA", sha, 3, *keys.post_keys, 100, b"PUBLISH", 1, ts, line)
+    post0 = command(b"EVALSHA", sha, 3, *keys.post_keys, 0, b"PUBLISH", 1, ts, line)
     for name, cmd in (
         ("PUBLISH", publish),
         ("POST, history 100", post),

@@ -20,7 +20,7 @@ import pytest
 from rich.console import Console
 
 from roomchat.server import ChatServer, ServerConfig
-from roomchat.server.bus.redis.bus import RedisBus
+from roomchat.server.bus.redis import RedisBus
 from roomchat.stress import (
     RampConfig,
     Report,

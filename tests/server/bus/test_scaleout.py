@@ -18,7 +18,7 @@ from roomchat import tokens
 from roomchat.client import ChatClient, HelloRefused, connect
 from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
 from roomchat.server import ChatServer, ServerConfig, load_rooms
-from roomchat.server.bus.redis.bus import RedisBus, _RoomKeys
+from roomchat.server.bus.redis import RedisBus, RoomKeys
 from tests.helpers import until
 from tests.instances import TIMEOUT, instances
 from tests.redis_servers import RedisCluster, RedisServer
@@ -385,7 +385,7 @@ def rooms_on_two_shards(cluster: RedisCluster) -> tuple[str, str]:
     """Two of the packaged rooms whose channels live on different masters."""
     owners: dict[int, str] = {}
     for detail in load_rooms():
-        port = cluster.node_for_slot(_RoomKeys(detail.name, cluster=True).slot).port
+        port = cluster.node_for_slot(RoomKeys(detail.name).slot).port
         owners.setdefault(port, detail.name)
         if len(owners) == 2:
             first, second = owners.values()
@@ -406,7 +406,7 @@ async def test_cluster_rooms_on_different_shards(redis_cluster: RedisCluster) ->
             assert await next_event(alice) == UserMessage(room, bob.user_id, f"to {room}")
             assert await next_event(bob) == UserMessage(room, bob.user_id, f"to {room}")
         # The shard that owns the red room restarts: the instances reconnect.
-        node = redis_cluster.node_for_slot(_RoomKeys(red, cluster=True).slot)
+        node = redis_cluster.node_for_slot(RoomKeys(red).slot)
         mark = len(one.lines), len(two.lines)
         await asyncio.to_thread(redis_cluster.restart_node, node)
         await one.wait_for_log(BACK, after=mark[0])
@@ -419,7 +419,7 @@ async def test_cluster_rooms_on_different_shards(redis_cluster: RedisCluster) ->
 
 async def test_cluster_slot_migration_resubscribes(redis_cluster: RedisCluster) -> None:
     red, _ = rooms_on_two_shards(redis_cluster)
-    slot = _RoomKeys(red, cluster=True).slot
+    slot = RoomKeys(red).slot
     async with instances(2, "--bus", redis_cluster.url) as (one, two):
         alice, bob = await one.client(), await two.client()
         await join(alice, red)

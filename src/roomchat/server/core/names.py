@@ -7,7 +7,7 @@ first session to take a name fixes its spelling, and further sessions of the sam
 (the same spelling, proven with a token: session.py checks the token) share it.
 
 :class:`NameRegistry` is this process's registry. With several instances (the Redis
-bus) it also has a :class:`SharedNames`, the names of every instance (bus/redis.py):
+bus) it also has a :class:`SharedNames`, the names of every instance (bus/redis/names.py):
 
 - a chosen name that no session of this process holds is asked of the shared registry,
   and the answer comes later (the session waits, reading nothing, as for a join);

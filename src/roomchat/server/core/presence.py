@@ -4,8 +4,8 @@ A room counts a *user* once, however many of its sessions joined (docs/protocol.
 the first session of a user to enter a room makes the room announce ``joined``, the last
 to leave makes it announce ``left``. :class:`Presence` keeps that registry and makes the
 announcements; :class:`MemoryPresence` is the in-process one (everything on this
-instance, answered at once). The Redis one (roomchat.server.bus.redis.bus) keeps it in Redis,
-answers after a round trip, and announces through the room's channel.
+instance, answered at once). The Redis one (roomchat.server.bus.redis.presence) keeps it
+in Redis, answers after a round trip, and announces through the room's channel.
 
 A join is answered with two calls on the room, in either order: ``room.join_reply(key,
 users)`` and ``room.join_marker(key, announcement)`` (see rooms.py). The interface,

@@ -126,7 +126,7 @@ def supervise(config: ServerConfig, workers: int, log_level: str, log_format: st
 
 
 def _bus_display(url: str) -> str:
-    from roomchat.server.bus.redis.bus import parse_redis_url
+    from roomchat.server.bus.redis.url import parse_redis_url
 
     return parse_redis_url(url).display  # BusError for a URL it cannot use
 

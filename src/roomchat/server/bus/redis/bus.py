@@ -16,39 +16,44 @@
   delivers among its local members; it reconnects with a capped backoff, re-subscribes,
   re-asserts its sessions' presence and renews its lease. What an outage loses is listed
   in docs/scaling.md.
+
+This module is the bus alone: connections, routing, the turn's writes, subscriptions,
+outages and leases. Presence (presence.py) and names (names.py) use it only through
+its command interface (commands.py ``Commands``), as any further room action should.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from redis.crc import key_slot
 
-from roomchat.protocol import joined_event, left_event, name_key
-from roomchat.server.bus.memory import BUS_CONNECTED_DOC
 from roomchat.server.bus.redis import scripts
-from roomchat.server.bus.redis.resp import (
-    ReplyError,
-    RespConnection,
-    command,
-    open_connection,
-    reply_future,
+from roomchat.server.bus.redis.commands import REGISTRY_PREFIX, ReplyHandler, RoomKeys
+from roomchat.server.bus.redis.names import RedisNames
+from roomchat.server.bus.redis.nodes import (
+    Address,
+    Node,
+    cluster_map,
+    load_scripts,
+    open_node,
+    reason,
 )
+from roomchat.server.bus.redis.presence import RedisPresence
+from roomchat.server.bus.redis.resp import ReplyError, RespConnection, command, reply_future
+from roomchat.server.bus.redis.stats import BusStats
+from roomchat.server.bus.redis.url import parse_redis_url
 from roomchat.server.core.clock import now_ms
-from roomchat.server.core.history import Snapshot
-from roomchat.server.core.ports import BusError, HeldNames, Participant, RoomLink, Wakeups
+from roomchat.server.core.ports import BusError, RoomLink, Wakeups
 from roomchat.server.core.stats import Reading
 
-__all__ = ["BusStats", "RedisBus", "RedisNames", "RedisPresence", "parse_redis_url"]
+__all__ = ["MAX_BACKLOG", "RedisBus"]
 
 log = logging.getLogger("roomchat.bus")
 
@@ -60,138 +65,20 @@ _UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local
 MAX_BACKLOG = 32 * 1024 * 1024
 _LOGGED_EVERY = 1000  # overflow and error log lines: the first, then every 1000th
 
-
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    cluster: bool
-    hosts: tuple[tuple[str, int], ...]
-    db: int
-    username: str | None
-    password: str | None
-
-    @property
-    def display(self) -> str:
-        nodes = ",".join(f"{host}:{port}" for host, port in self.hosts)
-        return f"{'redis+cluster' if self.cluster else 'redis'}://{nodes}" + (
-            f"/{self.db}" if self.db else ""
-        )
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """``redis://[[user]:password@]HOST[:PORT][/DB]`` or
-    ``redis+cluster://[[user]:password@]HOST:PORT[,HOST:PORT...]``."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "redis+cluster"):
-        raise BusError(f"bus URL {url!r}: expected redis:// or redis+cluster://")
-    netloc = parts.netloc
-    credentials, _, hostlist = netloc.rpartition("@")
-    username: str | None = None
-    password: str | None = None
-    if credentials:
-        user, sep, secret = credentials.partition(":")
-        username, password = (
-            (unquote(user) or None, unquote(secret)) if sep else (None, unquote(user))
-        )
-    hosts: list[tuple[str, int]] = []
-    for item in hostlist.split(","):
-        host, sep, port_text = item.strip().rpartition(":")
-        if not sep:
-            host, port_text = port_text, "6379"
-        host = host.strip("[]")
-        if not host:
-            raise BusError(f"bus URL {url!r}: no host")
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise BusError(f"bus URL {url!r}: port {port_text!r} is not a number") from None
-        if not 0 < port < 65536:
-            raise BusError(f"bus URL {url!r}: port {port} out of range")
-        hosts.append((host, port))
-    cluster = scheme == "redis+cluster"
-    if not cluster and len(hosts) != 1:
-        raise BusError(f"bus URL {url!r}: one host for redis://, several need redis+cluster://")
-    path = parts.path.strip("/")
-    db = 0
-    if path:
-        if cluster:
-            raise BusError(f"bus URL {url!r}: a Redis Cluster has no databases")
-        try:
-            db = int(path)
-        except ValueError:
-            raise BusError(f"bus URL {url!r}: database {path!r} is not a number") from None
-    return RedisTarget(cluster, tuple(hosts), db, username, password)
-
-
-class BusStats:
-    """Counters of the bus (read by logs, tests and metrics)."""
-
-    __slots__ = (
-        "connects",
-        "errors",
-        "local_only",
-        "outages",
-        "overflow",
-        "published",
-        "purged_instances",
-        "received",
-    )
-
-    def __init__(self) -> None:
-        self.published = 0  # events written to Redis
-        self.received = 0  # events read from Redis (all kinds)
-        self.local_only = 0  # events delivered only locally (Redis lost or too slow)
-        self.overflow = 0  # ... of which because Redis was too slow
-        self.errors = 0  # error replies from Redis
-        self.outages = 0  # times the connection to Redis was lost
-        self.connects = 0  # successful (re)connections
-        self.purged_instances = 0  # dead instances cleaned up by this one
-
-
-def _tag(room: str) -> str:
-    # A hash of the name: any room name makes a valid, distinct hash tag.
-    return hashlib.blake2b(room.encode(), digest_size=8).hexdigest()
-
-
-class _RoomKeys:
-    """A room's keys and channel in Redis, all under one hash tag (one cluster slot)."""
-
-    __slots__ = ("channel", "keys", "post_head", "publish_head", "slot")
-
-    def __init__(self, room: str, cluster: bool) -> None:
-        prefix = f"rc:{{{_tag(room)}}}:"
-        self.channel = (prefix + "c").encode()
-        seq, stream = (prefix + "q").encode(), (prefix + "h").encode()
-        #: sessions, users, order, order counter, left events, channel, message counter,
-        #: history stream (scripts.py)
-        self.keys = (*((prefix + k).encode() for k in "suonl"), self.channel, seq, stream)
-        self.slot = key_slot(self.channel)
-        #: The EVALSHA of POST up to its last argument (the line): set once connected.
-        self.post_head: bytes | None = None
-        verb = b"SPUBLISH" if cluster else b"PUBLISH"
-        self.publish_head = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            len(verb),
-            verb,
-            len(self.channel),
-            self.channel,
-        )
-
-
-class _Node:
-    """One Redis server: a connection for commands and one for subscriptions."""
-
-    __slots__ = ("address", "cmd", "handlers", "parts", "sub")
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.address = address
-        self.cmd: RespConnection | None = None
-        self.sub: RespConnection | None = None
-        self.parts: list[bytes] = []  # commands of this turn, written at its end
-        self.handlers: list[Callable[[Any], None]] = []
+# A channel payload's first byte (scripts.py), as ints: ``payload[0]`` is an int, and
+# comparing it costs less on the receiving hot path than slicing ``payload[:1]``.
+_MESSAGE = scripts.MESSAGE[0]
+_EVENT = scripts.EVENT[0]
+#: The rarer kinds (control payloads), compared as bytes.
+_MARKER = scripts.MARKER
+_REASSERTED = scripts.REASSERTED
+#: A handler's error when there is no connection to write to.
+_NOT_CONNECTED = "not connected to Redis"
 
 
 class RedisBus:
-    """Rooms shared through Redis; see the module docstring."""
+    """Rooms shared through Redis; see the module docstring. Implements the rules' Bus
+    port (core/ports.py) and, for presence and names, commands.py ``Commands``."""
 
     def __init__(
         self,
@@ -207,18 +94,17 @@ class RedisBus:
         self.history = history
         self.instance_id = secrets.token_hex(6)
         self.stats = BusStats()
-        self.presence = RedisPresence(self)
         cluster = self._target.cluster
-        self._verbs = (
+        self._subscribe_verb, self._unsubscribe_verb, self.publish_verb = (
             (b"SSUBSCRIBE", b"SUNSUBSCRIBE", b"SPUBLISH")
             if cluster
             else (b"SUBSCRIBE", b"UNSUBSCRIBE", b"PUBLISH")
         )
-        self._keys: dict[RoomLink, _RoomKeys] = {}
+        self._keys: dict[RoomLink, RoomKeys] = {}
         self._by_channel: dict[bytes, RoomLink] = {}
         self._by_name: dict[str, RoomLink] = {}
-        self._nodes: dict[tuple[str, int], _Node] = {}
-        self._slots: list[_Node] = []  # slot -> node (cluster), or [the node]
+        self._nodes: dict[Address, Node] = {}
+        self._slots: list[Node] = []  # slot -> node (cluster), or [the node]
         # Room -> True (subscribed) or the future of its subscription.
         self._subscribed: dict[RoomLink, asyncio.Future[None] | bool] = {}
         self._unsubscribing: set[RoomLink] = set()
@@ -230,9 +116,12 @@ class RedisBus:
         self._reconnecting: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._offline_since = 0.0
-        registry = "rc:{rc}:"
-        self._registry = registry.encode()
-        self._instances_key = (registry + "instances").encode()
+        self._registry = REGISTRY_PREFIX.encode()
+        self._instances_key = self.registry_key("instances")
+        self._registry_slot = key_slot(self._instances_key)
+        # The names of the rooms this instance ever had interest in (purged if it dies).
+        self._rooms_key = self.registry_key("rooms:" + self.instance_id)
+        self.presence = RedisPresence(self)
         self.names = RedisNames(self)
 
     # -- Bus ---------------------------------------------------------------------------
@@ -260,65 +149,29 @@ class RedisBus:
         return total
 
     def readings(self) -> Iterable[Reading]:
-        stats = self.stats
-        return (
-            Reading("bus_connected", "gauge", BUS_CONNECTED_DOC, 1 if self._online else 0),
-            Reading("bus_published", "counter", "Events published to Redis.", stats.published),
-            Reading("bus_received", "counter", "Events received from Redis.", stats.received),
-            Reading("bus_errors", "counter", "Error replies from Redis.", stats.errors),
-            Reading(
-                "bus_outages", "counter", "Times the connection to Redis was lost.", stats.outages
-            ),
-            Reading(
-                "bus_connects",
-                "counter",
-                "Successful connections to Redis (the first one included).",
-                stats.connects,
-            ),
-            Reading(
-                "bus_local_only",
-                "counter",
-                "Events delivered to local members only (Redis lost or too slow).",
-                stats.local_only,
-            ),
-            Reading(
-                "bus_overflow",
-                "counter",
-                "Of those, events kept local because Redis was too slow.",
-                stats.overflow,
-            ),
-            Reading(
-                "bus_purged_instances",
-                "counter",
-                "Dead instances cleaned up by this one.",
-                stats.purged_instances,
-            ),
-            Reading(
-                "bus_queue_bytes",
-                "gauge",
-                "Bytes queued for Redis and not yet sent.",
-                self.queued_bytes,
-            ),
-        )
+        return self.stats.readings(connected=self._online, queued_bytes=self.queued_bytes)
 
     def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
         """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
         room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
         message is numbered and delivered on this instance only (room.fan_out)."""
-        keys = self._room_keys(room)
+        keys = self.room_keys(room)
         fan_out = room.fan_out
         stats = self.stats
         on_reply = self._on_publish_reply
+        # The EVALSHA of POST up to its per-post arguments: built once connected (it
+        # holds the script's SHA), then the same for good (the SHA is the source's).
+        head: bytes | None = None
 
         def publish(event: bytes) -> None:
+            nonlocal head
             node = self._node_for(keys) if self._online else None
             if node is None or node.cmd is None or node.cmd.write_buffer > MAX_BACKLOG:
                 self._local_only(node is not None)
                 fan_out(event)
                 return
-            head = keys.post_head
             if head is None:
-                head = keys.post_head = self._post_head(keys)
+                head = self._post_head(keys)
             if not node.parts:
                 self._schedule_flush()
             count = b"%d" % event.count(b"\n")  # a run of messages is one post
@@ -332,22 +185,10 @@ class RedisBus:
 
         return publish
 
-    def _post_head(self, keys: _RoomKeys) -> bytes:
-        # EVALSHA sha 3 <counter> <stream> <channel> <history size> <verb> [line]: RESP
-        # of every argument but the last, built once per room.
-        whole = command(
-            b"EVALSHA",
-            self._shas["post"],
-            3,
-            keys.keys[6],
-            keys.keys[7],
-            keys.channel,
-            self.history,
-            self._verbs[2],
-            b"",
-            b"",
-            b"",
-        )
+    def _post_head(self, keys: RoomKeys) -> bytes:
+        # EVALSHA sha 3 <counter> <stream> <channel> <history size> <verb> [count, time,
+        # lines]: RESP of every argument but the last three, built once per room.
+        whole = self.script("post", keys.post_keys, self.history, self.publish_verb, b"", b"", b"")
         return whole[: -3 * len(b"$0\r\n\r\n")]  # count, time and lines: per post
 
     async def start(self) -> None:
@@ -357,7 +198,7 @@ class RedisBus:
         except (OSError, TimeoutError, ReplyError, ConnectionError, BusError) as exc:
             self._drop_connections()
             raise BusError(
-                f"cannot use the Redis bus at {self._target.display}: {_reason(exc)}"
+                f"cannot use the Redis bus at {self._target.display}: {reason(exc)}"
             ) from None
         self._online = True
         self._lease_task = self._spawn(self._renew_lease())
@@ -377,34 +218,71 @@ class RedisBus:
                     if node.cmd is not None:
                         me = self.instance_id
                         await self.names.purge(me)
-                        await node.cmd.call("DEL", self._registry + b"lease:" + me.encode())
-                        await node.cmd.call("DEL", self._registry + b"rooms:" + me.encode())
+                        await node.cmd.call("DEL", self.registry_key("lease:" + me))
+                        await node.cmd.call("DEL", self._rooms_key)
                         await node.cmd.call("SREM", self._instances_key, me)
         self._online = False
         self._drop_connections()
 
-    # -- wiring ------------------------------------------------------------------------
-    def _room_keys(self, room: RoomLink) -> _RoomKeys:
+    # -- the command interface (commands.Commands) -------------------------------------
+    def room_keys(self, room: RoomLink) -> RoomKeys:
         keys = self._keys.get(room)
         if keys is None:
-            keys = self._keys[room] = _RoomKeys(room.name, self._target.cluster)
+            keys = self._keys[room] = RoomKeys(room.name)
             self._by_channel[keys.channel] = room
             self._by_name[room.name] = room
         return keys
 
-    def _node_for(self, keys: _RoomKeys) -> _Node | None:
+    def registry_key(self, suffix: str) -> bytes:
+        return self._registry + suffix.encode()
+
+    def script(self, name: str, keys: tuple[bytes, ...], *args: bytes | str | int) -> bytes:
+        return command(b"EVALSHA", self._shas[name], len(keys), *keys, *args)
+
+    def queue(self, room: RoomLink, data: bytes, handler: ReplyHandler) -> None:
+        """Queue one command about ``room`` behind the room's earlier events (scripts)."""
+        self._queue_on(self._node_for(self.room_keys(room)), data, handler)
+
+    def queue_registry(self, data: bytes, handler: ReplyHandler) -> None:
+        """Queue one command on the node of the registry's slot (names, leases)."""
+        self._queue_on(self._node_for_slot(self._registry_slot), data, handler)
+
+    async def call(self, room: RoomLink, data: bytes) -> Any:
+        future, handler = reply_future()
+        self.queue(room, data, handler)
+        return await future
+
+    async def call_registry(self, data: bytes) -> Any:
+        future, handler = reply_future()
+        self.queue_registry(data, handler)
+        return await future
+
+    def report_error(self, error: Exception, what: str) -> None:
+        self.stats.errors += 1
+        message = str(error)
+        if message.startswith(("MOVED", "ASK")):
+            # A slot moved (resharding): find the new owners, as after any outage.
+            self._lost(f"{what}: {message}")
+            return
+        if isinstance(error, ReplyError) and (
+            self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
+        ):
+            log.warning("redis bus: %s failed (#%d): %s", what, self.stats.errors, message)
+
+    # -- routing -----------------------------------------------------------------------
+    def _node_for(self, keys: RoomKeys) -> Node | None:
         slots = self._slots
         if not slots:
             return None
         return slots[keys.slot] if len(slots) > 1 else slots[0]
 
-    def _registry_node(self) -> _Node:
-        node = self._node_for_slot(key_slot(self._instances_key))
+    def _registry_node(self) -> Node:
+        node = self._node_for_slot(self._registry_slot)
         if node is None:
-            raise ConnectionError("not connected to Redis")
+            raise ConnectionError(_NOT_CONNECTED)
         return node
 
-    def _node_for_slot(self, slot: int) -> _Node | None:
+    def _node_for_slot(self, slot: int) -> Node | None:
         if not self._slots:
             return None
         return self._slots[slot] if len(self._slots) > 1 else self._slots[0]
@@ -432,45 +310,22 @@ class RedisBus:
                 if node.cmd is not None:
                     node.cmd.send_many(data, handlers)
                 else:
-                    error = ConnectionError("not connected to Redis")
+                    error = ConnectionError(_NOT_CONNECTED)
                     for handler in handlers:
                         handler(error)
 
-    def queue(self, room: RoomLink, data: bytes, handler: Callable[[Any], None]) -> None:
-        """Queue one command about ``room`` behind the room's earlier events (scripts)."""
-        self._queue_on(self._node_for(self._room_keys(room)), data, handler)
-
-    def queue_registry(self, data: bytes, handler: Callable[[Any], None]) -> None:
-        """Queue one command on the node of the registry's slot (names, leases)."""
-        self._queue_on(self._node_for_slot(key_slot(self._instances_key)), data, handler)
-
-    def _queue_on(self, node: _Node | None, data: bytes, handler: Callable[[Any], None]) -> None:
+    def _queue_on(self, node: Node | None, data: bytes, handler: ReplyHandler) -> None:
         if node is None or not self._online:
-            handler(ConnectionError("not connected to Redis"))
+            handler(ConnectionError(_NOT_CONNECTED))
             return
         if not node.parts:
             self._schedule_flush()
         node.parts.append(data)
         node.handlers.append(handler)
 
-    def script(self, name: str, keys: tuple[bytes, ...], *args: bytes | str | int) -> bytes:
-        return command(b"EVALSHA", self._shas[name], len(keys), *keys, *args)
-
     def _on_publish_reply(self, reply: Any) -> None:
         if isinstance(reply, ReplyError):
-            self._reply_error(reply, "publish")
-
-    def _reply_error(self, error: Exception, what: str) -> None:
-        self.stats.errors += 1
-        message = str(error)
-        if message.startswith(("MOVED", "ASK")):
-            # A slot moved (resharding): find the new owners, as after any outage.
-            self._lost(f"{what}: {message}")
-            return
-        if isinstance(error, ReplyError) and (
-            self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
-        ):
-            log.warning("redis bus: %s failed (#%d): %s", what, self.stats.errors, message)
+            self.report_error(reply, "publish")
 
     def _local_only(self, overflow: bool) -> None:
         stats = self.stats
@@ -500,15 +355,14 @@ class RedisBus:
         return future
 
     def _send_subscribe(self, room: RoomLink) -> None:
-        keys = self._room_keys(room)
+        keys = self.room_keys(room)
         node = self._node_for(keys)
         if node is None or node.sub is None:
             return  # subscribed again by the reconnection
-        node.sub.subscribe_write(command(self._verbs[0], keys.channel))
+        node.sub.subscribe_write(command(self._subscribe_verb, keys.channel))
         registry = self._registry_node()
         if registry.cmd is not None:
-            rooms_key = self._registry + b"rooms:" + self.instance_id.encode()
-            registry.cmd.send(command(b"SADD", rooms_key, room.name))
+            registry.cmd.send(command(b"SADD", self._rooms_key, room.name))
 
     def lose_interest(self, room: RoomLink) -> None:
         """The room's last local session left: unsubscribe soon, unless one comes back."""
@@ -518,11 +372,11 @@ class RedisBus:
         if room.busy or self._subscribed.get(room) is not True:
             return
         del self._subscribed[room]
-        keys = self._room_keys(room)
+        keys = self.room_keys(room)
         node = self._node_for(keys)
         if node is not None and node.sub is not None and self._online:
             self._unsubscribing.add(room)
-            node.sub.subscribe_write(command(self._verbs[1], keys.channel))
+            node.sub.subscribe_write(command(self._unsubscribe_verb, keys.channel))
 
     def _on_push(self, push: list[Any]) -> None:
         kind = push[0]
@@ -534,11 +388,11 @@ class RedisBus:
             self.stats.received += 1
             if room is not None:
                 payload: bytes = push[2]
-                if payload[0] == 77:  # b"M": a message numbered by POST
+                if payload[0] == _MESSAGE:  # a run of messages numbered by POST
                     head, _, line = payload.partition(b"\n")
                     seq, _, ts = head[1:].partition(b" ")
                     room.deliver(int(seq), int(ts), line)
-                elif payload[0] == 123:  # b"{": an announcement for every member
+                elif payload[0] == _EVENT:  # an announcement for every member
                     room.announce(payload)
                 else:
                     self._control(room, payload)
@@ -558,10 +412,10 @@ class RedisBus:
 
     def _control(self, room: RoomLink, payload: bytes) -> None:
         kind = payload[:1]
-        if kind == b"J":  # a join's marker: J<session key>\n<"joined" event or nothing>
+        if kind == _MARKER:  # a join's marker: J<session key>\n<"joined" event or nothing>
             key, _, announcement = payload[1:].partition(b"\n")
             room.join_marker(key.decode(), announcement or None)
-        elif kind == b"O":  # O<instance>\n<event>: re-asserted presence after an outage
+        elif kind == _REASSERTED:  # O<instance>\n<event>: presence re-asserted after an outage
             origin, _, event = payload[1:].partition(b"\n")
             if origin.decode() != self.instance_id and event:
                 room.announce(event)
@@ -570,69 +424,23 @@ class RedisBus:
     async def _connect(self) -> None:
         target = self._target
         if target.cluster:
-            addresses = await self._cluster_map()
+            addresses = await cluster_map(target)
         else:
             addresses = [target.hosts[0]]
-        nodes: dict[tuple[str, int], _Node] = {}
+        nodes: dict[Address, Node] = {}
         self._nodes = nodes  # so that a failure half-way drops what was opened
         for address in dict.fromkeys(addresses):
-            node = nodes[address] = _Node(address)
-            node.cmd = await self._open(address)
-            node.sub = await self._open(address, self._on_push)
+            node = nodes[address] = Node(address)
+            # Watched: losing either connection means Redis is lost.
+            node.cmd = await open_node(target, address, self._on_connection_lost)
+            node.sub = await open_node(target, address, self._on_connection_lost, self._on_push)
             for connection in (node.cmd, node.sub):
                 # Bus traffic ends a coalescing wait (outbox.py): never held up by it.
                 self._wakeups.watch(connection.fileno)
-            for name, source in scripts.SCRIPTS.items():
-                sha = await node.cmd.call("SCRIPT", "LOAD", source)
-                self._shas[name] = sha
+            self._shas.update(await load_scripts(node.cmd))
         self._nodes = nodes
         self._slots = [nodes[address] for address in addresses]
         self.stats.connects += 1
-
-    async def _open(
-        self,
-        address: tuple[str, int],
-        on_push: Callable[[list[Any]], None] | None = None,
-        *,
-        watched: bool = True,
-    ) -> RespConnection:
-        """Connect to one node; ``watched``: losing it means Redis is lost."""
-        target = self._target
-        return await open_connection(
-            *address,
-            self._on_connection_lost if watched else _ignore_lost,
-            on_push,
-            username=target.username,
-            password=target.password,
-            db=target.db,
-        )
-
-    async def _cluster_map(self) -> list[tuple[str, int]]:
-        """slot -> node address, from the first seed node that answers CLUSTER SLOTS."""
-        errors: list[str] = []
-        for host, port in self._target.hosts:
-            try:
-                seed = await self._open((host, port), watched=False)
-            except (OSError, TimeoutError, ReplyError) as exc:
-                errors.append(f"{host}:{port}: {_reason(exc)}")
-                continue
-            try:
-                ranges = await seed.call("CLUSTER", "SLOTS")
-            finally:
-                seed.close()
-            if isinstance(ranges, ReplyError):
-                errors.append(f"{host}:{port}: {ranges}")
-                continue
-            owners: list[tuple[str, int] | None] = [None] * 16384
-            for start, end, master, *_replicas in ranges:
-                address = ((master[0] or b"").decode() or host, int(master[1]))
-                for slot in range(start, end + 1):
-                    owners[slot] = address
-            missing = owners.count(None)
-            if missing:
-                raise BusError(f"the cluster does not cover {missing} hash slots")
-            return [address for address in owners if address is not None]
-        raise BusError("no cluster node answered: " + "; ".join(errors))
 
     def _on_connection_lost(self, connection: RespConnection, exc: Exception | None) -> None:
         if self._closing:
@@ -697,7 +505,7 @@ class RedisBus:
                 self._online = False
                 self._drop_connections()
                 if attempts == 1 or attempts % 20 == 0:
-                    log.warning("redis bus: reconnecting (attempt %d): %s", attempts, _reason(exc))
+                    log.warning("redis bus: reconnecting (attempt %d): %s", attempts, reason(exc))
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             log.warning(
@@ -735,14 +543,16 @@ class RedisBus:
                 self._lost(f"no answer from Redis within {self._lease / 3:g} s")
             except (ConnectionError, ReplyError) as exc:
                 if self._online:
-                    log.warning("redis bus: lease renewal failed: %s", _reason(exc))
+                    log.warning("redis bus: lease renewal failed: %s", reason(exc))
 
     async def _renew_once(self) -> None:
+        # Straight on the registry node's connection, not through queue_registry:
+        # start() renews before the bus is online (queueing would refuse).
         node = self._registry_node()
         assert node.cmd is not None
-        me = self.instance_id.encode()
+        me = self.instance_id
         await node.cmd.call(
-            "SET", self._registry + b"lease:" + me, b"1", "PX", int(self._lease * 1000)
+            "SET", self.registry_key("lease:" + me), b"1", "PX", int(self._lease * 1000)
         )
         await node.cmd.call("SADD", self._instances_key, me)
 
@@ -751,259 +561,25 @@ class RedisBus:
         node = self._registry_node()
         assert node.cmd is not None
         instances = await node.cmd.call("SMEMBERS", self._instances_key)
-        for other in instances:
-            if other.decode() == self.instance_id:
+        for member in instances:
+            other = member.decode()
+            if other == self.instance_id:
                 continue
-            if await node.cmd.call("EXISTS", self._registry + b"lease:" + other):
+            if await node.cmd.call("EXISTS", self.registry_key("lease:" + other)):
                 continue
-            rooms_key = self._registry + b"rooms:" + other
+            rooms_key = self.registry_key("rooms:" + other)
             names = await node.cmd.call("SMEMBERS", rooms_key)
             removed = 0
             for name in names:
                 room = self._by_name.get(name.decode())
                 if room is not None:
-                    removed += await self.presence.purge(room, other.decode())
-            await self.names.purge(other.decode())
+                    removed += await self.presence.purge(room, other)
+            await self.names.purge(other)
             await node.cmd.call("DEL", rooms_key)
-            await node.cmd.call("SREM", self._instances_key, other)
+            await node.cmd.call("SREM", self._instances_key, member)
             self.stats.purged_instances += 1
             log.warning(
                 "redis bus: instance %s stopped renewing its lease: removed its %d sessions",
-                other.decode(),
+                other,
                 removed,
             )
-
-
-def _ignore_lost(connection: RespConnection, exc: Exception | None) -> None:
-    pass
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-class RedisPresence:
-    """Who is in a room, kept in Redis (scripts.py) and mirrored locally for this
-    instance's own sessions (to answer joins during an outage and re-assert after)."""
-
-    def __init__(self, bus: RedisBus) -> None:
-        self._bus = bus
-        # room -> session key -> user id: this instance's sessions, joined or joining.
-        self._local: dict[RoomLink, dict[str, str]] = {}
-
-    def local_rooms(self) -> list[RoomLink]:
-        return [room for room, sessions in self._local.items() if sessions]
-
-    def users(self, room: RoomLink) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self._local.get(room, {}).values()))
-
-    def join(self, room: RoomLink, member: Participant) -> None:
-        sessions = self._local.setdefault(room, {})
-        sessions[member.key] = member.user_id
-        bus = self._bus
-        if not bus.connected:
-            self._answer_locally(room, member)
-            return
-        future = bus.interest(room)
-        if future is None:
-            self._send_join(room, member)
-            return
-
-        def subscribed(done: asyncio.Future[None]) -> None:
-            if not room.holds(member):  # left (or gone) while waiting
-                return
-            if done.cancelled() or done.exception() is not None:
-                self._answer_locally(room, member)
-            else:
-                self._send_join(room, member)
-
-        future.add_done_callback(subscribed)
-
-    def _send_join(self, room: RoomLink, member: Participant) -> None:
-        bus = self._bus
-        keys = bus._room_keys(room)
-        key, user = member.key, member.user_id
-        v2 = getattr(member, "v2", False)
-
-        def reply(answer: Any) -> None:
-            if isinstance(answer, Exception):
-                if isinstance(answer, ReplyError):
-                    bus._reply_error(answer, f"join of room {room.name!r}")
-                if room.holds(member):
-                    self._answer_locally(room, member)
-                return
-            users, seq, entries = answer
-            snapshot = None
-            if v2:
-                held = [
-                    (first + n, int(fields[1]), line)
-                    for ident, fields in reversed(entries)
-                    for first in (int(ident.partition(b"-")[0]),)
-                    for n, line in enumerate(fields[3].split(b"\r\n")[:-1])
-                ]
-                snapshot = Snapshot(int(seq), held)
-            room.join_reply(key, [u.decode() for u in users], snapshot)
-
-        mode, count, after = b"", 0, 0
-        if v2:
-            request = room.joining_request(key)
-            if request is not None and request.after is not None:
-                mode, count, after = b"a", bus.history, min(request.after, 10**14)
-            elif request is not None and request.last:
-                mode, count = b"h", min(request.last, bus.history)
-        bus.queue(
-            room,
-            bus.script(
-                "join",
-                keys.keys,
-                key,
-                bus.instance_id,
-                user,
-                bus._verbs[2],
-                joined_event(room.name, user),
-                left_event(room.name, user),
-                mode,
-                count,
-                after,
-            ),
-            reply,
-        )
-
-    def _answer_locally(self, room: RoomLink, member: Participant) -> None:
-        """Redis is not there: the room is this instance's alone until it is back."""
-        sessions = self._local.get(room, {})
-        users = list(dict.fromkeys(sessions.values()))
-        first = list(sessions.values()).count(member.user_id) == 1
-        room.join_reply(member.key, users)
-        room.join_marker(member.key, joined_event(room.name, member.user_id) if first else None)
-
-    def leave(self, room: RoomLink, member: Participant) -> None:
-        sessions = self._local.get(room)
-        if sessions is None or sessions.pop(member.key, None) is None:
-            return
-        bus = self._bus
-        user = member.user_id
-        if bus.connected:
-            keys = bus._room_keys(room)
-            bus.queue(
-                room,
-                bus.script("leave", keys.keys, member.key, user, bus._verbs[2]),
-                lambda reply: self._leave_reply(room, reply),
-            )
-        elif user not in sessions.values():
-            room.announce(left_event(room.name, user))
-        if not room.busy:
-            bus.lose_interest(room)
-
-    def _leave_reply(self, room: RoomLink, reply: Any) -> None:
-        if isinstance(reply, ReplyError):
-            self._bus._reply_error(reply, f"leave of room {room.name!r}")
-
-    async def reassert(self, room: RoomLink) -> None:
-        """Make Redis hold exactly this instance's sessions of ``room`` (after an
-        outage); users who appear or disappear are announced to the other instances."""
-        bus = self._bus
-        keys = bus._room_keys(room)
-        args: list[bytes | str] = []
-        for key, user in self._local.get(room, {}).items():
-            args += [key, user, joined_event(room.name, user), left_event(room.name, user)]
-        origin = b"O" + bus.instance_id.encode() + b"\n"
-        await self._call(
-            room, bus.script("assert", keys.keys, bus.instance_id, bus._verbs[2], origin, *args)
-        )
-
-    async def purge(self, room: RoomLink, instance: str) -> int:
-        """Remove a dead instance's sessions from ``room``; how many there were."""
-        bus = self._bus
-        keys = bus._room_keys(room)
-        removed = await self._call(
-            room, bus.script("assert", keys.keys, instance, bus._verbs[2], b"")
-        )
-        return int(removed)
-
-    async def _call(self, room: RoomLink, data: bytes) -> Any:
-        future, handler = reply_future()
-        self._bus.queue(room, data, handler)
-        return await future
-
-
-class RedisNames:
-    """The user names of every instance, kept in Redis (scripts.py ``NAME_*``), for
-    roomchat.server.core.names. Every command goes to the registry's node in the turn's
-    pipeline; a claim's answer comes with Redis' reply."""
-
-    def __init__(self, bus: RedisBus) -> None:
-        self._bus = bus
-        #: Set by the server: this process's registry (asserted again after an outage).
-        self.local: HeldNames | None = None
-        prefix = bus._registry
-        self._keys = (prefix + b"names", prefix + b"holds")
-        self.clashes = 0  # names found held elsewhere too when asserted after an outage
-
-    def attach(self, local: HeldNames) -> None:
-        self.local = local
-
-    def _keys_of(self, instance: str) -> tuple[bytes, bytes, bytes]:
-        return (*self._keys, self._bus._registry + b"held:" + instance.encode())
-
-    def claim(self, name: str, how: str, answer: Callable[[str | None], None]) -> None:
-        bus = self._bus
-        if not bus.connected:
-            answer(None)  # an outage: this instance decides alone
-            return
-
-        def reply(holder: Any) -> None:
-            if isinstance(holder, Exception):
-                if isinstance(holder, ReplyError):
-                    bus._reply_error(holder, f"claim of name {name!r}")
-                answer(None)  # as in an outage; asserted again on reconnection
-            else:
-                answer(None if holder is None else holder.decode())
-
-        keys = self._keys_of(bus.instance_id)
-        bus.queue_registry(bus.script("name_claim", keys, name_key(name), name, how), reply)
-
-    def hold(self, name: str) -> None:
-        self._tell("name_claim", name, name_key(name), name, "hold")
-
-    def release(self, name: str) -> None:
-        self._tell("name_release", name, name_key(name))
-
-    def _tell(self, script: str, name: str, *args: str) -> None:
-        bus = self._bus
-        if not bus.connected:
-            return  # the registry is asserted again on reconnection
-
-        def reply(answer: Any) -> None:
-            if isinstance(answer, ReplyError):
-                bus._reply_error(answer, f"{script} of name {name!r}")
-
-        bus.queue_registry(bus.script(script, self._keys_of(bus.instance_id), *args), reply)
-
-    async def reassert(self) -> None:
-        """After an outage: the registry holds exactly this instance's names."""
-        args: list[str | int] = []
-        for name, count in self.local.held() if self.local is not None else ():
-            args += [name_key(name), name, count]
-        clashes = int(await self._call(self._bus.instance_id, args))
-        if clashes:
-            self.clashes += clashes
-            log.warning(
-                "redis bus: %d names were taken on another instance during the outage too "
-                "(both keep them until their sessions end)",
-                clashes,
-            )
-
-    async def purge(self, instance: str) -> None:
-        """Drop every name ``instance`` (a dead one, or this one closing) held."""
-        await self._call(instance, [])
-
-    async def _call(self, instance: str, args: list[str | int]) -> Any:
-        bus = self._bus
-        future, handler = reply_future()
-        bus.queue_registry(bus.script("name_assert", self._keys_of(instance), *args), handler)
-        return await future

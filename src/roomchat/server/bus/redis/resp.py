@@ -25,7 +25,15 @@ from typing import Any, cast
 
 import hiredis
 
-__all__ = ["ReplyError", "RespConnection", "command", "open_connection", "reply_future"]
+__all__ = [
+    "PushHandler",
+    "ReplyError",
+    "ReplyHandler",
+    "RespConnection",
+    "command",
+    "open_connection",
+    "reply_future",
+]
 
 ReplyError = hiredis.ReplyError
 #: Called with the reply (a ReplyError for "-ERR ..."), or ConnectionError if none came.

@@ -4,30 +4,42 @@ Each runs atomically on the shard that owns the room's hash slot, so updating wh
 the room and publishing the announcement is one step: no instance can see an
 announcement before the state, or two announcements in another order.
 
-A room's keys (``KEYS``), all under one hash tag (redis.py ``_RoomKeys``):
+A room's keys (``KEYS``), all under one hash tag (commands.py ``RoomKeys``, whose
+``script_keys`` are these in this order; POST takes ``post_keys``: 7, 8, 6):
 
-1. ``s`` hash: session key -> "<instance id>\\n<user id>"
-2. ``u`` hash: user id -> number of its sessions in the room
-3. ``o`` sorted set: user id -> arrival number (``user_joined_room`` lists arrival order)
-4. ``n`` counter of arrivals
-5. ``l`` hash: user id -> its encoded "left" event (the wire format is written by the
-   protocol module, never here)
-6. the room's channel
-7. ``q`` counter: the room's latest message sequence number (v2)
-8. ``h`` stream: the room's last messages, entry id ``<seq>-0``, fields ``t`` (server
-   ms) and ``m`` (the v1 line), trimmed with ``MAXLEN ~`` (v2 history)
+1. ``sessions`` (``s`` hash): session key -> "<instance id>\\n<user id>"
+2. ``users`` (``u`` hash): user id -> number of its sessions in the room
+3. ``order`` (``o`` sorted set): user id -> arrival number (``user_joined_room`` lists
+   arrival order)
+4. ``arrivals`` (``n``): counter of arrivals
+5. ``left`` (``l`` hash): user id -> its encoded "left" event (the wire format is
+   written by the protocol module, never here)
+6. ``channel``: the room's channel
+7. ``counter`` (``q``): the room's latest message sequence number (v2)
+8. ``stream`` (``h``): the room's last messages, entry id ``<seq>-0``, fields ``t``
+   (server ms) and ``m`` (the v1 lines), trimmed with ``MAXLEN ~`` (v2 history)
 
-What goes through the channel: an encoded event (starts with ``{``) for every member;
-``J<session key>\\n<"joined" event or nothing>``, a join's marker (rooms.py); and
-``O<instance id>\\n<event>``, an announcement re-asserted after an outage, which the
-instance that made it skips (its own members saw it already); and
-``M<seq> <ts>\\n<v1 user_message line>``, a message numbered by POST: every instance
-builds the v2 bytes from it with the protocol module.
+What goes through the channel, told apart by its first byte (the constants below, which
+bus.py reads them with): an encoded event (:data:`EVENT`, ``{``) for every member;
+``J<session key>\\n<"joined" event or nothing>`` (:data:`MARKER`), a join's marker
+(rooms.py); ``O<instance id>\\n<event>`` (:data:`REASSERTED`), an announcement
+re-asserted after an outage, which the instance that made it skips (its own members
+saw it already); and ``M<seq> <ts>\\n<v1 user_message lines>`` (:data:`MESSAGE`), a run
+of messages numbered by POST: every instance builds the v2 bytes from it with the
+protocol module.
 """
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS"]
+__all__ = ["EVENT", "MARKER", "MESSAGE", "REASSERTED", "SCRIPTS"]
+
+#: The first byte of what a room's channel carries. The Lua below writes MARKER and
+#: MESSAGE itself; events come encoded from the protocol module, REASSERTED from ASSERT's
+#: caller (presence.py).
+EVENT = b"{"
+MARKER = b"J"
+REASSERTED = b"O"
+MESSAGE = b"M"
 
 # ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event,
 # then the history wanted (v2): mode ('' none, 'h' the last N, 'a' after a number), N

@@ -1,0 +1,148 @@
+"""What presence, names and any further room action may ask of the Redis bus.
+
+The bus (bus.py) owns the connections, the routing to the node of a key's hash slot,
+the turn's pipelined writes and the outages. Presence (presence.py), the name registry
+(names.py), and whatever comes next (a moderation action: one Lua script in scripts.py
+per room action, atomic on the room's slot) talk to it only through :class:`Commands`
+and name a room's keys through :class:`RoomKeys`. A new room action is::
+
+    keys = bus.room_keys(room)
+    bus.queue(room, bus.script("kick", keys.script_keys, user, bus.publish_verb), handler)
+
+or ``await bus.call(room, ...)`` when the caller needs the reply. The protocol lives
+here, apart from the bus, so that those modules never import bus.py (which builds
+them): the dependency goes one way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any, Protocol
+
+from redis.crc import key_slot
+
+from roomchat.server.bus.redis.resp import ReplyHandler
+from roomchat.server.core.ports import RoomLink
+
+__all__ = ["REGISTRY_PREFIX", "Commands", "ReplyHandler", "RoomKeys", "room_tag"]
+
+#: The instance registry and the names: one hash tag, so one slot (one node) for all.
+REGISTRY_PREFIX = "rc:{rc}:"
+
+
+def room_tag(room: str) -> str:
+    """The room's hash tag. A hash of the name: any room name makes a valid, distinct
+    tag (a name may contain braces)."""
+    return hashlib.blake2b(room.encode(), digest_size=8).hexdigest()
+
+
+class RoomKeys:
+    """A room's keys and channel in Redis, all under one hash tag (one cluster slot).
+    What each holds is in scripts.py's docstring."""
+
+    __slots__ = (
+        "arrivals",
+        "channel",
+        "counter",
+        "left",
+        "order",
+        "post_keys",
+        "script_keys",
+        "sessions",
+        "slot",
+        "stream",
+        "users",
+    )
+
+    def __init__(self, room: str) -> None:
+        prefix = f"rc:{{{room_tag(room)}}}:"
+        self.sessions = (prefix + "s").encode()  # session key -> "<instance>\n<user>"
+        self.users = (prefix + "u").encode()  # user id -> its sessions in the room
+        self.order = (prefix + "o").encode()  # user id -> arrival number
+        self.arrivals = (prefix + "n").encode()  # counter of arrivals
+        self.left = (prefix + "l").encode()  # user id -> its encoded "left" event
+        self.channel = (prefix + "c").encode()  # every event of the room
+        self.counter = (prefix + "q").encode()  # latest message sequence number
+        self.stream = (prefix + "h").encode()  # the last messages (v2 history)
+        #: KEYS of the room's presence scripts (JOIN, LEAVE, ASSERT; a new room action
+        #: takes the same), in the order scripts.py numbers them.
+        self.script_keys = (
+            self.sessions,
+            self.users,
+            self.order,
+            self.arrivals,
+            self.left,
+            self.channel,
+            self.counter,
+            self.stream,
+        )
+        #: KEYS of POST: counter, stream, channel.
+        self.post_keys = (self.counter, self.stream, self.channel)
+        self.slot = key_slot(self.channel)
+
+
+class Commands(Protocol):
+    """The bus as presence, names and room actions use it (implemented by RedisBus).
+
+    Commands are queued behind what this turn already queued for the same node and
+    written with it at the turn's end (one write per node), so a room's scripts keep the
+    order of its events. Nothing here blocks; during an outage a queued command's
+    handler gets a ConnectionError at once.
+    """
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id (in session values, lease and held-names keys)."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether Redis is reachable now (else: answer locally, assert on return)."""
+        ...
+
+    @property
+    def publish_verb(self) -> bytes:
+        """What the scripts publish with: ``PUBLISH``, or ``SPUBLISH`` on a cluster."""
+        ...
+
+    @property
+    def history(self) -> int:
+        """Messages kept per room (the stream's MAXLEN; 0: none)."""
+        ...
+
+    def room_keys(self, room: RoomLink) -> RoomKeys:
+        """``room``'s keys; from now on the bus routes the room's channel to it."""
+        ...
+
+    def registry_key(self, suffix: str) -> bytes:
+        """A key of the instance registry and the names (all in one slot)."""
+        ...
+
+    def script(self, name: str, keys: tuple[bytes, ...], *args: bytes | str | int) -> bytes:
+        """The EVALSHA of ``scripts.SCRIPTS[name]``, as RESP bytes to queue."""
+        ...
+
+    def queue(self, room: RoomLink, data: bytes, handler: ReplyHandler) -> None:
+        """Queue one command about ``room`` on the node of its slot."""
+
+    def queue_registry(self, data: bytes, handler: ReplyHandler) -> None:
+        """Queue one command on the node of the registry's slot."""
+
+    async def call(self, room: RoomLink, data: bytes) -> Any:
+        """:meth:`queue`, and wait for the reply; raises ReplyError or ConnectionError."""
+
+    async def call_registry(self, data: bytes) -> Any:
+        """:meth:`queue_registry`, and wait for the reply (raises as :meth:`call`)."""
+
+    def report_error(self, error: Exception, what: str) -> None:
+        """An error reply to ``what``: counted, logged (the first, then every 1000th);
+        a MOVED/ASK one means a slot moved, so the bus reconnects to learn where."""
+
+    def interest(self, room: RoomLink) -> asyncio.Future[None] | None:
+        """Receive ``room``'s events: None when it does already, else a future done
+        once the subscription is confirmed (failed: it was refused or lost)."""
+        ...
+
+    def lose_interest(self, room: RoomLink) -> None:
+        """The room's last local session left: unsubscribe soon unless one comes back."""

@@ -1,0 +1,79 @@
+"""The Redis bus's counters, and how /metrics names them.
+
+Apart from the bus so that what each counter means is read in one place, next to the
+help text a scrape shows (ops/metrics.py reads them through ``RedisBus.readings``).
+"""
+
+from __future__ import annotations
+
+from roomchat.server.bus.memory import BUS_CONNECTED_DOC
+from roomchat.server.core.stats import Reading
+
+__all__ = ["BusStats"]
+
+
+class BusStats:
+    """Counters of the bus (read by logs, tests and metrics)."""
+
+    __slots__ = (
+        "connects",
+        "errors",
+        "local_only",
+        "outages",
+        "overflow",
+        "published",
+        "purged_instances",
+        "received",
+    )
+
+    def __init__(self) -> None:
+        self.published = 0  # events written to Redis
+        self.received = 0  # events read from Redis (all kinds)
+        self.local_only = 0  # events delivered only locally (Redis lost or too slow)
+        self.overflow = 0  # ... of which because Redis was too slow
+        self.errors = 0  # error replies from Redis
+        self.outages = 0  # times the connection to Redis was lost
+        self.connects = 0  # successful (re)connections
+        self.purged_instances = 0  # dead instances cleaned up by this one
+
+    def readings(self, *, connected: bool, queued_bytes: int) -> tuple[Reading, ...]:
+        """The counters and the bus's two gauges, as /metrics shows them."""
+        return (
+            Reading("bus_connected", "gauge", BUS_CONNECTED_DOC, 1 if connected else 0),
+            Reading("bus_published", "counter", "Events published to Redis.", self.published),
+            Reading("bus_received", "counter", "Events received from Redis.", self.received),
+            Reading("bus_errors", "counter", "Error replies from Redis.", self.errors),
+            Reading(
+                "bus_outages", "counter", "Times the connection to Redis was lost.", self.outages
+            ),
+            Reading(
+                "bus_connects",
+                "counter",
+                "Successful connections to Redis (the first one included).",
+                self.connects,
+            ),
+            Reading(
+                "bus_local_only",
+                "counter",
+                "Events delivered to local members only (Redis lost or too slow).",
+                self.local_only,
+            ),
+            Reading(
+                "bus_overflow",
+                "counter",
+                "Of those, events kept local because Redis was too slow.",
+                self.overflow,
+            ),
+            Reading(
+                "bus_purged_instances",
+                "counter",
+                "Dead instances cleaned up by this one.",
+                self.purged_instances,
+            ),
+            Reading(
+                "bus_queue_bytes",
+                "gauge",
+                "Bytes queued for Redis and not yet sent.",
+                queued_bytes,
+            ),
+        )
