@@ -442,3 +442,24 @@ async def test_cluster_slot_migration_resubscribes(redis_cluster: RedisCluster) 
         }
         for client in (alice, bob, newcomer):
             client.close()
+
+
+async def test_a_stray_payload_on_a_room_channel_is_logged_not_fatal(
+    redis_server: RedisServer,
+) -> None:
+    """Someone PUBLISHes by hand on a room's channel: the instances log it and go on (the
+    subscriber connection is not lost over it)."""
+    async with instances(2, "--bus", redis_server.url) as (one, two):
+        alice, bob = await one.client(), await two.client()
+        await join(alice)
+        await join(bob)
+        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+        channel = RoomKeys(ROOM).channel.decode()
+        for stray in ("", "Mnot-a-number\nx", "nonsense"):
+            await asyncio.to_thread(redis_server.cli, "PUBLISH", channel, stray)
+        await one.wait_for_log(r"a message on room 'general'.s channel failed .*not a roomchat")
+        await bob.send(ROOM, "still here")
+        await wait_event(alice, UserMessage(ROOM, bob.user_id, "still here"))
+        assert not re.search(LOST, "\n".join(one.lines)), one.lines
+        alice.close()
+        bob.close()

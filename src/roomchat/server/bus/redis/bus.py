@@ -264,7 +264,7 @@ class RedisBus:
             # A slot moved (resharding): find the new owners, as after any outage.
             self._lost(f"{what}: {message}")
             return
-        if isinstance(error, ReplyError) and (
+        if not isinstance(error, ConnectionError) and (
             self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
         ):
             log.warning("redis bus: %s failed (#%d): %s", what, self.stats.errors, message)
@@ -290,8 +290,15 @@ class RedisBus:
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A background task (lease renewal, reconnection) ended: one that died of an
+        exception is a bug that would go unseen (the lease would lapse): say so."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("redis bus: %s died", task.get_coro(), exc_info=exc)
 
     # -- writing -----------------------------------------------------------------------
     def _schedule_flush(self) -> None:
@@ -388,14 +395,22 @@ class RedisBus:
             self.stats.received += 1
             if room is not None:
                 payload: bytes = push[2]
-                if payload[0] == _MESSAGE:  # a run of messages numbered by POST
-                    head, _, line = payload.partition(b"\n")
-                    seq, _, ts = head[1:].partition(b" ")
-                    room.deliver(int(seq), int(ts), line)
-                elif payload[0] == _EVENT:  # an announcement for every member
-                    room.announce(payload)
-                else:
-                    self._control(room, payload)
+                try:
+                    if payload[0] == _MESSAGE:  # a run of messages numbered by POST
+                        head, _, line = payload.partition(b"\n")
+                        seq, _, ts = head[1:].partition(b" ")
+                        room.deliver(int(seq), int(ts), line)
+                    elif payload[0] == _EVENT:  # an announcement for every member
+                        room.announce(payload)
+                    else:
+                        self._control(room, payload)
+                except (IndexError, ValueError):
+                    # Not from a roomchat instance (someone PUBLISHed by hand): it must
+                    # not end the subscriber connection (it runs in data_received).
+                    self.report_error(
+                        ValueError(f"not a roomchat payload: {payload[:60]!r}"),
+                        f"a message on room {room.name!r}'s channel",
+                    )
         elif room is None:
             return
         elif kind == b"subscribe" or kind == b"ssubscribe":

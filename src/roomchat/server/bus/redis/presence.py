@@ -70,7 +70,7 @@ class RedisPresence:
         bus = self._bus
         keys = bus.room_keys(room)
         key, user = member.key, member.user_id
-        v2 = getattr(member, "v2", False)
+        v2 = member.v2
 
         def reply(answer: Any) -> None:
             if isinstance(answer, Exception):
