@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,32 @@ async def stop(served: Served, lines: list[bytes]) -> list[str]:
     return b"".join([*lines, rest]).decode().splitlines()
 
 
+async def logged(served: Served, lines: list[bytes], found: Callable[[bytes], bool]) -> None:
+    """Read stderr into ``lines`` until ``found(line)`` holds for one (bounded by TIMEOUT)."""
+    assert served.process.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not any(found(line) for line in lines):
+                line = await served.process.stderr.readline()
+                assert line, b"".join(lines)  # the server exited without logging it
+                lines.append(line)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for a log line: {b''.join(lines)!r}") from None
+
+
+def json_disconnect(user: str) -> Callable[[bytes], bool]:
+    def found(line: bytes) -> bool:
+        record = json.loads(line)
+        return bool(record.get("user") == user and "disconnected" in record["event"])
+
+    return found
+
+
+def text_disconnect(user: str) -> Callable[[bytes], bool]:
+    pattern = re.compile(rf"<session \S+ user {re.escape(user)} from \S+> disconnected: ".encode())
+    return lambda line: pattern.search(line) is not None
+
+
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -73,7 +100,7 @@ async def a_short_session(port: int) -> str:
 async def test_json_lines_all_parse_with_their_fields() -> None:
     served, lines = await start("--log-format", "json", "--metrics", "127.0.0.1:0")
     user = await a_short_session(served.port)
-    await asyncio.sleep(0.2)  # the disconnect is logged
+    await logged(served, lines, json_disconnect(user))
     records: list[dict[str, Any]] = [json.loads(line) for line in await stop(served, lines)]
 
     for record in records:
@@ -101,7 +128,7 @@ async def test_json_lines_all_parse_with_their_fields() -> None:
 async def test_text_format_is_as_readable_as_before() -> None:
     served, lines = await start()
     user = await a_short_session(served.port)
-    await asyncio.sleep(0.2)
+    await logged(served, lines, text_disconnect(user))
     text = "\n".join(await stop(served, lines))
     assert re.search(
         rf"INFO roomchat\.server: <session \S+ user {user} from 127\.0\.0\.1:\d+> connected", text

@@ -94,12 +94,15 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def until(server: ChatServer, check: str, predicate: object) -> Samples:
     """Scrape until ``predicate(samples)`` holds (the server counts as it gets to it)."""
     assert callable(predicate)
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            samples = await scrape(server)
-            if predicate(samples):
-                return samples
-            await asyncio.sleep(0.02)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                samples = await scrape(server)
+                if predicate(samples):
+                    return samples
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting until {check}") from None
 
 
 async def test_numbers_move_as_clients_come_talk_and_go(server: ChatServer) -> None:
@@ -186,8 +189,9 @@ async def test_bad_line_ignored_command_and_long_line_are_counted(server: ChatSe
 
 
 async def test_loop_lag_is_probed(server: ChatServer) -> None:
-    await asyncio.sleep(0.35)
-    samples = await scrape(server)
+    samples = await until(
+        server, "two lag probes", lambda s: value(s, "roomchat_loop_lag_seconds_count") >= 2
+    )
     assert value(samples, "roomchat_loop_lag_seconds_count") >= 2
 
 
