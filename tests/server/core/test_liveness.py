@@ -93,11 +93,10 @@ def sweeps(timers: Timers, count: int) -> None:
         (0.4, 2.0, 0.1),
         (0.0, 2.0, 0.5),  # no pings: the idle timeout alone
         (3.0, 0.2, 0.05),  # the idle timeout shorter than the heartbeat
-        # No idle timeout: a quarter second, whatever the heartbeat (liveness.py takes
-        # 1.0 as "the shortest" then: not a quarter of the heartbeat, not once a second).
-        (30.0, 0.0, 0.25),
-        (2.0, 0.0, 0.25),
-        (0.2, 0.0, 0.25),
+        # No idle timeout: the heartbeat alone decides, as the idle timeout does alone.
+        (30.0, 0.0, 1.0),
+        (2.0, 0.0, 0.5),
+        (0.2, 0.0, 0.05),
     ],
 )
 def test_period(heartbeat: float, idle: float, period: float) -> None:

@@ -41,7 +41,8 @@ class Liveness:
         self.idle = idle_timeout
         # Once a second, or more often for small test values: the timings are kept to
         # within one period.
-        shortest = min(x for x in (heartbeat, idle_timeout) if x > 0) if idle_timeout else 1.0
+        limits = [x for x in (heartbeat, idle_timeout) if x > 0]
+        shortest = min(limits) if limits else 4.0
         self.period = min(1.0, shortest / 4)
         self._clock = clock
         self._call_later = call_later
