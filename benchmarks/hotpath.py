@@ -20,9 +20,9 @@ from collections.abc import Callable
 from roomchat.protocol import RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
 from roomchat.server.core.context import SessionContext
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
-from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
 
@@ -40,7 +40,7 @@ class World:
         stats = ServerStats()
         self.outbox = Outbox(self.pending.append, stats)
         details = [RoomDetail(f"room-{i}", "") for i in range(rooms)]
-        self.manager = RoomManager(details, MemoryBus(), self.outbox, stats)
+        self.manager = Directory(details, MemoryBus(), self.outbox, stats)
         self.context = SessionContext(rooms=self.manager, stats=stats, names=NameRegistry())
         self.bytes_out = 0
         self.writes = 0

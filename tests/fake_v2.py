@@ -24,7 +24,9 @@ from roomchat.protocol import (
     Ping,
     Quit,
     RoomDetail,
+    RoomListing,
     RoomParticipation,
+    Rooms,
     SendMessage,
     ServerPong,
     UserJoinedRoom,
@@ -168,6 +170,7 @@ class FakeV2Server:
             session.v2 = True
             decoder.upgrade()
             session.send(Welcome(2, "s", name, f"tok-{name}", FEATURES, self.heartbeat, item.id))
+            session.send(Rooms(tuple(RoomListing(r.name, r.description) for r in ROOMS)))
         elif isinstance(item, JoinRoom):
             self._join(session, item)
         elif isinstance(item, SendMessage):

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from roomchat.protocol import Hello, JoinRoom, LeaveRoom, Quit, RoomDetail, SendMessage, encode
 from roomchat.server.bus import MemoryBus
 from roomchat.server.core.context import SessionContext
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
-from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
 from tests.session_harness import BusWith, FakeConnection, LatePresence
@@ -32,7 +32,7 @@ class Run:
         self.late = late  # joins answered when the run says so
         bus = MemoryBus() if late is None else BusWith(late)
         details = [RoomDetail(name, "") for name in ROOMS]
-        self.rooms = RoomManager(details, bus, self.outbox, self.stats)
+        self.rooms = Directory(details, bus, self.outbox, self.stats)
         self.context = SessionContext(
             rooms=self.rooms, stats=self.stats, names=NameRegistry(), max_line_length=1 << 20
         )

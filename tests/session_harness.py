@@ -1,6 +1,6 @@
 """Drive :class:`roomchat.server.core.session.Session` without sockets or an event loop.
 
-- :class:`World`: a RoomManager on the in-process bus (or any Presence), and a real
+- :class:`World`: a Directory on the in-process bus (or any Presence), and a real
   :class:`~roomchat.server.core.outbox.Outbox` whose ``call_soon`` only queues the callback:
   :meth:`World.turn` runs what was queued, i.e. ends the loop turn (the outbox flush).
 - :class:`Client`: one session with a real Mailbox whose writes are recorded, and a
@@ -28,10 +28,11 @@ from roomchat.protocol import (
 )
 from roomchat.server.bus import MemoryBus
 from roomchat.server.core.context import SessionContext
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
 from roomchat.server.core.ports import Presence
-from roomchat.server.core.rooms import ChatRoom, Member, RoomManager
+from roomchat.server.core.rooms import ChatRoom, Member
 from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
 
@@ -100,7 +101,7 @@ class World:
         self.outbox = Outbox(self.scheduled.append, self.stats, window)
         bus = MemoryBus() if presence is None else BusWith(presence)
         self.presence = bus.presence
-        self.rooms = RoomManager(details, bus, self.outbox, self.stats)
+        self.rooms = Directory(details, bus, self.outbox, self.stats)
         self.context = SessionContext(
             rooms=self.rooms,
             stats=self.stats,

@@ -3,7 +3,8 @@ v2: two pages pick names ("ann", "bob"; a name already taken is refused on the c
 page) and chat with a TCP client in one room; a page joining later gets the room's
 history; markup in messages stays text; a page whose WebSocket drops catches up on what
 it missed, exactly once and in order; after the server restarts (shutdown notice) the
-pages reconnect with their names, re-join and show the gap.
+pages reconnect with their names, re-join and show the gap. And the community from the
+page: a room created, a direct message, a ban (docs/moderation.md).
 
 Screenshots and page sources of every page go to the test's tmp_path on failure.
 """
@@ -282,3 +283,56 @@ def test_names_history_catch_up_and_restart(
     wait_for(ann, lambda d: texts(d, general) == ["1"])
     tcp.close()
     assert time.monotonic() - started < 40
+
+
+def open_room(driver: WebDriver, room: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'#room-list button[data-room="{room}"]').click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "message-input").is_enabled())
+
+
+def room_names(driver: WebDriver) -> list[str]:
+    # In one script: the list is redrawn as rooms come (elements go stale).
+    script = "return [...document.querySelectorAll('#room-list button')].map(b => b.dataset.room);"
+    names: list[str] = driver.execute_script(script)
+    return names
+
+
+def notice(driver: WebDriver) -> str:
+    return driver.find_element(By.ID, "notice").get_attribute("textContent") or ""
+
+
+def test_create_a_room_a_direct_message_and_a_ban(drivers: dict[str, WebDriver]) -> None:
+    """docs/moderation.md from the browser: /create, /dm, /ban (the page's commands)."""
+    thread = ServerThread()
+    try:
+        thread.start(user_rooms=True)
+        drivers["ann"] = ann = new_driver()
+        drivers["bob"] = bob = new_driver()
+        open_chat(ann, thread.url, "ann")
+        open_chat(bob, thread.url, "bob")
+        # ann creates a room: both lists show it; ann owns it.
+        say(ann, "/create games board games")
+        wait_for(ann, lambda d: "games" in room_names(d))
+        wait_for(bob, lambda d: "games" in room_names(d))
+        open_room(ann, "games")
+        open_room(bob, "games")
+        say(bob, "hello games")
+        wait_for(ann, sees_message("hello games"))
+        # A direct message: bob learns of it with its first message.
+        say(ann, "/dm bob")
+        wait_for(ann, lambda d: "dm:ann+bob" in room_names(d))
+        assert "dm:ann+bob" not in room_names(bob)
+        open_room(ann, "dm:ann+bob")
+        say(ann, "psst, bob")
+        wait_for(bob, lambda d: "dm:ann+bob" in room_names(d))
+        open_room(bob, "dm:ann+bob")
+        wait_for(bob, sees_message("psst, bob"))
+        # A ban: bob is told why, leaves the room, and cannot join it again.
+        open_room(ann, "games")
+        say(ann, "/ban bob 60 spam")
+        wait_for(bob, lambda d: "You were banned in #games: spam" in notice(d))
+        wait_for(ann, lambda d: any("ann: ban bob (spam)" in m for m in messages(d)))
+        bob.find_element(By.CSS_SELECTOR, '#room-list button[data-room="games"]').click()
+        wait_for(bob, lambda d: "Error (banned)" in notice(d))
+    finally:
+        thread.close()

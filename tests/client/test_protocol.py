@@ -37,7 +37,11 @@ from roomchat.protocol import (
     Ping,
     Pong,
     Quit,
+    RoomAdded,
     RoomDetail,
+    RoomListing,
+    RoomRemoved,
+    Rooms,
     SendMessage,
     ServerPing,
     ServerPong,
@@ -48,7 +52,9 @@ from roomchat.protocol import (
 )
 
 LOGIN = LoginSuccessful("s1", "rnd01", (RoomDetail("general", "talk"),))
-WELCOME = Welcome(2, "s1", "alice", "tok", FEATURES, 30, HELLO_ID)
+#: A v2 server from before the community features: no ``rooms`` event after welcome.
+OLDER_FEATURES = tuple(f for f in FEATURES if f not in ("rooms", "moderation", "direct_messages"))
+WELCOME = Welcome(2, "s1", "alice", "tok", OLDER_FEATURES, 30, HELLO_ID)
 MESSAGE = UserMessage("general", "bob", "hi", 1, 1000)
 
 
@@ -159,6 +165,51 @@ def test_hello_after_the_login_and_welcome(make: MakeDriver) -> None:
     assert protocol.state is State.OPEN and protocol.handshake_done
     assert (protocol.version, protocol.welcome) == (2, WELCOME)
     assert driver.take() == ([MESSAGE], [], b"")  # the welcome is not an event
+
+
+def test_with_the_rooms_feature_the_handshake_ends_with_the_rooms_event(
+    make: MakeDriver,
+) -> None:
+    driver = make(v2=True, name="alice")
+    driver.feed(LOGIN)
+    driver.take()
+    welcome = Welcome(2, "s1", "alice", "tok", FEATURES, 30, HELLO_ID)
+    driver.feed(welcome)
+    protocol = driver.protocol
+    assert protocol.state is State.HELLO and not protocol.handshake_done
+    general = RoomListing("general", "talk")
+    secret = RoomListing("secret", "", True, None, "owner")
+    driver.feed(Rooms((general,)), RoomAdded(secret), MESSAGE)
+    assert protocol.state is State.OPEN
+    assert protocol.listing == {"general": general, "secret": secret}
+    events, _, _ = driver.take()
+    assert events == [RoomAdded(secret), MESSAGE]  # rooms is the handshake's own
+    driver.feed(RoomRemoved("secret", "archived"))
+    assert list(protocol.listing) == ["general"]
+    assert driver.take()[0] == [RoomRemoved("secret", "archived")]
+
+
+def test_community_commands_are_v2_only_and_exact(make: MakeDriver) -> None:
+    v1 = make().feed(LOGIN)
+    with pytest.raises(RuntimeError):
+        v1.protocol.kick("general", "bob")
+    driver = make(v2=True).feed(LOGIN, WELCOME)
+    driver.take()
+    protocol = driver.protocol
+    protocol.create_room("games", "board games", private=True, id="c1")
+    protocol.kick("games", "bob", why="rude")
+    protocol.ban("bob", "games", seconds=60)
+    protocol.mute("bob")
+    protocol.open_dm("bob")
+    protocol.set_role("games", "carol", "moderator")
+    assert driver.take()[2] == (
+        b'{"_ct":"create_room","r":"games","d":"board games","p":true,"id":"c1"}\r\n'
+        b'{"_ct":"kick","r":"games","u":"bob","why":"rude"}\r\n'
+        b'{"_ct":"ban","u":"bob","r":"games","s":60}\r\n'
+        b'{"_ct":"mute","u":"bob"}\r\n'
+        b'{"_ct":"open_dm","u":"bob"}\r\n'
+        b'{"_ct":"set_role","r":"games","u":"carol","role":"moderator"}\r\n'
+    )
 
 
 def test_a_refused_hello_fails_the_session(make: MakeDriver) -> None:
@@ -354,7 +405,7 @@ def test_data_or_paused_reading_resets_the_watchdog(make: MakeDriver) -> None:
 @pytest.mark.parametrize(
     "welcome",
     [
-        Welcome(2, "s1", "alice", "tok", FEATURES, 0, HELLO_ID),
+        Welcome(2, "s1", "alice", "tok", OLDER_FEATURES, 0, HELLO_ID),
         Welcome(2, "s1", "alice", "tok", ("errors", "names"), 30, HELLO_ID),
     ],
 )

@@ -79,7 +79,8 @@ GOLDEN_V2: list[tuple[bytes, Message]] = [
     (
         b'{"_et":"welcome","v":2,"s":"V1StGXR8_Z5jdHi6B-myT","u":"alice","t":"'
         + TOKEN.encode()
-        + b'","f":["errors","names","history","heartbeat","flood_control","shutdown_notice"],'
+        + b'","f":["errors","names","history","heartbeat","flood_control","shutdown_notice",'
+        b'"rooms","moderation","direct_messages"],'
         b'"hb":30,"id":"h1"}',
         Welcome(2, "V1StGXR8_Z5jdHi6B-myT", "alice", TOKEN, FEATURES, 30, "h1"),
     ),

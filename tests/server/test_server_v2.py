@@ -24,7 +24,9 @@ from roomchat.protocol import (
     FEATURES,
     History,
     HistoryMessage,
+    RoomListing,
     RoomParticipation,
+    Rooms,
     ServerPing,
     ServerPong,
     Shutdown,
@@ -91,6 +93,7 @@ async def raw(server: ChatServer, hello: bytes | None = b'{"_ct":"hello","v":2}'
         welcome = await conn.event()
         assert welcome["_et"] == "welcome", welcome
         conn.user, conn.session = welcome["u"], welcome["s"]
+        assert (await conn.event())["_et"] == "rooms"
     return conn
 
 
@@ -118,6 +121,8 @@ async def test_welcome_exact_bytes_and_pipelined_commands(server: ChatServer) ->
     expected = Welcome(2, welcome["s"], user, welcome["t"], FEATURES, 30, "h1")
     assert line == encode(expected)
     assert tokens.verify(server.context.secret, user, welcome["t"], 0)
+    listing = tuple(RoomListing(d.name, d.description) for d in server.rooms.details)
+    assert await conn.line() == encode(Rooms(listing))
     assert await conn.line() == encode(ServerPong("p1"))
     error = await conn.event()
     assert error["code"] == "bad_command" and error["cmd"] == "join_room"
@@ -149,6 +154,7 @@ async def test_commands_sent_before_the_login_are_carried_out_in_order(
     assert await _kinds_until(sock, buffer, "user_message") == [
         "login_successful",
         "welcome",
+        "rooms",
         "user_joined_room",
         "history",
         "room_participation",

@@ -32,7 +32,16 @@ from roomchat.client.protocol import (
     JoinResult,
     State,
 )
-from roomchat.protocol import DEFAULT_PORT, Command, Event, LoginSuccessful, RoomDetail, Welcome
+from roomchat.protocol import (
+    DEFAULT_PORT,
+    Command,
+    Event,
+    LoginSuccessful,
+    Role,
+    RoomDetail,
+    RoomListing,
+    Welcome,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -323,6 +332,83 @@ class ChatClient(EventStream[Event]):
     @property
     def rooms(self) -> tuple[RoomDetail, ...]:
         return self.login.rooms
+
+    @property
+    def listing(self) -> dict[str, RoomListing]:
+        """v2: the rooms this session can see now, private ones and direct messages
+        included (kept up to date by ``room_added``/``room_removed``)."""
+        return self._protocol.listing
+
+    # -- rooms, moderation, direct messages (v2: docs/moderation.md) -------------------
+    # Each sends its command; the outcome comes as events (room_added, moderation,
+    # audit, user_joined_room of a direct message) or as an error with the given id.
+    async def create_room(
+        self, room: str, description: str = "", *, private: bool = False, id: str | None = None
+    ) -> None:
+        self._protocol.create_room(room, description, private=private, id=id)
+        await self._send()
+
+    async def archive_room(self, room: str, *, why: str | None = None) -> None:
+        self._protocol.archive_room(room, why=why)
+        await self._send()
+
+    async def invite(self, room: str, user: str) -> None:
+        self._protocol.invite(room, user)
+        await self._send()
+
+    async def kick(self, room: str, user: str, *, why: str | None = None) -> None:
+        self._protocol.kick(room, user, why=why)
+        await self._send()
+
+    async def ban(
+        self,
+        user: str,
+        room: str | None = None,
+        *,
+        seconds: int | None = None,
+        why: str | None = None,
+    ) -> None:
+        self._protocol.ban(user, room, seconds=seconds, why=why)
+        await self._send()
+
+    async def unban(self, user: str, room: str | None = None) -> None:
+        self._protocol.unban(user, room)
+        await self._send()
+
+    async def mute(
+        self,
+        user: str,
+        room: str | None = None,
+        *,
+        seconds: int | None = None,
+        why: str | None = None,
+    ) -> None:
+        self._protocol.mute(user, room, seconds=seconds, why=why)
+        await self._send()
+
+    async def unmute(self, user: str, room: str | None = None) -> None:
+        self._protocol.unmute(user, room)
+        await self._send()
+
+    async def set_role(self, room: str, user: str, role: Role) -> None:
+        self._protocol.set_role(room, user, role)
+        await self._send()
+
+    async def slow_mode(self, room: str, seconds: int) -> None:
+        self._protocol.slow_mode(room, seconds)
+        await self._send()
+
+    async def audit_log(self, room: str, *, limit: int | None = None) -> None:
+        self._protocol.audit_log(room, limit=limit)
+        await self._send()
+
+    async def open_dm(self, user: str) -> None:
+        self._protocol.open_dm(user)
+        await self._send()
+
+    async def close_dm(self, user: str) -> None:
+        self._protocol.close_dm(user)
+        await self._send()
 
     # -- state -----------------------------------------------------------------------
     @property

@@ -28,23 +28,41 @@ from dataclasses import dataclass
 
 from roomchat.protocol import (
     PROTOCOL_VERSION,
+    ArchiveRoom,
+    AuditRequest,
     BadLine,
+    Ban,
+    CloseDm,
     Command,
+    CreateRoom,
     Error,
     Event,
     EventDecoder,
     Hello,
     History,
+    Invite,
     JoinRoom,
+    Kick,
     LeaveRoom,
     LineTooLong,
     LoginSuccessful,
+    Mute,
+    OpenDm,
     Ping,
     Pong,
     Quit,
+    Role,
+    RoomAdded,
+    RoomListing,
+    RoomRemoved,
+    Rooms,
     SendMessage,
     ServerPing,
     ServerPong,
+    SetRole,
+    SlowMode,
+    Unban,
+    Unmute,
     UserJoinedRoom,
     UserMessage,
     Welcome,
@@ -203,6 +221,10 @@ class ClientProtocol:
         self._joins: dict[str, _PendingJoin] = {}
         self._pongs: set[str] = set()
         self._silent_ticks = 0
+        #: v2 with the ``rooms`` feature: the rooms this session can see, by name (the
+        #: ``rooms`` event after ``welcome``, then each ``room_added``/``room_removed``;
+        #: the events are delivered too, but ``rooms``, which ends the handshake).
+        self.listing: dict[str, RoomListing] = {}
 
     # -- what the session is ---------------------------------------------------------
     @property
@@ -328,6 +350,83 @@ class ClientProtocol:
         """Stop waiting for that pong (if it comes, it is delivered as an event)."""
         self._pongs.discard(id)
 
+    # -- rooms, moderation, direct messages (v2: docs/moderation.md) ---------------------
+    def _v2(self, what: str) -> None:
+        if self.version < 2:
+            raise RuntimeError(f"{what} needs a v2 session")
+
+    def create_room(
+        self, room: str, description: str = "", *, private: bool = False, id: str | None = None
+    ) -> None:
+        self._v2("create_room")
+        self.send(CreateRoom(room, description, private, id))
+
+    def archive_room(self, room: str, *, why: str | None = None, id: str | None = None) -> None:
+        self._v2("archive_room")
+        self.send(ArchiveRoom(room, why, id))
+
+    def invite(self, room: str, user: str, *, id: str | None = None) -> None:
+        self._v2("invite")
+        self.send(Invite(room, user, id))
+
+    def kick(self, room: str, user: str, *, why: str | None = None, id: str | None = None) -> None:
+        self._v2("kick")
+        self.send(Kick(room, user, why, id))
+
+    def ban(
+        self,
+        user: str,
+        room: str | None = None,
+        *,
+        seconds: int | None = None,
+        why: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        """Ban ``user`` from ``room`` (None: from the server, admins only)."""
+        self._v2("ban")
+        self.send(Ban(user, room, seconds, why, id))
+
+    def unban(self, user: str, room: str | None = None, *, id: str | None = None) -> None:
+        self._v2("unban")
+        self.send(Unban(user, room, id))
+
+    def mute(
+        self,
+        user: str,
+        room: str | None = None,
+        *,
+        seconds: int | None = None,
+        why: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        self._v2("mute")
+        self.send(Mute(user, room, seconds, why, id))
+
+    def unmute(self, user: str, room: str | None = None, *, id: str | None = None) -> None:
+        self._v2("unmute")
+        self.send(Unmute(user, room, id))
+
+    def set_role(self, room: str, user: str, role: Role, *, id: str | None = None) -> None:
+        self._v2("set_role")
+        self.send(SetRole(room, user, role, id))
+
+    def slow_mode(self, room: str, seconds: int, *, id: str | None = None) -> None:
+        self._v2("slow_mode")
+        self.send(SlowMode(room, seconds, id))
+
+    def audit_log(self, room: str, *, limit: int | None = None, id: str | None = None) -> None:
+        self._v2("audit_log")
+        self.send(AuditRequest(room, limit, id))
+
+    def open_dm(self, user: str, *, history: int | None = None, id: str | None = None) -> None:
+        """Open the direct message with ``user`` (it is joined: ``user_joined_room``)."""
+        self._v2("open_dm")
+        self.send(OpenDm(user, history, None, id))
+
+    def close_dm(self, user: str, *, id: str | None = None) -> None:
+        self._v2("close_dm")
+        self.send(CloseDm(user, id))
+
     def expect_join(self, room: str, id: str | None) -> None:
         """Announce a join of ``room`` to be answered with a reply: ``user_joined_room``
         (and in v2 with history, the ``history`` after it) gives :class:`JoinAnswered`,
@@ -412,6 +511,17 @@ class ClientProtocol:
         if type(item) is Welcome:
             self._welcomed(item)
             return True
+        if type(item) is Rooms:
+            self.listing = {room.name: room for room in item.rooms}
+            if self.state is State.HELLO and self.welcome is not None:
+                self.state = State.OPEN
+            return True
+        if type(item) is RoomAdded:
+            self.listing[item.room.name] = item.room
+            return False
+        if type(item) is RoomRemoved:
+            self.listing.pop(item.room, None)
+            return False
         if type(item) is ServerPong and item.id is not None:
             if item.id == HEARTBEAT_ID:
                 return True
@@ -443,8 +553,8 @@ class ClientProtocol:
 
     def _welcomed(self, welcome: Welcome) -> None:
         self.welcome = welcome
-        if self.state is State.HELLO:
-            self.state = State.OPEN
+        if self.state is State.HELLO and "rooms" not in welcome.features:
+            self.state = State.OPEN  # else once the rooms event came, right after
         if (
             self.heartbeat_interval is None
             and welcome.heartbeat > 0

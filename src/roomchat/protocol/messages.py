@@ -12,13 +12,14 @@ v2 fields only ever appear after the v1 ones, at the end of the object.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, get_args
+from typing import Literal, get_args
 
 import msgspec
 
 __all__ = [
     "COMMAND_TAGS",
     "COMMAND_TYPES",
+    "COMMUNITY_COMMAND_TYPES",
     "ERROR_CODES",
     "EVENT_TYPES",
     "FEATURES",
@@ -55,77 +56,76 @@ __all__ = [
     "Welcome",
 ]
 
-#: Longest client-chosen command ``id`` (characters).
-MAX_ID_LENGTH: Final = 64
-
-# A client-chosen correlation id, echoed in the error, pong or welcome it causes.
-_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
-
-# gc=False: these structs never hold reference cycles, so the garbage collector need
-# not track them (cheaper to create, and they are created per message).
-
-
-# omit_defaults=True: v2's optional fields (all defaulting to None) are left out when
-# unset, which keeps every v1 message byte-identical to v1.
-
-
-class _Command(msgspec.Struct, frozen=True, gc=False, tag_field="_ct", omit_defaults=True):
-    pass
-
-
-class _Event(msgspec.Struct, frozen=True, gc=False, tag_field="_et", omit_defaults=True):
-    pass
-
+from roomchat.protocol.base import MAX_ID_LENGTH, CommandBase, Count, EventBase, Id
+from roomchat.protocol.community import (
+    ArchiveRoom,
+    AuditLog,
+    AuditRequest,
+    Ban,
+    CloseDm,
+    CreateRoom,
+    Invite,
+    Kick,
+    Moderated,
+    Mute,
+    OpenDm,
+    RoomAdded,
+    RoomRemoved,
+    Rooms,
+    SetRole,
+    SlowMode,
+    Unban,
+    Unmute,
+)
 
 # --- commands (client -> server) -------------------------------------------------
 
 
-class JoinRoom(_Command, frozen=True, tag="join_room"):
+class JoinRoom(CommandBase, frozen=True, tag="join_room"):
     room: str = msgspec.field(name="r")
     # v2: at most one of history / after.
-    history: _Count | None = msgspec.field(default=None, name="h")  # the last N messages
-    after: _Count | None = None  # every message with a sequence number above this one
-    id: _Id | None = None
+    history: Count | None = msgspec.field(default=None, name="h")  # the last N messages
+    after: Count | None = None  # every message with a sequence number above this one
+    id: Id | None = None
 
 
-class LeaveRoom(_Command, frozen=True, tag="leave_room"):
+class LeaveRoom(CommandBase, frozen=True, tag="leave_room"):
     room: str = msgspec.field(name="r")
-    id: _Id | None = None
+    id: Id | None = None
 
 
-class SendMessage(_Command, frozen=True, tag="send_message"):
+class SendMessage(CommandBase, frozen=True, tag="send_message"):
     room: str = msgspec.field(name="r")
     content: str = msgspec.field(name="c")
-    id: _Id | None = None
+    id: Id | None = None
 
 
-class Quit(_Command, frozen=True, tag="quit"):
-    id: _Id | None = None
+class Quit(CommandBase, frozen=True, tag="quit"):
+    id: Id | None = None
 
 
 # --- v2 commands ---------------------------------------------------------------------
 
 
-class Hello(_Command, frozen=True, tag="hello"):
+class Hello(CommandBase, frozen=True, tag="hello"):
     """v2: the first command of a session that opts in to version 2."""
 
     version: int = msgspec.field(name="v")
     name: str | None = None
     token: str | None = None
-    id: _Id | None = None
+    id: Id | None = None
 
 
-class Ping(_Command, frozen=True, tag="ping"):
+class Ping(CommandBase, frozen=True, tag="ping"):
     """v2: the client asks for a :class:`ServerPong` (liveness, round-trip time)."""
 
-    id: _Id | None = None
+    id: Id | None = None
 
 
-class Pong(_Command, frozen=True, tag="pong"):
+class Pong(CommandBase, frozen=True, tag="pong"):
     """v2: the client's answer to a :class:`ServerPing`."""
 
-    id: _Id | None = None
+    id: Id | None = None
 
 
 # --- events (server -> client) ---------------------------------------------------
@@ -138,13 +138,13 @@ class RoomDetail(msgspec.Struct, frozen=True, gc=False):
     description: str = msgspec.field(name="d")
 
 
-class LoginSuccessful(_Event, frozen=True, tag="login_successful"):
+class LoginSuccessful(EventBase, frozen=True, tag="login_successful"):
     session_id: str = msgspec.field(name="s")
     user_id: str = msgspec.field(name="u")
     rooms: tuple[RoomDetail, ...] = msgspec.field(name="rs")
 
 
-class UserJoinedRoom(_Event, frozen=True, tag="user_joined_room"):
+class UserJoinedRoom(EventBase, frozen=True, tag="user_joined_room"):
     room: str = msgspec.field(name="r")
     users: tuple[str, ...] = msgspec.field(name="us")
 
@@ -152,14 +152,14 @@ class UserJoinedRoom(_Event, frozen=True, tag="user_joined_room"):
 ParticipationStatus = Literal["joined", "left"]
 
 
-class RoomParticipation(_Event, frozen=True, tag="room_participation"):
+class RoomParticipation(EventBase, frozen=True, tag="room_participation"):
     room: str = msgspec.field(name="r")
     user_id: str = msgspec.field(name="u")
     status: ParticipationStatus = msgspec.field(name="s")
     timestamp: int | None = msgspec.field(default=None, name="ts")  # v2: server ms since epoch
 
 
-class UserMessage(_Event, frozen=True, tag="user_message"):
+class UserMessage(EventBase, frozen=True, tag="user_message"):
     room: str = msgspec.field(name="r")
     user_id: str = msgspec.field(name="u")
     content: str = msgspec.field(name="c")
@@ -170,16 +170,19 @@ class UserMessage(_Event, frozen=True, tag="user_message"):
 
 # --- v2 events -----------------------------------------------------------------------
 
-Feature = Literal["errors", "names", "history", "heartbeat", "flood_control", "shutdown_notice"]
-#: Every feature of version 2, in the order the server lists them in ``welcome``.
-FEATURES: tuple[Feature, ...] = (
+Feature = Literal[
     "errors",
     "names",
     "history",
     "heartbeat",
     "flood_control",
     "shutdown_notice",
-)
+    "rooms",
+    "moderation",
+    "direct_messages",
+]
+#: Every feature of version 2, in the order the server lists them in ``welcome``.
+FEATURES: tuple[Feature, ...] = get_args(Feature)
 
 ErrorCode = Literal[
     "unknown_room",
@@ -193,13 +196,20 @@ ErrorCode = Literal[
     "not_authorised",
     "shutting_down",
     "idle_timeout",
+    "auth_failed",
+    "room_exists",
+    "room_invalid",
+    "banned",
+    "muted",
+    "slow_mode",
+    "archived",
 ]
 #: The stable error codes of docs/protocol.md. Clients must accept codes not listed
 #: here (a later server may add some), so ``Error.code`` is typed ``str``.
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
 
-class Welcome(_Event, frozen=True, tag="welcome"):
+class Welcome(EventBase, frozen=True, tag="welcome"):
     """v2: the answer to ``hello``; from here on the session speaks version 2."""
 
     version: int = msgspec.field(name="v")
@@ -211,7 +221,7 @@ class Welcome(_Event, frozen=True, tag="welcome"):
     id: str | None = None  # the hello's id
 
 
-class Error(_Event, frozen=True, tag="error"):
+class Error(EventBase, frozen=True, tag="error"):
     """v2: a command failed (or the session is about to be closed, see the code)."""
 
     code: str
@@ -229,7 +239,7 @@ class HistoryMessage(msgspec.Struct, frozen=True, gc=False):
     timestamp: int = msgspec.field(name="ts")
 
 
-class History(_Event, frozen=True, tag="history"):
+class History(EventBase, frozen=True, tag="history"):
     """v2: sent on join, right after ``user_joined_room``."""
 
     room: str = msgspec.field(name="r")
@@ -238,23 +248,23 @@ class History(_Event, frozen=True, tag="history"):
     gap: bool  # some messages after ``after`` are no longer held (always on the wire)
 
 
-class ServerPing(_Event, frozen=True, tag="ping"):
+class ServerPing(EventBase, frozen=True, tag="ping"):
     """v2: the server checks the client is alive; answer with :class:`Pong`."""
 
 
-class ServerPong(_Event, frozen=True, tag="pong"):
+class ServerPong(EventBase, frozen=True, tag="pong"):
     """v2: the answer to the client's :class:`Ping`."""
 
     id: str | None = None
 
 
-class RateLimited(_Event, frozen=True, tag="rate_limited"):
+class RateLimited(EventBase, frozen=True, tag="rate_limited"):
     """v2: the client sends too fast; the server stops reading it for ``retry_ms``."""
 
     retry_ms: int
 
 
-class Shutdown(_Event, frozen=True, tag="shutdown"):
+class Shutdown(EventBase, frozen=True, tag="shutdown"):
     """v2: the server is about to close the connection; reconnect after ``reconnect_ms``."""
 
     reconnect_ms: int
@@ -263,7 +273,28 @@ class Shutdown(_Event, frozen=True, tag="shutdown"):
 
 #: Everything a server decodes: v1's commands and v2's. A v1 session ignores v2's
 #: commands (except a first ``hello``) and v2's optional fields.
-Command = JoinRoom | LeaveRoom | SendMessage | Quit | Hello | Ping | Pong
+Command = (
+    JoinRoom
+    | LeaveRoom
+    | SendMessage
+    | Quit
+    | Hello
+    | Ping
+    | Pong
+    | CreateRoom
+    | ArchiveRoom
+    | Invite
+    | Kick
+    | Ban
+    | Unban
+    | Mute
+    | Unmute
+    | SetRole
+    | SlowMode
+    | AuditRequest
+    | OpenDm
+    | CloseDm
+)
 #: Everything a client decodes. A session that never said ``hello`` gets v1's only.
 Event = (
     LoginSuccessful
@@ -277,12 +308,35 @@ Event = (
     | ServerPong
     | RateLimited
     | Shutdown
+    | Rooms
+    | RoomAdded
+    | RoomRemoved
+    | Moderated
+    | AuditLog
 )
 Message = Command | Event
 
 V1_COMMAND_TYPES: tuple[type[Command], ...] = (JoinRoom, LeaveRoom, SendMessage, Quit)
 V2_COMMAND_TYPES: tuple[type[Command], ...] = (Hello, Ping, Pong)
-COMMAND_TYPES: tuple[type[Command], ...] = V1_COMMAND_TYPES + V2_COMMAND_TYPES
+#: v2's community commands (the rooms, moderation and direct_messages features).
+COMMUNITY_COMMAND_TYPES: tuple[type[Command], ...] = (
+    CreateRoom,
+    ArchiveRoom,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+    SetRole,
+    SlowMode,
+    AuditRequest,
+    OpenDm,
+    CloseDm,
+)
+COMMAND_TYPES: tuple[type[Command], ...] = (
+    V1_COMMAND_TYPES + V2_COMMAND_TYPES + COMMUNITY_COMMAND_TYPES
+)
 V1_EVENT_TYPES: tuple[type[Event], ...] = (
     LoginSuccessful,
     UserJoinedRoom,
@@ -297,6 +351,11 @@ V2_EVENT_TYPES: tuple[type[Event], ...] = (
     ServerPong,
     RateLimited,
     Shutdown,
+    Rooms,
+    RoomAdded,
+    RoomRemoved,
+    Moderated,
+    AuditLog,
 )
 EVENT_TYPES: tuple[type[Event], ...] = V1_EVENT_TYPES + V2_EVENT_TYPES
 

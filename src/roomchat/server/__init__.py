@@ -12,7 +12,8 @@ from roomchat.server.config import (
     load_rooms,
     parse_rooms,
 )
-from roomchat.server.core.rooms import ChatRoom, RoomManager, UserSessionHandle
+from roomchat.server.core.directory import Directory
+from roomchat.server.core.rooms import ChatRoom, UserSessionHandle
 
 __all__ = [
     "DEFAULT_MAX_PENDING_OUTPUT",
@@ -20,8 +21,8 @@ __all__ = [
     "BusError",
     "ChatRoom",
     "ChatServer",
+    "Directory",
     "MemoryBus",
-    "RoomManager",
     "RoomsFileError",
     "ServerConfig",
     "ServerStartError",

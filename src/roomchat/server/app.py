@@ -12,15 +12,17 @@ from collections.abc import Callable, Iterable
 
 from roomchat.addresses import format_address
 from roomchat.protocol import RoomDetail
+from roomchat.server.auth import Authenticator
 from roomchat.server.bus import open_bus
 from roomchat.server.config import SecretFileError, ServerConfig, load_rooms, load_secret
 from roomchat.server.core.context import SessionContext
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
 from roomchat.server.core.ports import Bus
-from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.session import Session
 from roomchat.server.core.stats import ServerStats
+from roomchat.server.ops.api import ApiKeys, KeyFileError, api_routes, load_keys
 from roomchat.server.ops.http import OperatorServer
 from roomchat.server.ops.metrics import LagProbe, ServerCollector
 from roomchat.server.shells.net import listen, server_tls_context
@@ -41,6 +43,25 @@ log = logging.getLogger("roomchat.server")
 
 class ServerStartError(Exception):
     """The server could not start (e.g. the port is taken). The message says why."""
+
+
+def authenticator_of(config: ServerConfig) -> Authenticator | None:
+    """The JWT verifier the config asks for (None: no JWT logins); ServerStartError
+    with the reason when its key file is missing or unusable."""
+    key, jwks = config.jwt_key_file, config.jwt_jwks_file
+    if key is None and jwks is None:
+        return None
+    if key is not None and jwks is not None:
+        raise ServerStartError("give --jwt-key-file or --jwt-jwks-file, not both")
+    try:
+        return Authenticator(
+            key_file=None if key is None else str(key),
+            jwks_file=None if jwks is None else str(jwks),
+            audience=config.jwt_audience,
+            issuer=config.jwt_issuer,
+        )
+    except (OSError, ValueError) as exc:
+        raise ServerStartError(str(exc)) from None
 
 
 class ChatServer:
@@ -64,16 +85,20 @@ class ChatServer:
         self.bus: Bus = open_bus(
             config.bus_url, wakeups=self.outbox, lease=config.bus_lease, history=config.history
         )
-        self.rooms = RoomManager(rooms, self.bus, self.outbox, stats, history=config.history)
+        self.rooms = Directory(rooms, self.bus, self.outbox, stats, history=config.history)
         secret_file = config.auth_secret_file
         require = config.require_tokens
+        jwt = authenticator_of(config)
         self.context = SessionContext(
             rooms=self.rooms,
             stats=stats,
             names=NameRegistry(self.bus.names),
             max_line_length=config.max_line_length,
             secret=load_secret(secret_file) if secret_file else secrets.token_bytes(32),
-            require_tokens=(secret_file is not None) if require is None else require,
+            require_tokens=(secret_file is not None or jwt is not None)
+            if require is None
+            else require,
+            authenticator=jwt,
             token_ttl=config.token_ttl,
             heartbeat=config.heartbeat,
             idle_timeout=config.idle_timeout,
@@ -83,6 +108,12 @@ class ChatServer:
             reconnect_ms=config.shutdown_reconnect_ms,
             clock=loop.time,
             call_later=loop.call_later,
+            user_rooms=config.user_rooms,
+            admins=config.admins,
+            store=self.bus.community,
+            user_rate=config.user_rate,
+            user_burst=config.user_burst,
+            user_report=self.bus.report_spending,
         )
         self.shell = Shell(
             self.context,
@@ -93,6 +124,15 @@ class ChatServer:
             tls=tls,
             tls_handshake_timeout=config.tls_handshake_timeout,
         )
+        #: The operator API's keys (--api-key-file), served on the --metrics listener.
+        self._api_keys: ApiKeys | None = None
+        if config.api_key_file is not None:
+            if config.metrics is None:
+                raise ServerStartError("--api-key-file needs --metrics HOST:PORT to serve on")
+            try:
+                self._api_keys = load_keys(config.api_key_file)
+            except KeyFileError as exc:
+                raise ServerStartError(str(exc)) from None
         #: The --metrics HTTP listener, when config.metrics asks for one.
         self.metrics: OperatorServer | None = None
         self._probe = LagProbe(stats.loop_lag)
@@ -155,6 +195,8 @@ class ChatServer:
     async def _start_metrics(self, host: str, port: int) -> None:
         sources = (self.stats, self.shell, self.rooms, self.outbox, self.bus)
         endpoint = OperatorServer(ServerCollector(sources), self._not_ready)
+        if self._api_keys is not None:
+            endpoint.add_routes(*api_routes(self.context.community, self._api_keys))
         try:
             await endpoint.start(host, port, reuse_port=self.config.reuse_port)
         except OSError as exc:

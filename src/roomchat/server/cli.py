@@ -284,6 +284,83 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="v2: the token secret (see `roomchat token`); names then need a token. "
     "Instances sharing a bus need the same file.",
 )
+@click.option(
+    "--user-rate",
+    envvar="ROOMCHAT_USER_RATE",
+    default=0.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    help="Commands per second one user may send over all its sessions, on every "
+    "instance of the bus; past --user-burst it is read more slowly (0: off).",
+)
+@click.option(
+    "--user-burst",
+    envvar="ROOMCHAT_USER_BURST",
+    default=20.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=1),
+    help="Commands a user may send at once above --user-rate.",
+)
+@click.option(
+    "--user-rooms/--no-user-rooms",
+    envvar="ROOMCHAT_USER_ROOMS",
+    default=False,
+    show_default=True,
+    show_envvar=True,
+    help="v2: users may create rooms (else only admins and the operator API).",
+)
+@click.option(
+    "--admin",
+    "admins",
+    envvar="ROOMCHAT_ADMIN",
+    multiple=True,
+    show_envvar=True,
+    metavar="NAME",
+    help="A server-wide admin (repeat; docs/moderation.md). Admin rights need the name "
+    "proven by a token (JWT or roomchat's own).",
+)
+@click.option(
+    "--api-key-file",
+    envvar="ROOMCHAT_API_KEY_FILE",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Serve the operator API under /api/v1/ on --metrics's listener; one key per "
+    "line, 'read-only KEY' for keys that may only read (docs/api.md).",
+)
+@click.option(
+    "--jwt-key-file",
+    envvar="ROOMCHAT_JWT_KEY_FILE",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="v2: accept JWT logins signed with this key: a PEM public key (RS256, ES256) "
+    "or an HMAC secret (HS256).",
+)
+@click.option(
+    "--jwt-jwks-file",
+    envvar="ROOMCHAT_JWT_JWKS_FILE",
+    default=None,
+    show_envvar=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="v2: accept JWT logins signed with a key of this JSON Web Key Set.",
+)
+@click.option(
+    "--jwt-audience",
+    envvar="ROOMCHAT_JWT_AUDIENCE",
+    default=None,
+    show_envvar=True,
+    help="v2: the `aud` a JWT must carry.",
+)
+@click.option(
+    "--jwt-issuer",
+    envvar="ROOMCHAT_JWT_ISSUER",
+    default=None,
+    show_envvar=True,
+    help="v2: the `iss` a JWT must carry.",
+)
 def command(
     host: str,
     port: int,
@@ -311,6 +388,15 @@ def command(
     flood_burst: float,
     hello_rate: float,
     auth_secret_file: Path | None,
+    user_rate: float,
+    user_burst: float,
+    user_rooms: bool,
+    admins: tuple[str, ...],
+    api_key_file: Path | None,
+    jwt_key_file: Path | None,
+    jwt_jwks_file: Path | None,
+    jwt_audience: str | None,
+    jwt_issuer: str | None,
 ) -> None:
     """Run the chat server until Ctrl-C or SIGTERM."""
     if workers > 1 and not shared(bus_url):
@@ -352,6 +438,15 @@ def command(
         flood_burst=flood_burst,
         hello_rate=hello_rate,
         auth_secret_file=auth_secret_file,
+        user_rate=user_rate,
+        user_burst=user_burst,
+        user_rooms=user_rooms,
+        admins=tuple(name for item in admins for name in item.replace(",", " ").split()),
+        api_key_file=api_key_file,
+        jwt_key_file=jwt_key_file,
+        jwt_jwks_file=jwt_jwks_file,
+        jwt_audience=jwt_audience,
+        jwt_issuer=jwt_issuer,
     )
     # One file descriptor per session: lift the soft limit (often 1024) to the hard one.
     if problem := system.raise_open_files():

@@ -152,6 +152,22 @@ class ServerConfig:
     token_ttl: int = DEFAULT_TOKEN_TTL
     #: The shutdown notice's ``reconnect_ms``.
     shutdown_reconnect_ms: int = DEFAULT_SHUTDOWN_RECONNECT_MS
+    #: ``--user-rate`` / ``--user-burst``: commands per second per user, over all its
+    #: sessions on all instances (rate 0: off; core/flood.py UserBuckets).
+    user_rate: float = 0.0
+    user_burst: float = 20.0
+    #: ``--user-rooms``: users may create rooms (else admins and the API only).
+    user_rooms: bool = False
+    #: ``--admin NAME``: server-wide admins (when their name is proven by a token).
+    admins: tuple[str, ...] = ()
+    #: ``--api-key-file``: keys of the operator API (/api/v1/); None: no API.
+    api_key_file: Path | None = None
+    #: ``--jwt-key-file`` / ``--jwt-jwks-file``: JWT login (server/auth.py); the
+    #: audience and issuer a token must name (None: not checked).
+    jwt_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
 
 
 class SecretFileError(Exception):

@@ -27,6 +27,7 @@ from textual.message import Message
 from textual.worker import Worker, WorkerState
 
 from roomchat.client import (
+    ChatClient,
     ConnectionClosed,
     HelloRefused,
     ProtocolViolation,
@@ -210,6 +211,7 @@ class RoomChatApp(App[None]):
         current = message.client.client
         assert current is not None  # started
         self.handle_event(current.login)
+        self.state.add_rooms(list(current.listing.values()))
         self.state.session(current.user_id, current.version)
         screen = self.chat_screen
         if screen is not None and screen.is_mounted:
@@ -272,6 +274,9 @@ class RoomChatApp(App[None]):
                 lambda c: c.join(room, history=JOIN_HISTORY), f"cannot join #{room}."
             )
 
+    async def _slash(self, text: str) -> bool:
+        return await _slash_command(self, text)
+
     async def leave_active_room(self) -> None:
         room = self.state.active
         if room is None or not room.joined:
@@ -287,7 +292,12 @@ class RoomChatApp(App[None]):
         self.notify(f"You left #{name}.")
 
     async def send_message(self, text: str) -> bool:
-        """Send to the active room; False (with a visible notice) if it cannot be sent."""
+        """Send to the active room; False (with a visible notice) if it cannot be sent.
+        A line starting with ``/`` is a command (:data:`SLASH_HELP`)."""
+        if text.startswith("/") and not text.startswith("//"):
+            return await self._slash(text)
+        if text.startswith("//"):
+            text = text[1:]  # "//" sends a line that starts with "/"
         room = self.state.active
         if room is None:
             self.notify("Open a room first: the message was not sent.", severity="warning")
@@ -297,3 +307,114 @@ class RoomChatApp(App[None]):
             return False
         name = room.name
         return await self._command(lambda c: c.send(name, text), "the message was not sent.")
+
+
+#: The chat page's commands (v2 servers with the community features, docs/moderation.md).
+SLASH_HELP = (
+    "/create ROOM [description]  /private ROOM  /dm USER  /invite USER  "
+    "/kick USER [why]  /ban USER [seconds] [why]  /unban USER  /mute USER [seconds] [why]  "
+    "/unmute USER  /slow SECONDS  /archive [why]"
+)
+
+
+def _seconds_and_why(words: list[str]) -> tuple[int | None, str | None]:
+    if words and words[0].isdigit():
+        return int(words[0]), " ".join(words[1:]) or None
+    return None, " ".join(words) or None
+
+
+async def _slash_command(app: RoomChatApp, text: str) -> bool:
+    words = text[1:].split()
+    if not words:
+        app.notify(SLASH_HELP, title="Commands")
+        return False
+    verb, args = words[0].lower(), words[1:]
+    room = app.state.active_room
+    needs_room = verb in ("invite", "kick", "ban", "unban", "mute", "unmute", "slow", "archive")
+    if needs_room and room is None:
+        app.notify("Open a room first.", severity="warning")
+        return False
+    needs_arg = verb in (
+        "create",
+        "private",
+        "dm",
+        "invite",
+        "kick",
+        "ban",
+        "unban",
+        "mute",
+        "unmute",
+        "slow",
+    )
+    if verb not in _SLASH or (needs_arg and not args):
+        app.notify(SLASH_HELP, title="Commands", severity="warning")
+        return False
+
+    async def send(client: ReconnectingClient) -> None:
+        current = client.client
+        if current is None or current.version < 2:
+            raise ConnectionClosed("not connected")
+        await _SLASH[verb](current, room or "", args)
+
+    return await app._command(send, f"/{verb} was not sent.")
+
+
+async def _create(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.create_room(args[0], " ".join(args[1:]))
+
+
+async def _private(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.create_room(args[0], " ".join(args[1:]), private=True)
+
+
+async def _dm(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.open_dm(args[0])
+
+
+async def _invite(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.invite(room, args[0])
+
+
+async def _kick(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.kick(room, args[0], why=" ".join(args[1:]) or None)
+
+
+async def _ban(c: ChatClient, room: str, args: list[str]) -> None:
+    seconds, why = _seconds_and_why(args[1:])
+    await c.ban(args[0], room, seconds=seconds, why=why)
+
+
+async def _unban(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.unban(args[0], room)
+
+
+async def _mute(c: ChatClient, room: str, args: list[str]) -> None:
+    seconds, why = _seconds_and_why(args[1:])
+    await c.mute(args[0], room, seconds=seconds, why=why)
+
+
+async def _unmute(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.unmute(args[0], room)
+
+
+async def _slow(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.slow_mode(room, int(args[0]) if args[0].isdigit() else 0)
+
+
+async def _archive(c: ChatClient, room: str, args: list[str]) -> None:
+    await c.archive_room(room, why=" ".join(args) or None)
+
+
+_SLASH: dict[str, Callable[[ChatClient, str, list[str]], Awaitable[None]]] = {
+    "create": _create,
+    "private": _private,
+    "dm": _dm,
+    "invite": _invite,
+    "kick": _kick,
+    "ban": _ban,
+    "unban": _unban,
+    "mute": _mute,
+    "unmute": _unmute,
+    "slow": _slow,
+    "archive": _archive,
+}

@@ -27,8 +27,12 @@ from roomchat.client import (
 from roomchat.protocol import (
     Error,
     LoginSuccessful,
+    Moderated,
     RateLimited,
+    RoomAdded,
+    RoomListing,
     RoomParticipation,
+    RoomRemoved,
     Shutdown,
     UserJoinedRoom,
     UserMessage,
@@ -73,6 +77,7 @@ class ChatLine:
 StateEvent = ClientEvent
 
 GAP_NOTICE = "some messages were missed"
+_PAST = {"kick": "kicked", "ban": "banned", "mute": "muted"}
 HISTORY_NOTICE = "history"
 RECONNECTED_NOTICE = "reconnected"
 
@@ -202,6 +207,12 @@ class ChatState:
             return Update(None)
         if isinstance(event, HistoryStart | HistoryEnd | MissedMessages):
             return self._history(event)
+        if isinstance(event, RoomAdded):
+            return self.add_rooms((event.room,))
+        if isinstance(event, RoomRemoved):
+            return self._removed(event)
+        if isinstance(event, Moderated):
+            return self._moderated(event)
         if not isinstance(event, UserJoinedRoom | RoomParticipation | UserMessage):
             return Update(None, changed=False)  # pings, pongs, welcome: nothing to show
         room = self.rooms.get(event.room)
@@ -270,6 +281,53 @@ class ChatState:
         }
         self.connected_at = self._clock()
         return Update(None)
+
+    def add_rooms(self, listings: tuple[RoomListing, ...] | list[RoomListing]) -> Update:
+        """Rooms this session can see besides the login's: created at run time, private
+        ones, direct messages (shown as ``dm:…``)."""
+        for listing in listings:
+            if listing.name not in self.rooms:
+                label = f"direct messages with {listing.dm}" if listing.dm else listing.description
+                self.rooms[listing.name] = RoomState(listing.name, label, self.history_limit)
+        return Update(None)
+
+    def _removed(self, event: RoomRemoved) -> Update:
+        if self.rooms.pop(event.room, None) is None:
+            return Update(None, changed=False)
+        if self.active_room == event.room:
+            self.active_room = None
+        self._set_status(f"#{event.room} is gone: {event.why or 'removed'}")
+        return Update(None)
+
+    def _moderated(self, event: Moderated) -> Update:
+        """A moderation action: a notice in the room; told plainly when it is ours."""
+        whom = f" {event.user}" if event.user else ""
+        details = [event.why] if event.why else []
+        if event.seconds is not None:
+            details.append(f"{event.seconds} s")
+        if event.role is not None:
+            details.append(event.role)
+        text = f"{event.by}: {event.what}{whom}" + (f" ({', '.join(details)})" if details else "")
+        mine = (
+            event.user is not None
+            and self.user_id is not None
+            and (event.user.lower() == self.user_id.lower())
+        )
+        room = self.rooms.get(event.room)
+        if mine and event.what in ("kick", "ban", "mute"):
+            where = f"#{event.room}" if event.room else "this server"
+            self._set_status(
+                f"you were {_PAST[event.what]} in {where}: {event.why or 'no reason'}", error=True
+            )
+            if room is not None and event.what in ("kick", "ban"):
+                room.joined = False
+                room.members.discard(self.user_id or "")
+        line = ChatLine("notice", "", text)
+        if room is not None:
+            room.lines.append(line)
+        if mine or room is None:
+            return Update(None)  # the status line and the room list too
+        return Update(room.name, line)
 
     # -- local actions -----------------------------------------------------------------
     def activate(self, room_name: str) -> bool:

@@ -18,6 +18,10 @@ const REFUSALS = {
 const $ = (id) => document.getElementById(id);
 
 /** Create an element with a class and text (text always through textContent). */
+const SLASH_HELP =
+  "Commands: /create ROOM [description], /private ROOM, /dm USER, /invite USER, /kick USER [why], " +
+  "/ban USER [seconds] [why], /unban USER, /mute USER [seconds] [why], /unmute USER, /slow SECONDS, /archive [why], /audit";
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -151,6 +155,19 @@ class App {
         return this.notice(`Slow down: the server paused reading for ${event.retry_ms} ms.`, "warning");
       case "shutdown":
         return this.onShutdown(event);
+      case "rooms":
+        for (const room of event.rs ?? []) this.addRoom(room);
+        return this.renderRooms();
+      case "room_added":
+        this.addRoom(event.rm);
+        this.renderRooms();
+        return this.notice(`New room: #${event.rm.n}`, "info");
+      case "room_removed":
+        return this.onRoomRemoved(event);
+      case "moderation":
+        return this.onModeration(event);
+      case "audit":
+        return this.onAudit(event);
       default:
         return undefined; // an event this page does not know: ignore
     }
@@ -182,6 +199,100 @@ class App {
       const first = $("room-list").querySelector("button");
       if (first) first.focus();
     }
+  }
+
+  /** A room from `rooms` or `room_added` (private ones, direct messages: `dm`). */
+  addRoom(listing) {
+    const description = listing.dm ? `Direct messages with ${listing.dm}` : listing.d;
+    const known = this.rooms.get(listing.n);
+    if (known) {
+      known.description = description;
+      known.private = Boolean(listing.p);
+      return;
+    }
+    this.rooms.set(listing.n, {
+      name: listing.n,
+      description,
+      private: Boolean(listing.p),
+      dm: listing.dm ?? null,
+      joined: false,
+      unread: 0,
+      members: new Set(),
+      items: [],
+    });
+  }
+
+  onRoomRemoved(event) {
+    if (!this.rooms.delete(event.r)) return;
+    this.client.joined.delete(event.r);
+    if (this.current === event.r) this.backToRooms();
+    this.renderRooms();
+    this.notice(`#${event.r} is gone: ${event.why ?? "removed"}`, "warning");
+  }
+
+  onModeration(event) {
+    const who = event.u ? ` ${event.u}` : "";
+    const extra = [event.why, event.s !== undefined ? `${event.s} s` : null, event.role]
+      .filter(Boolean)
+      .join(", ");
+    const text = `${event.by}: ${event.what}${who}${extra ? ` (${extra})` : ""}`;
+    const room = this.rooms.get(event.r);
+    if (room) this.addItem(room, { kind: "system", text });
+    if (event.u && this.isOwn(event.u) && ["kick", "ban", "mute"].includes(event.what)) {
+      const past = { kick: "kicked", ban: "banned", mute: "muted" }[event.what];
+      const where = event.r ? `#${event.r}` : "this server";
+      this.notice(`You were ${past} in ${where}: ${event.why || "no reason given"}`, "error");
+      if (room && event.what !== "mute") {
+        room.joined = false;
+        this.client.joined.delete(room.name);
+        this.renderRooms();
+      }
+    }
+  }
+
+  onAudit(event) {
+    const room = this.rooms.get(event.r);
+    if (!room) return;
+    for (const entry of event.es) {
+      const who = entry.u ? ` ${entry.u}` : "";
+      const time = new Date(entry.ts).toLocaleString();
+      this.addItem(room, { kind: "system", text: `audit ${time}: ${entry.by} ${entry.what}${who}${entry.why ? ` (${entry.why})` : ""}` });
+    }
+  }
+
+  /** A line starting with "/" (see SLASH_HELP); true when it was sent. */
+  slash(text) {
+    const [verb, ...args] = text.slice(1).trim().split(/\s+/);
+    const room = this.current;
+    const rest = (from) => args.slice(from).join(" ") || undefined;
+    const timed = () => (/^\d+$/.test(args[1] ?? "") ? { s: Number(args[1]), why: rest(2) } : { why: rest(1) });
+    const commands = {
+      create: () => ["create_room", { r: args[0], d: rest(1) ?? "" }],
+      private: () => ["create_room", { r: args[0], d: rest(1) ?? "", p: true }],
+      dm: () => ["open_dm", { u: args[0] }],
+      invite: () => ["invite", { r: room, u: args[0] }],
+      kick: () => ["kick", { r: room, u: args[0], why: rest(1) }],
+      ban: () => ["ban", { r: room, u: args[0], ...timed() }],
+      unban: () => ["unban", { r: room, u: args[0] }],
+      mute: () => ["mute", { r: room, u: args[0], ...timed() }],
+      unmute: () => ["unmute", { r: room, u: args[0] }],
+      slow: () => ["slow_mode", { r: room, s: Number(args[0]) || 0 }],
+      archive: () => ["archive_room", { r: room, why: rest(0) }],
+      audit: () => ["audit_log", { r: room }],
+    };
+    const make = commands[verb];
+    const needsRoom = !["create", "private", "dm"].includes(verb);
+    if (!make || (verb !== "archive" && verb !== "audit" && !args[0]) || (needsRoom && !room)) {
+      this.notice(SLASH_HELP, "info");
+      return false;
+    }
+    const [ct, fields] = make();
+    for (const key of Object.keys(fields)) if (fields[key] === undefined) delete fields[key];
+    if (!this.client.command(ct, fields)) {
+      this.notice("Not sent: this needs a v2 server and a connection.", "error");
+      return false;
+    }
+    return true;
   }
 
   onJoinedRoom(event) {
@@ -264,7 +375,8 @@ class App {
       button.dataset.room = room.name;
       if (room.name === this.current) button.setAttribute("aria-current", "true");
       if (room.joined) button.classList.add("joined");
-      const name = el("span", "room-name", `# ${room.name}`);
+      const mark = room.dm ? `@ ${room.dm}` : `${room.private ? "🔒" : "#"} ${room.name}`;
+      const name = el("span", "room-name", mark);
       const description = el("span", "room-description", room.description);
       button.append(name, description);
       let label = `${room.name}: ${room.description}`;
@@ -386,8 +498,12 @@ class App {
       event.preventDefault();
       const input = $("message-input");
       const text = input.value;
+      if (text.startsWith("/") && !text.startsWith("//")) {
+        if (this.slash(text)) input.value = "";
+        return;
+      }
       if (!text.trim() || !this.current) return;
-      if (this.client.send(this.current, text)) input.value = "";
+      if (this.client.send(this.current, text.startsWith("//") ? text.slice(1) : text)) input.value = "";
     });
     $("message-input").addEventListener("keydown", (event) => {
       if (event.key === "Escape") {

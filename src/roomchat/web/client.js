@@ -11,6 +11,7 @@
 //   });
 //   client.connect();
 //   client.join("general"); client.send("general", "hi"); client.leave("general");
+//   client.command("create_room", {r: "games"}); client.command("open_dm", {u: "bob"});
 //
 // The client re-connects by itself (backoff 0.5 s doubling to 15 s, with jitter; after a
 // `shutdown` notice, its reconnect_ms plus 0-50 %), says `hello` with the same name and
@@ -118,6 +119,17 @@ export class RoomchatClient {
   /** Post to a room. Returns false (and sends nothing) when not connected. */
   send(room, content) {
     return this._command({ _ct: "send_message", r: room, c: content });
+  }
+
+  /**
+   * A v2 community command (docs/moderation.md): create_room, open_dm, kick, ban, mute...
+   * with its fields, e.g. command("kick", {r: "club", u: "bob", why: "rude"}). Its
+   * outcome comes as events (room_added, moderation, user_joined_room) or an error.
+   * Returns false (and sends nothing) when not connected in v2.
+   */
+  command(ct, fields = {}) {
+    if (this.version < 2) return false;
+    return this._command({ _ct: ct, ...fields });
   }
 
   get connected() {

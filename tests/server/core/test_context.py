@@ -16,10 +16,10 @@ from roomchat.server.config import (
     HELLO_BURST,
 )
 from roomchat.server.core.context import SessionContext
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.liveness import Liveness
 from roomchat.server.core.names import NameRegistry
 from roomchat.server.core.outbox import Outbox
-from roomchat.server.core.rooms import RoomManager
 from roomchat.server.core.stats import ServerStats
 from tests.session_harness import DETAILS
 
@@ -51,7 +51,7 @@ def context(**settings: object) -> SessionContext:
     """A context on real rooms, counters and names (as tests/session_harness.World)."""
     stats = ServerStats()
     outbox = Outbox(lambda callback: None, stats, 0.0)
-    rooms = RoomManager(DETAILS, MemoryBus(), outbox, stats)
+    rooms = Directory(DETAILS, MemoryBus(), outbox, stats)
     return SessionContext(rooms=rooms, stats=stats, names=NameRegistry(), **settings)  # type: ignore[arg-type]
 
 

@@ -9,7 +9,11 @@ from roomchat.protocol import ERROR_CODES
 from roomchat.server.core import errors
 from roomchat.server.core.errors import (
     AlreadyJoined,
+    Archived,
+    AuthFailed,
     BadCommand,
+    Banned,
+    Muted,
     NameInvalid,
     NameTaken,
     NotAuthorised,
@@ -17,7 +21,10 @@ from roomchat.server.core.errors import (
     RateLimited,
     Refused,
     RoomError,
+    RoomExists,
+    RoomInvalid,
     ShuttingDown,
+    SlowModeWait,
     UnknownRoom,
 )
 
@@ -33,6 +40,13 @@ CODES: dict[type[Refused], str] = {
     UnknownRoom: "unknown_room",
     AlreadyJoined: "already_joined",
     NotJoined: "not_member",
+    AuthFailed: "auth_failed",
+    Banned: "banned",
+    Muted: "muted",
+    SlowModeWait: "slow_mode",
+    RoomExists: "room_exists",
+    RoomInvalid: "room_invalid",
+    Archived: "archived",
 }
 
 

@@ -17,8 +17,9 @@ import pytest
 
 from roomchat.protocol import RoomDetail
 from roomchat.server.bus import MemoryBus
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.outbox import FLUSH_AT, Mailbox, Outbox
-from roomchat.server.core.rooms import ChatRoom, RoomError, RoomManager
+from roomchat.server.core.rooms import ChatRoom, RoomError
 from roomchat.server.core.stats import ServerStats
 
 EVENT = b"e" * 9_999 + b"\n"  # 10 000 bytes
@@ -50,7 +51,7 @@ class Loop:
 def room_with(outbox: Outbox, *members: Mailbox) -> ChatRoom:
     """A room on the in-process bus with these members, fanning out through the outbox."""
     bus = MemoryBus()
-    manager = RoomManager([RoomDetail("lobby", "")], bus, outbox, outbox.stats)
+    manager = Directory([RoomDetail("lobby", "")], bus, outbox, outbox.stats)
     for member in members:
         outcome: list[object] = []
         manager.join_room("lobby", member, outcome.append)

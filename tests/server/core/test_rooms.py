@@ -17,13 +17,13 @@ from roomchat.protocol import (
 )
 from roomchat.server.bus import MemoryBus
 from roomchat.server.config import RoomsFileError, default_rooms_path, load_rooms, parse_rooms
+from roomchat.server.core.directory import Directory
 from roomchat.server.core.outbox import Outbox
 from roomchat.server.core.rooms import (
     AlreadyJoined,
     ChatRoom,
     NotJoined,
     RoomError,
-    RoomManager,
     UnknownRoom,
     UserSessionHandle,
 )
@@ -73,12 +73,12 @@ ROOM = "lobby"
 
 
 class RoomUnderTest:
-    """One room of a RoomManager on the in-process bus, driven synchronously."""
+    """One room of a Directory on the in-process bus, driven synchronously."""
 
     def __init__(self, detail: RoomDetail) -> None:
         bus = MemoryBus()
         self.presence = bus.presence
-        self.manager = RoomManager([detail], bus, OUTBOX, OUTBOX.stats)
+        self.manager = Directory([detail], bus, OUTBOX, OUTBOX.stats)
         self.room = self.manager.rooms[detail.name]
 
     def join(self, member: FakeMember) -> UserSessionHandle:
@@ -330,7 +330,7 @@ def test_send_message_bytes_equal_encode(content: str, room_name: str, user_id: 
     assert EventDecoder().feed(member.received[0]) == [UserMessage(room_name, user_id, content)]
 
 
-# --- RoomManager --------------------------------------------------------------------
+# --- Directory --------------------------------------------------------------------
 
 DETAILS = (
     RoomDetail("zeta", "last letter"),
@@ -339,12 +339,12 @@ DETAILS = (
 )
 
 
-def manager_of(details: tuple[RoomDetail, ...]) -> tuple[RoomManager, MemoryBus]:
+def manager_of(details: tuple[RoomDetail, ...]) -> tuple[Directory, MemoryBus]:
     bus = MemoryBus()
-    return RoomManager(iter(details), bus, OUTBOX, OUTBOX.stats), bus
+    return Directory(iter(details), bus, OUTBOX, OUTBOX.stats), bus
 
 
-def join(manager: RoomManager, room: str, member: FakeMember) -> UserSessionHandle:
+def join(manager: Directory, room: str, member: FakeMember) -> UserSessionHandle:
     outcome: list[UserSessionHandle | RoomError] = []
     manager.join_room(room, member.mailbox, outcome.append)
     assert len(outcome) == 1 and isinstance(outcome[0], UserSessionHandle), outcome
@@ -524,7 +524,7 @@ class RecordedTurns:
 
 def test_fan_out_tells_the_outbox_once_per_turn_and_keeps_the_turns_bytes() -> None:
     turns = RecordedTurns()
-    manager = RoomManager([RoomDetail(ROOM, "a room")], MemoryBus(), turns, ServerStats())
+    manager = Directory([RoomDetail(ROOM, "a room")], MemoryBus(), turns, ServerStats())
     members = [FakeMember(f"u{n}") for n in range(3)]
     for member in members:
         join(manager, ROOM, member)

@@ -352,6 +352,7 @@ async def test_v2_over_websocket_hello_history_and_shutdown_notice() -> None:
         await ws.send('{"_ct":"hello","v":2,"name":"ann"}')
         welcome = await recv_json(ws)
         assert welcome["_et"] == "welcome" and welcome["u"] == "ann", welcome
+        assert (await recv_json(ws))["_et"] == "rooms"
         await ws.send('{"_ct":"join_room","r":"general","h":50}')
         assert (await recv_json(ws))["_et"] == "user_joined_room"
         history = await recv_json(ws)

@@ -21,6 +21,8 @@ class MemoryBus:
     description = "in-process"
     connected = True
     names = None
+    community = None  # community.MemoryStore: the context makes one
+    report_spending = None  # per-user limits: this process's buckets are all there is
     numbers_here = True
 
     def __init__(self) -> None:

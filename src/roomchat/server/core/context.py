@@ -8,16 +8,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from roomchat.server.auth import Authenticator
 from roomchat.server.config import (
     DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_SHUTDOWN_RECONNECT_MS,
     DEFAULT_TOKEN_TTL,
     HELLO_BURST,
 )
-from roomchat.server.core.flood import HelloLimiter
+from roomchat.server.core.community import Community, MemoryStore
+from roomchat.server.core.directory import Directory
+from roomchat.server.core.flood import HelloLimiter, Report, UserBuckets
 from roomchat.server.core.liveness import Liveness
 from roomchat.server.core.names import NameRegistry
-from roomchat.server.core.rooms import RoomManager
+from roomchat.server.core.ports import CommunityStore
 from roomchat.server.core.stats import ServerStats
 
 __all__ = ["SessionContext"]
@@ -34,7 +37,7 @@ class SessionContext:
     into nowhere); the settings default to ``roomchat serve``'s defaults (config.py),
     and the heartbeats and flood control are off unless asked for."""
 
-    rooms: RoomManager
+    rooms: Directory
     stats: ServerStats
     names: NameRegistry
     #: Longest command line in bytes; a longer one ends the session.
@@ -43,6 +46,8 @@ class SessionContext:
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     #: Tokens-required mode: every chosen name needs a valid token.
     require_tokens: bool = False
+    #: JWT logins (--jwt-key-file, --jwt-jwks-file), or None: roomchat's tokens only.
+    authenticator: Authenticator | None = None
     token_ttl: int = DEFAULT_TOKEN_TTL
     #: Seconds without input before a ``ping`` (0: none) and before ``idle_timeout``.
     heartbeat: float = 0.0
@@ -57,12 +62,40 @@ class SessionContext:
     shutdown_msg: str = "server shutting down"
     clock: Callable[[], float] = time.monotonic
     call_later: Callable[[float, Callable[[], None]], object] = _no_timer
+    #: Where rooms, policies and audit logs live: None is this process (MemoryStore);
+    #: with Redis, the bus's (bus/redis/community.py).
+    store: CommunityStore | None = None
+    #: Whether users may create rooms (--user-rooms); server admins (--admin NAME).
+    user_rooms: bool = False
+    admins: tuple[str, ...] = ()
+    #: Per-user send limits (--user-rate, --user-burst; rate 0: off), and where the
+    #: instances add their users' spending up (the bus's; None: this process only).
+    user_rate: float = 0.0
+    user_burst: float = 0.0
+    user_report: Report | None = None
+    user_buckets: UserBuckets | None = field(init=False, default=None)
+    community: Community = field(init=False)
     liveness: Liveness | None = field(init=False, default=None)
     hello_limiter: HelloLimiter | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.community = Community(
+            self.rooms,
+            self.store if self.store is not None else MemoryStore(),
+            user_rooms=self.user_rooms,
+            admins=self.admins,
+        )
         if self.heartbeat > 0 or self.idle_timeout > 0:
             self.liveness = Liveness(self.heartbeat, self.idle_timeout, self.clock, self.call_later)
+        if self.user_rate > 0:
+            self.user_buckets = UserBuckets(
+                self.user_rate,
+                max(1.0, self.user_burst),
+                self.clock,
+                self.call_later,
+                time.time,
+                self.user_report,
+            )
         if self.hello_rate > 0:
             self.hello_limiter = HelloLimiter(self.hello_rate, HELLO_BURST, self.clock)
 

@@ -15,7 +15,11 @@ from roomchat.protocol import ErrorCode
 
 __all__ = [
     "AlreadyJoined",
+    "Archived",
+    "AuthFailed",
     "BadCommand",
+    "Banned",
+    "Muted",
     "NameInvalid",
     "NameTaken",
     "NotAuthorised",
@@ -23,7 +27,10 @@ __all__ = [
     "RateLimited",
     "Refused",
     "RoomError",
+    "RoomExists",
+    "RoomInvalid",
     "ShuttingDown",
+    "SlowModeWait",
     "UnknownRoom",
 ]
 
@@ -63,6 +70,34 @@ class NotAuthorised(Refused):
 
 class RateLimited(Refused):
     code = "rate_limited"
+
+
+class AuthFailed(Refused):
+    code = "auth_failed"
+
+
+class Banned(Refused):
+    code = "banned"
+
+
+class Muted(Refused):
+    code = "muted"
+
+
+class SlowModeWait(Refused):
+    code = "slow_mode"
+
+
+class RoomExists(Refused):
+    code = "room_exists"
+
+
+class RoomInvalid(Refused):
+    code = "room_invalid"
+
+
+class Archived(Refused):
+    code = "archived"
 
 
 class RoomError(Refused):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Bucket", "HelloLimiter"]
+__all__ = ["Bucket", "HelloLimiter", "UserBucket", "UserBuckets"]
 
 #: Buckets kept before full ones (names not seen for a while) are dropped.
 _PRUNE_AT = 4096
@@ -76,3 +76,96 @@ class HelloLimiter:
             if bucket.tokens >= bucket.burst:
                 del self._buckets[key]
         self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
+
+
+#: Seconds between two reports of a user's spending to the shared store (Redis).
+REPORT_EVERY = 0.1
+#: The window over which the store adds up a user's spending on every instance.
+WINDOW = 1.0
+
+
+class UserBucket(Bucket):
+    """One user's bucket on this instance, shared by its sessions here
+    (:class:`UserBuckets`). ``spent``: commands not yet reported to the shared store;
+    ``total``: the user's spending in the current window on every instance, as the
+    store last answered (for tests and logs)."""
+
+    __slots__ = ("key", "reporting", "sessions", "spent", "total")
+
+    def __init__(self, key: str, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        super().__init__(rate, burst, clock)
+        self.key = key
+        self.sessions = 0
+        self.spent = 0
+        self.total = 0
+        self.reporting = False
+
+
+#: What a shared store (bus/redis/limits.py) is asked: add ``count`` commands of user
+#: ``key`` in window ``window``; ``answer`` gets the user's total in that window.
+Report = Callable[[str, int, int, Callable[[int], None]], None]
+
+
+class UserBuckets:
+    """Per-user send limits (docs/moderation.md, "Per-user limits"): every session of a
+    user on this instance charges one :class:`UserBucket`; with a ``report`` (a shared
+    bus), each instance adds its users' spending up in the store every REPORT_EVERY
+    seconds, and a user whose total in the window passes ``rate * WINDOW + burst`` is
+    charged the excess here too, so that the next read of any of its sessions stops
+    reading it (the server never drops what was read)."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float],
+        call_later: Callable[[float, Callable[[], None]], object],
+        wall: Callable[[], float],
+        report: Report | None = None,
+    ) -> None:
+        self.rate, self.burst = rate, burst
+        self._clock, self._call_later, self._wall = clock, call_later, wall
+        self._report = report
+        self._buckets: dict[str, UserBucket] = {}
+
+    def of(self, key: str) -> UserBucket | None:
+        """The bucket of the user ``key`` (a name key), if it has sessions here."""
+        return self._buckets.get(key)
+
+    def take(self, key: str) -> UserBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = UserBucket(key, self.rate, self.burst, self._clock)
+        bucket.sessions += 1
+        return bucket
+
+    def drop(self, bucket: UserBucket) -> None:
+        bucket.sessions -= 1
+        if bucket.sessions <= 0 and not bucket.reporting:
+            self._buckets.pop(bucket.key, None)
+
+    def charged(self, bucket: UserBucket, count: int) -> None:
+        """``count`` commands read for the user (the session charged the tokens)."""
+        if self._report is None:
+            return
+        bucket.spent += count
+        if not bucket.reporting:
+            bucket.reporting = True
+            self._call_later(REPORT_EVERY, lambda: self._send(bucket))
+
+    def _send(self, bucket: UserBucket) -> None:
+        bucket.reporting = False
+        spent, bucket.spent = bucket.spent, 0
+        if spent and self._report is not None:
+            self._report(
+                bucket.key, spent, int(self._wall() // WINDOW), lambda t: self._told(bucket, t)
+            )
+        if bucket.sessions <= 0:
+            self._buckets.pop(bucket.key, None)
+
+    def _told(self, bucket: UserBucket, total: int) -> None:
+        bucket.total = total
+        excess = total - (self.rate * WINDOW + self.burst)
+        if excess > 0:
+            bucket.refill()
+            bucket.tokens = min(bucket.tokens, -excess)

@@ -22,12 +22,16 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from roomchat.server.core.history import HistoryRequest, Snapshot
+from roomchat.server.core.policy import Outcome, Policy, RoomInfo
 from roomchat.server.core.stats import Reading
 
 __all__ = [
     "Answer",
     "Bus",
     "BusError",
+    "CommunityListener",
+    "CommunityStore",
+    "Done",
     "HeldNames",
     "Participant",
     "Presence",
@@ -157,6 +161,18 @@ class Bus(Protocol):
     """Between rooms and the instances that have members in them (roomchat.server.bus)."""
 
     @property
+    def report_spending(self) -> Callable[[str, int, int, Callable[[int], None]], None] | None:
+        """Per-user limits (core/flood.py Report): where the instances add up what each
+        user sends (None: this process only)."""
+        ...
+
+    @property
+    def community(self) -> CommunityStore | None:
+        """Where this bus keeps rooms, policies and audit logs for every instance (None:
+        in this process, community.MemoryStore). Started with the bus."""
+        ...
+
+    @property
     def presence(self) -> Presence:
         """Who is in which room, kept consistently with this bus."""
         ...
@@ -196,3 +212,82 @@ class Bus(Protocol):
     def readings(self) -> Iterable[Reading]:
         """The bus's own counters and gauges, for /metrics (read at scrape time)."""
         ...
+
+
+#: How a community request ends: its result, or the Refused that says why not.
+Done = Callable[[object], None]
+
+
+class CommunityListener(Protocol):
+    """What the community store tells every instance (implemented by
+    community.Community): each change, once stored, in the order stored per room."""
+
+    def find(self, name: str) -> RoomInfo | None:
+        """The room named ``name`` ignoring case, as this instance knows it."""
+        ...
+
+    def room(self, name: str) -> RoomInfo | None:
+        """The room named exactly ``name``, as this instance knows it."""
+        ...
+
+    def names(self) -> list[str]:
+        """Every room this instance knows (seeds included)."""
+        ...
+
+    def local_users(self, room: str) -> list[str]:
+        """The room's users as this instance's presence knows them (in one process:
+        all of them)."""
+        ...
+
+    def policy_after(self, outcome: Outcome) -> Policy:
+        """The room's (or the server's) policy as ``outcome`` leaves it (not applied)."""
+        ...
+
+    def redecide(self, outcome: Outcome) -> tuple[Outcome, int]:
+        """``outcome``'s action decided again on the policy as it is now (it changed):
+        the new outcome and the version it was decided on; or raises Refused."""
+        ...
+
+    def server_changed(self, policy: Policy) -> None:
+        """The server-wide policy, read again."""
+
+    def room_added(self, info: RoomInfo, policy: Policy, outcome: Outcome | None) -> None:
+        """A room exists (``outcome``: its creation; None: read again after an outage)."""
+
+    def moderated(self, outcome: Outcome) -> bool:
+        """An action stored; False if this copy of the room is not at the version
+        before it (the store then reads the room again and calls room_added)."""
+        ...
+
+    def dm_changed(self, info: RoomInfo, user: str, opened: bool) -> None:
+        """A direct message opened or closed on ``user``'s side (a name key)."""
+
+    def disconnected(self, user: str, why: str) -> None:
+        """Every session of ``user`` (a name key) is to be closed."""
+
+
+class CommunityStore(Protocol):
+    """Where rooms, policies and audit logs live (in process, or Redis); every change
+    goes through it and comes back to each instance's listener. Nothing blocks: each
+    request answers through ``done`` (its result, or a Refused)."""
+
+    def attach(self, listener: CommunityListener) -> None: ...
+
+    def create(self, info: RoomInfo, policy: Policy, outcome: Outcome, done: Done) -> None:
+        """A new room (refused with RoomExists if its name is taken, ignoring case)."""
+
+    def moderate(self, outcome: Outcome, version: int, done: Done) -> None:
+        """Store ``outcome``, decided on the policy at ``version`` (refused if the room
+        changed meanwhile), numbered ``version + 1``; answers the numbered outcome."""
+
+    def audit(self, room: str | None, limit: int, done: Done) -> None:
+        """The last ``limit`` AuditEntry of a room (None: the server's), oldest first."""
+
+    def dm(self, room: str, user: str, opened: bool, done: Done) -> None:
+        """Open or close direct message ``room`` on ``user``'s side (a name key)."""
+
+    def disconnect(self, user: str, why: str) -> None:
+        """Close every session of ``user`` (a name key) on every instance."""
+
+    def users(self, room: str, done: Done) -> None:
+        """The room's users on every instance (a list of user ids)."""

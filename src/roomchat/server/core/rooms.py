@@ -1,6 +1,6 @@
 """Rooms as one instance sees them, without sockets (docs/architecture.md, "The server").
 
-- :class:`RoomManager` owns every :class:`ChatRoom`, built from the rooms file.
+- :class:`~roomchat.server.core.directory.Directory` owns every :class:`ChatRoom`.
 - :class:`ChatRoom` is this instance's side of a room: its *local* members and its
   channel on the bus. A room *posts* every event to the bus (:mod:`roomchat.server.bus`);
   whatever the bus hands back is *fanned out* to the local members. With the in-process
@@ -66,8 +66,8 @@ from roomchat.server.core.clock import now_ms
 from roomchat.server.core.errors import AlreadyJoined, NotJoined, RoomError, UnknownRoom
 from roomchat.server.core.history import Entry, HistoryRequest, Snapshot, history_event
 from roomchat.server.core.outbox import FLUSH_AT, Mailbox
-from roomchat.server.core.ports import Bus, Participant, Presence
-from roomchat.server.core.stats import Histogram, Reading, ServerStats
+from roomchat.server.core.ports import Participant
+from roomchat.server.core.stats import ServerStats
 
 __all__ = [
     "AlreadyJoined",
@@ -76,7 +76,6 @@ __all__ = [
     "Member",
     "NotJoined",
     "RoomError",
-    "RoomManager",
     "Turns",
     "UnknownRoom",
     "UserSessionHandle",
@@ -161,6 +160,7 @@ class ChatRoom:
         "fanned_bytes",
         "history_size",
         "name",
+        "restricted",
         "seq",
         "turn_bytes",
     )
@@ -200,13 +200,16 @@ class ChatRoom:
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
         self._publish: Callable[[bytes], None] = self.fan_out  # set by the bus
         self._numbered_here = True  # the bus's publisher is fan_out (the in-process bus)
+        #: Whether a message needs a check before it is posted (a mute, slow mode, a
+        #: direct message not open on both sides): the Directory keeps it.
+        self.restricted = False
         self._stats.rooms.append(self)
 
     def __repr__(self) -> str:
         return f"<room {self.name!r}: {self.member_count} local members>"
 
     def connect(self, publish: Callable[[bytes], None], numbered_here: bool) -> None:
-        """The bus says how this room posts (RoomManager wires it). Messages numbered
+        """The bus says how this room posts (the Directory wires it). Messages numbered
         elsewhere (Redis) are counted as they are posted; the in-process bus's publisher
         is fan_out, and ``seq`` counts them."""
         self._numbered_here = numbered_here
@@ -556,83 +559,3 @@ class UserSessionHandle:
         still its own line), so that every member gets one append for all of them."""
         contents = map(_encode_json, map(_content, messages))
         self.room.post(self._head + self._between.join(contents) + MESSAGE_TAIL)
-
-
-class RoomManager:
-    """Every room of the server, in rooms-file order, wired to a bus and its presence."""
-
-    __slots__ = ("_bus", "_presence", "details", "history", "rooms")
-
-    def __init__(
-        self,
-        details: Iterable[RoomDetail],
-        bus: Bus,
-        turns: Turns,
-        stats: ServerStats,
-        *,
-        history: int = HISTORY_MAX,
-    ) -> None:
-        self.details = tuple(details)
-        self.history = history
-        self.rooms = {
-            detail.name: ChatRoom(detail, turns, stats, history=history) for detail in self.details
-        }
-        self._bus = bus
-        self._presence: Presence = bus.presence
-        for room in self.rooms.values():
-            room.connect(bus.publisher(room), bus.numbers_here)
-
-    def readings(self) -> list[Reading]:
-        """Rooms with local members, their sizes and the largest ones (/metrics)."""
-        sizes = [
-            (room.member_count, name) for name, room in self.rooms.items() if room.member_count
-        ]
-        histogram = Histogram(ROOM_MEMBER_BUCKETS)
-        for size, _ in sizes:
-            histogram.observe(size)
-        out = [
-            Reading("rooms_with_members", "gauge", "Rooms with local members.", len(sizes)),
-            Reading(
-                "room_members",
-                "histogram",
-                "Local members per room, over the rooms with members.",
-                histogram,
-            ),
-        ]
-        sizes.sort(key=lambda pair: (-pair[0], pair[1]))
-        for size, name in sizes[:TOP_ROOMS]:
-            out.append(
-                Reading(
-                    "room_members_top",
-                    "gauge",
-                    f"Local members of the {TOP_ROOMS} largest rooms.",
-                    size,
-                    (("room", name),),
-                )
-            )
-        return out
-
-    def join_room(
-        self,
-        name: str,
-        member: Member,
-        done: JoinCallback,
-        request: HistoryRequest | None = None,
-    ) -> None:
-        """Start a join; ``done`` gets the handle (perhaps before this returns).
-        Raises UnknownRoom or AlreadyJoined when that is known at once. ``request``:
-        the history a v2 joiner asked for."""
-        room = self.rooms.get(name)
-        if room is None:
-            raise UnknownRoom(f"no room named {name!r}")
-        room.begin_join(member, done, request)
-        self._presence.join(room, member)
-
-    def drop_user_session_handle(self, handle: UserSessionHandle) -> None:
-        self.leave(handle.room, handle.member)
-
-    def leave(self, room: ChatRoom, member: Member) -> None:
-        """Take a member (joined, or still joining) out of a room."""
-        if not room.remove(member):
-            raise NotJoined(f"not in room {room.name!r}")
-        self._presence.leave(room, member)

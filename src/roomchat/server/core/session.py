@@ -55,35 +55,56 @@ from roomchat.protocol import (
     COMMAND_TAGS,
     FEATURES,
     PROTOCOL_VERSION,
+    ArchiveRoom,
+    AuditEntry,
+    AuditLog,
+    AuditRequest,
     BadLine,
+    Ban,
+    CloseDm,
     Command,
     CommandDecoder,
+    CreateRoom,
     Error,
     Hello,
+    Invite,
     JoinRoom,
+    Kick,
     LeaveRoom,
     LineTooLong,
     LoginSuccessful,
+    Mute,
+    OpenDm,
     Ping,
     Pong,
     Quit,
     RateLimited,
+    Role,
     RoomDetail,
+    Rooms,
     SendMessage,
     ServerPing,
     ServerPong,
+    SetRole,
     Shutdown,
+    SlowMode,
+    Unban,
+    Unmute,
     Welcome,
     encode,
     name_key,
     valid_name,
 )
+from roomchat.server.auth import AuthError, looks_like_jwt
 from roomchat.server.core import errors
+from roomchat.server.core.clock import now_ms
+from roomchat.server.core.community import DM_HISTORY, moderation_event
 from roomchat.server.core.context import SessionContext
 from roomchat.server.core.errors import AlreadyJoined, BadCommand, NotJoined, Refused, RoomError
-from roomchat.server.core.flood import Bucket
+from roomchat.server.core.flood import Bucket, UserBucket
 from roomchat.server.core.history import HistoryRequest
 from roomchat.server.core.outbox import Mailbox
+from roomchat.server.core.policy import Action, Actor, Outcome, refused_join
 from roomchat.server.core.rooms import UserSessionHandle
 
 __all__ = ["COMMANDS", "TRANSITIONS", "Connection", "Phase", "Session", "new_session_id"]
@@ -151,8 +172,11 @@ class Connection(Protocol):
 
 class Session:
     __slots__ = (
+        "_admin",
         "_backlog",
         "_bucket",
+        "_claims",
+        "_community",
         "_connection",
         "_context",
         "_decoder",
@@ -164,11 +188,13 @@ class Session:
         "_name_held",
         "_paused",
         "_phase",
+        "_roles",
         "_rooms",
         "_shutting_down",
         "_stats",
         "_throttled",
         "_unread",
+        "_user_bucket",
         "heard",
         "mailbox",
         "name",
@@ -184,6 +210,7 @@ class Session:
     ) -> None:
         self._context = context
         self._rooms = context.rooms
+        self._community = context.community
         self._stats = context.stats
         self.mailbox = mailbox
         self.session_id = mailbox.key
@@ -200,6 +227,7 @@ class Session:
             if context.flood_rate > 0
             else None
         )
+        self._user_bucket: UserBucket | None = None  # per-user limits: this user's
         self._throttled = False  # reading stopped until the bucket refills
         self._episode = False  # a v2 session was told rate_limited in this episode
         # Heartbeats (liveness.py), used once v2.
@@ -213,6 +241,11 @@ class Session:
         self._unread: list[bytes] = []  # what came while LOGGING_IN
         self._eof = False
         self._ignored = 0
+        # Who the session is to the moderation rules (policy.py): a server admin, the
+        # roles and private rooms its login token gives.
+        self._admin = False
+        self._roles: tuple[tuple[str, str], ...] = ()
+        self._claims: tuple[str, ...] = ()
         self.name = name  # for logs: the peer's address
 
     def __repr__(self) -> str:
@@ -269,6 +302,8 @@ class Session:
         names = self._context.names
         if names.shared is None:
             self._enter(Phase.NEW)
+            self._community.enter(self)
+            self._as_user(self.user_id)
             self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
             return
         names.confirm_new(self.user_id, lambda holder: self._logged_in(rooms, holder))
@@ -286,6 +321,8 @@ class Session:
             names.confirm_new(user_id, lambda holder: self._logged_in(rooms, holder))
             return
         self._enter(Phase.NEW)
+        self._community.enter(self)
+        self._as_user(self.user_id)
         paused, self._paused = self._paused, False
         self.mailbox.send(encode(LoginSuccessful(self.session_id, self.user_id, rooms)))
         unread, self._unread = b"".join(self._unread), []
@@ -297,6 +334,15 @@ class Session:
             self._ended_input()
         elif paused:
             self._resume()
+
+    def _as_user(self, user: str | None) -> None:
+        """Charge ``user``'s bucket from now on (None: none; per-user limits)."""
+        buckets = self._context.user_buckets
+        if buckets is None:
+            return
+        if self._user_bucket is not None:
+            buckets.drop(self._user_bucket)
+        self._user_bucket = None if user is None else buckets.take(name_key(user))
 
     def receive_data(self, data: bytes) -> None:
         self.heard = True
@@ -316,6 +362,12 @@ class Session:
                 self._throttle(bucket)
             elif self._episode:
                 self._episode = False
+        user = self._user_bucket
+        if user is not None:  # per-user limits: the user's bucket, shared by its sessions
+            user.tokens -= len(items)
+            self._context.user_buckets.charged(user, len(items))  # type: ignore[union-attr]
+            if user.tokens < 0:
+                self._throttle(user)
         if phase is _READY:
             self._handle(items)
         else:  # NEW: what the first command left (a line too long may need READY)
@@ -402,6 +454,8 @@ class Session:
     def _release(self) -> None:
         """Give back what the session held on the server (its name, its heartbeat)."""
         context = self._context
+        self._community.leave(self)
+        self._as_user(None)
         if self._name_held:
             self._name_held = False
             context.names.release(self.user_id)
@@ -429,7 +483,9 @@ class Session:
                     end += 1
                 handle = self._handles.get(room)
                 if handle is not None and not self._shutting_down:
-                    if end == index:
+                    if handle.room.restricted:  # a mute, slow mode, a DM: checked first
+                        self._send_restricted(handle, items[index - 1 : end])
+                    elif end == index:
                         handle.send_message(item.content)
                     else:
                         handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
@@ -448,6 +504,24 @@ class Session:
                 self._ignore(f"{type(item).__name__} in a v1 session")
             else:
                 rule.handler(self, item)
+
+    def _send_restricted(self, handle: UserSessionHandle, run: list[_Item]) -> None:
+        """Messages to a restricted room (see _handle): those the community allows are
+        posted, the others refused (muted, slow mode)."""
+        messages = cast("list[SendMessage]", run)
+        try:
+            allowed = self._community.may_send(self.user_id, handle.room.name, len(messages))
+        except Refused as refused:
+            allowed, refusal = 0, refused
+        else:
+            refusal = errors.SlowModeWait("slow mode: one message at a time")
+        if allowed == 1:
+            handle.send_message(messages[0].content)
+        elif allowed:
+            handle.send_messages(messages[:allowed])
+        self._stats.messages += len(messages) - allowed
+        for refused_message in messages[allowed:]:
+            self._refuse(refused_message, refusal)
 
     def _drain_backlog(self) -> None:
         backlog = self._backlog
@@ -512,8 +586,16 @@ class Session:
         self._enter(_WAITING)
         self._joining = room
         try:
-            self._rooms.join_room(room, self.mailbox, self._joined, request)
-        except RoomError as exc:
+            self._rooms.join_room(
+                room,
+                self.mailbox,
+                self._joined,
+                request,
+                claimed=room in self._claims,
+                admin=self._admin,
+                now=now_ms(),
+            )
+        except Refused as exc:
             self._joining = None
             self._enter(_READY)
             self._refuse(item, exc)
@@ -580,6 +662,153 @@ class Session:
     def _hello_again(self, item: Hello) -> None:
         self._refuse(item, BadCommand("this session said hello already"))
 
+    # -- community commands (v2: docs/moderation.md) ----------------------------------
+    def _ask(
+        self,
+        item: Command,
+        request: Callable[[Callable[[object], None]], None],
+        answer: Callable[[object], None],
+    ) -> None:
+        """Ask the community service: commands wait for the answer (with Redis, after a
+        round trip), as during a join, so that what follows sees its effect."""
+        self._wait(None)
+
+        def answered(result: object) -> None:
+            if self._phase is _CLOSED:
+                return
+            paused = self._waited()
+            if isinstance(result, Refused):
+                self._refuse(item, result)
+            else:
+                answer(result)
+            if paused:
+                self._resume()
+            else:  # answered at once: what the answer queued (a join) goes first
+                self._drain_backlog()
+
+        try:
+            request(answered)
+        except Refused as refused:
+            self._waited()
+            self._refuse(item, refused)
+            return
+        self._pause_if_waiting()
+
+    def _create_room(self, item: CreateRoom) -> None:
+        community = self._community
+        self._ask(
+            item,
+            lambda done: community.create_room(
+                self.actor, item.room, item.description, item.private, done
+            ),
+            _nothing,
+        )
+
+    def _moderate(self, item: Command, action: Action) -> None:
+        def answer(result: object) -> None:
+            outcome = cast(Outcome, result)
+            room = outcome.action.room
+            mine = outcome.action.user is not None and name_key(outcome.action.user) == name_key(
+                self.user_id
+            )
+            if (room is None or not self.in_room(room)) and not mine:
+                self.tell(moderation_event(outcome))  # the actor sees it done
+
+        self._ask(item, lambda done: self._community.moderate(action, done), answer)
+
+    def _kick(self, item: Kick) -> None:
+        self._moderate(item, Action("kick", item.room, self.actor, item.user, why=item.why))
+
+    def _ban(self, item: Ban) -> None:
+        action = Action("ban", item.room, self.actor, item.user, item.seconds, why=item.why)
+        self._moderate(item, action)
+
+    def _unban(self, item: Unban) -> None:
+        self._moderate(item, Action("unban", item.room, self.actor, item.user))
+
+    def _mute(self, item: Mute) -> None:
+        action = Action("mute", item.room, self.actor, item.user, item.seconds, why=item.why)
+        self._moderate(item, action)
+
+    def _unmute(self, item: Unmute) -> None:
+        self._moderate(item, Action("unmute", item.room, self.actor, item.user))
+
+    def _invite(self, item: Invite) -> None:
+        self._moderate(item, Action("invite", item.room, self.actor, item.user))
+
+    def _set_role(self, item: SetRole) -> None:
+        self._moderate(item, Action("role", item.room, self.actor, item.user, role=item.role))
+
+    def _slow_mode(self, item: SlowMode) -> None:
+        self._moderate(item, Action("slow_mode", item.room, self.actor, seconds=item.seconds))
+
+    def _archive_room(self, item: ArchiveRoom) -> None:
+        self._moderate(item, Action("archive", item.room, self.actor, why=item.why))
+
+    def _audit_log(self, item: AuditRequest) -> None:
+        room = self._community.directory.find(item.room)
+        name = room.name if room is not None else item.room
+        limit = item.limit if item.limit is not None else 100
+
+        def answer(result: object) -> None:
+            self.tell(encode(AuditLog(name, tuple(cast("list[AuditEntry]", result)), item.id)))
+
+        self._ask(
+            item, lambda done: self._community.audit(self.actor, item.room, limit, done), answer
+        )
+
+    def _open_dm(self, item: OpenDm) -> None:
+        community = self._community
+        self._ask(item, lambda done: community.open_dm(self.actor, item.user, done), _nothing)
+
+    def _close_dm(self, item: CloseDm) -> None:
+        self._ask(
+            item, lambda done: self._community.close_dm(self.actor, item.user, done), _nothing
+        )
+
+    # -- what the community service asks (community.Occupant) --------------------------
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.user_id, self._admin, cast("tuple[tuple[str, Role], ...]", self._roles))
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        return self._claims
+
+    def tell(self, event: bytes) -> None:
+        if self._phase is not _CLOSED:
+            self.mailbox.send(event)
+
+    def in_room(self, room: str) -> bool:
+        return room in self._handles or self._joining == room
+
+    def remove_from(self, room: str) -> None:
+        handle = self._handles.pop(room, None)
+        if handle is not None:
+            self._rooms.drop_user_session_handle(handle)
+            return
+        if self._joining == room:  # the join's answer finds the session out of it
+            chat = self._rooms.rooms.get(room)
+            if chat is not None and chat.holds(self.mailbox):
+                self._rooms.leave(chat, self.mailbox)
+
+    def open_room(self, room: str, history: int) -> None:
+        if self._phase is _CLOSED or not self.v2 or room in self._handles:
+            return
+        join = JoinRoom(room, history=history)
+        if self._phase is _READY:
+            self._handle([join])
+        else:
+            self._backlog.append(join)
+
+    def disconnect(self, code: str, why: str) -> None:
+        if self._phase is _CLOSED:
+            return
+        log.info("%r: disconnected (%s): %s", self, code, why)
+        if self.v2:
+            self._error(code, why)
+        self.close(f"disconnected: {why}")
+
     # -- v2's hello ----------------------------------------------------------------------
     def _hello(self, hello: Hello) -> None:
         """A first hello (NEW): READY as the session's own id, WAITING while a name is
@@ -621,7 +850,10 @@ class Session:
             self._hello_refused(hello, errors.NameTaken(f"the name {user!r} is in use"))
             return
         context.names.release(self.user_id)
+        self._community.leave(self)
         self.user_id = self.mailbox.user_id = user
+        self._community.enter(self)
+        self._as_user(user)
         self._welcome(hello, user)
         if paused:
             self._resume()
@@ -646,6 +878,10 @@ class Session:
         )
         if context.liveness is not None:
             context.liveness.add(self)
+        community = self._community
+        self.mailbox.send(encode(Rooms(community.listing_for(self))))
+        for room in community.open_dms(user):  # direct messages open on this side
+            self.open_room(room, DM_HISTORY)
         log.info("%r: speaks v2", self)
 
     def _check_hello(self, hello: Hello) -> tuple[str, bool]:
@@ -655,6 +891,19 @@ class Session:
         if self._shutting_down:
             raise errors.ShuttingDown()
         name, token = hello.name, hello.token
+        identity = None
+        if token is not None and context.authenticator is not None and looks_like_jwt(token):
+            try:
+                identity = context.authenticator.verify(token)
+            except AuthError as refused:
+                raise errors.AuthFailed(f"the token is refused: {refused}") from None
+            if name is None:
+                name = identity.name
+            elif name_key(name) != name_key(identity.name):
+                raise errors.AuthFailed(f"the token is for {identity.name!r}, not {name!r}")
+            self._admin = identity.admin
+            self._roles = identity.roles
+            self._claims = identity.rooms
         if name is None:
             if token is not None:
                 raise BadCommand("a token without a name")
@@ -664,9 +913,16 @@ class Session:
         limiter = context.hello_limiter
         if limiter is not None and not limiter.allow(name_key(name)):
             raise errors.RateLimited(f"too many hellos for the name {name!r}: wait a while")
-        proven = token is not None and tokens.verify(context.secret, name, token, time.time())
+        proven = identity is not None or (
+            token is not None and tokens.verify(context.secret, name, token, time.time())
+        )
         if context.require_tokens and not proven:
             raise errors.NotAuthorised(f"the name {name!r} needs a valid token")
+        banned = refused_join(context.community.directory.server, name, False, False, now_ms())
+        if banned is not None:
+            raise banned
+        if proven and name_key(name) in context.community.admins:
+            self._admin = True
         if name_key(name) == name_key(self.user_id):
             return self.user_id, proven  # this session's own random id
         return name, proven  # whether it is free: the name registry answers (_hello)
@@ -749,4 +1005,21 @@ COMMANDS: dict[type[Any], _Rule] = {
     Ping: _Rule(Session._ping, v2_only=True),
     Pong: _Rule(Session._pong, v2_only=True),
     Hello: _Rule(Session._hello_again, v2_only=True),
+    CreateRoom: _Rule(Session._create_room, v2_only=True),
+    ArchiveRoom: _Rule(Session._archive_room, v2_only=True),
+    Invite: _Rule(Session._invite, v2_only=True),
+    Kick: _Rule(Session._kick, v2_only=True),
+    Ban: _Rule(Session._ban, v2_only=True),
+    Unban: _Rule(Session._unban, v2_only=True),
+    Mute: _Rule(Session._mute, v2_only=True),
+    Unmute: _Rule(Session._unmute, v2_only=True),
+    SetRole: _Rule(Session._set_role, v2_only=True),
+    SlowMode: _Rule(Session._slow_mode, v2_only=True),
+    AuditRequest: _Rule(Session._audit_log, v2_only=True),
+    OpenDm: _Rule(Session._open_dm, v2_only=True),
+    CloseDm: _Rule(Session._close_dm, v2_only=True),
 }
+
+
+def _nothing(result: object) -> None:
+    """The answer to a request whose effect the session sees as events already."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -45,8 +46,13 @@ class OperatorServer:
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
 
-    def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
+    def add_routes(
+        self, routes: Iterable[web.AbstractRouteDef], middleware: Any | None = None
+    ) -> None:
+        """More routes (the API), and the middleware that guards them, before start."""
         self.app.router.add_routes(routes)
+        if middleware is not None:
+            self.app.middlewares.append(middleware)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         """Listen; raises OSError if the address cannot be used."""

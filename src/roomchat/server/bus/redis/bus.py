@@ -36,6 +36,7 @@ from redis.crc import key_slot
 
 from roomchat.server.bus.redis import scripts
 from roomchat.server.bus.redis.commands import REGISTRY_PREFIX, ReplyHandler, RoomKeys
+from roomchat.server.bus.redis.community import RedisCommunity
 from roomchat.server.bus.redis.names import RedisNames
 from roomchat.server.bus.redis.nodes import (
     Address,
@@ -72,6 +73,7 @@ _EVENT = scripts.EVENT[0]
 #: The rarer kinds (control payloads), compared as bytes.
 _MARKER = scripts.MARKER
 _REASSERTED = scripts.REASSERTED
+_COMMUNITY = scripts.COMMUNITY
 #: A handler's error when there is no connection to write to.
 _NOT_CONNECTED = "not connected to Redis"
 
@@ -108,6 +110,10 @@ class RedisBus:
         # Room -> True (subscribed) or the future of its subscription.
         self._subscribed: dict[RoomLink, asyncio.Future[None] | bool] = {}
         self._unsubscribing: set[RoomLink] = set()
+        # Channels listened to for their D payloads (the community's), and what to call
+        # once an outage is over (the community reads its state again).
+        self._listeners: dict[RoomLink, Callable[[bytes], None]] = {}
+        self._restored: list[Callable[[], None]] = []
         self._shas: dict[str, bytes] = {}
         self._online = False
         self._closing = False
@@ -123,6 +129,7 @@ class RedisBus:
         self._rooms_key = self.registry_key("rooms:" + self.instance_id)
         self.presence = RedisPresence(self)
         self.names = RedisNames(self)
+        self.community = RedisCommunity(self)
 
     # -- Bus ---------------------------------------------------------------------------
     #: Redis numbers the messages (the POST script), not the rooms.
@@ -202,9 +209,17 @@ class RedisBus:
             ) from None
         self._online = True
         self._lease_task = self._spawn(self._renew_lease())
+        try:
+            await self.community.start()
+        except (OSError, TimeoutError, ReplyError, ConnectionError) as exc:
+            self._drop_connections()
+            raise BusError(
+                f"cannot read the community from {self._target.display}: {reason(exc)}"
+            ) from None
 
     async def close(self) -> None:
         self._closing = True
+        await self.community.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -256,6 +271,35 @@ class RedisBus:
         future, handler = reply_future()
         self.queue_registry(data, handler)
         return await future
+
+    async def call_key(self, key: bytes, data: bytes) -> Any:
+        """A command on the node of ``key``'s slot, and its reply (raises as call)."""
+        future, handler = reply_future()
+        self._queue_on(self._node_for_slot(key_slot(key)), data, handler)
+        return await future
+
+    def report_spending(
+        self, user: str, count: int, window: int, answer: Callable[[int], None]
+    ) -> None:
+        """Per-user limits (core/flood.py): add ``count`` to the user's spending in
+        ``window`` on every instance; ``answer`` gets the total (not during outages)."""
+        key = self.registry_key(f"spent:{window}:{user}")
+
+        def told(reply: Any) -> None:
+            if isinstance(reply, int):
+                answer(reply)
+
+        self.queue_registry(command(b"INCRBY", key, count), told)
+        self.queue_registry(command(b"EXPIRE", key, 5), _ignored)
+
+    def listen(
+        self, room: RoomLink, payloads: Callable[[bytes], None], restored: Callable[[], None]
+    ) -> asyncio.Future[None] | None:
+        """Receive the D payloads of ``room``'s channel (without the D), for good, and
+        be told when an outage is over (what came meanwhile is lost)."""
+        self._listeners[room] = payloads
+        self._restored.append(restored)
+        return self.interest(room)
 
     def report_error(self, error: Exception, what: str) -> None:
         self.stats.errors += 1
@@ -430,6 +474,10 @@ class RedisBus:
         if kind == _MARKER:  # a join's marker: J<session key>\n<"joined" event or nothing>
             key, _, announcement = payload[1:].partition(b"\n")
             room.join_marker(key.decode(), announcement or None)
+        elif kind == _COMMUNITY:  # D<json>: a community change (community.py)
+            listener = self._listeners.get(room)
+            if listener is not None:
+                listener(payload[1:])
         elif kind == _REASSERTED:  # O<instance>\n<event>: presence re-asserted after an outage
             origin, _, event = payload[1:].partition(b"\n")
             if origin.decode() != self.instance_id and event:
@@ -533,16 +581,18 @@ class RedisBus:
     async def _restore(self) -> None:
         """After a reconnection: subscribe to every room with local sessions again and
         re-assert their presence (Redis may have lost it), then renew the lease."""
-        rooms = self.presence.local_rooms()
+        rooms = [*self.presence.local_rooms(), *self._listeners]
         futures = [future for room in rooms if (future := self.interest(room)) is not None]
         async with asyncio.timeout(5.0):
             for outcome in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     raise ConnectionError(f"subscribing again failed: {outcome}")
-            for room in rooms:
+            for room in self.presence.local_rooms():
                 await self.presence.reassert(room)
             await self.names.reassert()
             await self._renew_once()
+        for restored in self._restored:
+            restored()
 
     # -- leases ------------------------------------------------------------------------
     async def _renew_lease(self) -> None:
@@ -598,3 +648,7 @@ class RedisBus:
                 other,
                 removed,
             )
+
+
+def _ignored(reply: Any) -> None:
+    pass

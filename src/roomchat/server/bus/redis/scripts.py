@@ -31,7 +31,7 @@ protocol module.
 
 from __future__ import annotations
 
-__all__ = ["EVENT", "MARKER", "MESSAGE", "REASSERTED", "SCRIPTS"]
+__all__ = ["COMMUNITY", "EVENT", "MARKER", "MESSAGE", "REASSERTED", "SCRIPTS"]
 
 #: The first byte of what a room's channel carries. The Lua below writes MARKER and
 #: MESSAGE itself; events come encoded from the protocol module, REASSERTED from ASSERT's
@@ -40,6 +40,8 @@ EVENT = b"{"
 MARKER = b"J"
 REASSERTED = b"O"
 MESSAGE = b"M"
+#: A community change on the community's channel (community.py): D<json>.
+COMMUNITY = b"D"
 
 # ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event,
 # then the history wanted (v2): mode ('' none, 'h' the last N, 'a' after a number), N
@@ -203,6 +205,35 @@ end
 return clashes
 """
 
+# The community (community.py). MODERATE, on the room's slot (the server's: the
+# registry's): KEYS policy (JSON), version, audit list; ARGV the version the action was
+# decided on, the policy after it, its audit entry, the audit list's length. Stored only
+# if nobody changed the room meanwhile (else 0: the instance reads it again and decides
+# once more); returns the new version.
+MODERATE = """
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if version ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+return redis.call('INCR', KEYS[2])
+"""
+
+# DM, on the registry's slot: KEYS the rooms hash, the DM's open sides (a set); ARGV the
+# room's key, its info (JSON, kept if the room exists), the user, 1 (open) or 0 (close).
+# Returns the sides open after it.
+DM = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+else
+  redis.call('SREM', KEYS[2], ARGV[3])
+end
+return redis.call('SMEMBERS', KEYS[2])
+"""
+
 SCRIPTS = {
     "join": JOIN,
     "leave": LEAVE,
@@ -211,4 +242,6 @@ SCRIPTS = {
     "name_claim": NAME_CLAIM,
     "name_release": NAME_RELEASE,
     "name_assert": NAME_ASSERT,
+    "moderate": MODERATE,
+    "dm": DM,
 }
