@@ -273,7 +273,7 @@ class Community:
         policy = Policy()
         if not actor.api:
             policy.roles[name_key(actor.name)] = "owner"
-        creation = Outcome(Action("create", name, actor, why=description or None), at)
+        creation = Outcome(Action("create", name, actor), at)
         self.store.create(info, policy, creation, done)
 
     def moderate(self, action: Action, done: Done) -> None:
