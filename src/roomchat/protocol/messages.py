@@ -203,6 +203,7 @@ ErrorCode = Literal[
     "muted",
     "slow_mode",
     "archived",
+    "unavailable",
 ]
 #: The stable error codes of docs/protocol.md. Clients must accept codes not listed
 #: here (a later server may add some), so ``Error.code`` is typed ``str``.

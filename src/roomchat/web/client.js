@@ -288,7 +288,9 @@ export class RoomchatClient {
     this._setState("open", { userId: this.userId, version });
     this.onEvent({ _et: "login_successful", s: this.sessionId, u: this.userId, rs: this.rooms, v: version });
     if (version >= 2 && this.heartbeat > 0) this._watch();
-    for (const room of this.joined) this._join(room);
+    // Direct messages open on our side the server joins itself, at login, with their
+    // history (the messages already seen are dropped by their q, as in any catch-up).
+    for (const room of this.joined) if (!room.startsWith("dm:")) this._join(room);
   }
 
   /** With heartbeats: ping after hb seconds of silence, give up after 2 × hb. */

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from roomchat.server import ChatServer, ServerConfig
+from roomchat.server.bus.redis import community as redis_community
 from tests.helpers import until
 from tests.redis_servers import RedisCluster, RedisServer
 from tests.server.test_community import SECRET, Peer, dm_got, names_of, peer
@@ -200,3 +201,27 @@ async def test_on_a_redis_cluster(redis_cluster_shared: RedisCluster, tmp_path: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_stalled_redis_refuses_a_change_instead_of_hanging(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis paused (CLIENT PAUSE): a community request is refused after the store's
+    wait (shortened here), the session reads again, and works once Redis does."""
+    monkeypatch.setattr(redis_community, "_ANSWER_WITHIN", 0.3)
+    srv = await ChatServer.start(
+        ServerConfig(host="127.0.0.1", port=0, bus_url=redis_server.url, user_rooms=True)
+    )
+    try:
+        alice = await peer(srv, "alice")
+        redis_server.command("CLIENT", "PAUSE", "3000", "ALL")
+        await alice.send(_ct="create_room", r="stalled", id="c1")
+        error = await alice.error("unavailable")
+        assert error["id"] == "c1" and "unreachable" in error["msg"], error
+        await alice.send(_ct="ping", id="p1")  # the session reads again at once
+        assert (await alice.next("pong"))["id"] == "p1"
+        redis_server.command("CLIENT", "UNPAUSE")
+        await alice.send(_ct="create_room", r="after")
+        await alice.next("room_added", rm={"n": "after", "d": "", "role": "owner"})
+    finally:
+        await srv.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from pathlib import Path
 from typing import cast
 
@@ -463,3 +464,84 @@ async def test_a_stray_payload_on_a_room_channel_is_logged_not_fatal(
         assert not re.search(LOST, "\n".join(one.lines)), one.lines
         alice.close()
         bob.close()
+
+
+# -- script cache and reconnect reasons (issue 19, items 2 and 4) -----------------------
+
+
+async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer) -> None:
+    """SCRIPT FLUSH (as after a failover to a replica) no longer ends cross-instance
+    delivery: the first NOSCRIPT makes the instance reconnect, which loads the scripts
+    again and re-asserts presence; messages cross again both ways."""
+    async with instances(2, "--bus", redis_server.url) as (one, two):
+        alice, bob = await one.client(), await two.client()
+        await join(alice)
+        await join(bob)
+        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+        await crosses(alice, bob)
+        mark = len(one.lines), len(two.lines)
+        await asyncio.to_thread(redis_server.command, "SCRIPT", "FLUSH")
+        await alice.send(ROOM, "after the flush")  # its POST meets NOSCRIPT
+        await one.wait_for_log(r"NOSCRIPT\), loading them again", after=mark[0])
+        await one.wait_for_log(BACK, after=mark[0])
+        await crosses(alice, bob)
+        await crosses(bob, alice)
+        assert not any("Traceback" in line for line in one.lines + two.lines)
+        alice.close()
+        bob.close()
+
+
+async def test_each_new_reason_a_reconnect_fails_is_logged(redis_server: RedisServer) -> None:
+    """A password that Redis starts to require, then Redis gone: each reason gets its own
+    line (not only the first attempt's), and the instance recovers once Redis is back."""
+    async with instances(1, "--bus", redis_server.url, "--metrics", "127.0.0.1:0") as (one,):
+        mark = len(one.lines)
+        redis_server.command("CONFIG", "SET", "requirepass", "s3cret")
+        with redis_server.client(password="s3cret") as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await one.wait_for_log(LOST, after=mark)
+        refused = r"reconnecting \(attempt \d+\): .*(NOAUTH|WRONGPASS|[Aa]uthenticat)"
+        await one.wait_for_log(refused, after=mark)
+        await asyncio.to_thread(redis_server.stop)  # forgets the password: not persisted
+        line = await one.wait_for_log(
+            r"reconnecting \(attempt (\d+)\): Connection refused", after=mark
+        )
+        # Logged as the reason changed, not at the next 20th attempt (as it was): the
+        # attempts before it are the few of the password's phase (backoff from 50 ms).
+        assert int(line.group(1)) < 20, line.group(0)
+        await asyncio.to_thread(redis_server.start)
+        await one.wait_for_log(BACK, after=mark)
+
+
+async def test_an_instance_frozen_past_its_lease_repairs_itself(
+    redis_server: RedisServer,
+) -> None:
+    """SIGSTOP past the lease: the other instance purges it (its user is announced
+    left); after SIGCONT the frozen instance notices its lease had lapsed and asserts its
+    sessions again: announced joined once, listed to a newcomer, and chatting again."""
+    async with instances(2, "--bus", redis_server.url, "--bus-lease", "1") as (one, two):
+        survivor, frozen = await one.client(), await two.client()
+        await join(survivor)
+        await join(frozen)
+        assert await next_event(survivor) == RoomParticipation(ROOM, frozen.user_id, "joined")
+        mark = len(two.lines)
+        two.process.send_signal(signal.SIGSTOP)
+        try:
+            assert await next_event(survivor) == RoomParticipation(ROOM, frozen.user_id, "left")
+            await one.wait_for_log(r"stopped renewing its lease: removed its 1 sessions")
+        finally:
+            two.process.send_signal(signal.SIGCONT)
+        await two.wait_for_log(r"lease had lapsed .* asserting its sessions", after=mark)
+        assert await next_event(survivor) == RoomParticipation(ROOM, frozen.user_id, "joined")
+        newcomer = await one.client()
+        assert set((await join(newcomer)).users) == {
+            survivor.user_id,
+            frozen.user_id,
+            newcomer.user_id,
+        }
+        # "joined" came once: nothing of the frozen user's up to the newcomer's join.
+        events = await wait_event(survivor, RoomParticipation(ROOM, newcomer.user_id, "joined"))
+        assert not [e for e in events if isinstance(e, RoomParticipation)], events
+        await crosses(frozen, survivor)
+        for client in (survivor, frozen, newcomer):
+            client.close()

@@ -25,6 +25,7 @@ from roomchat.server.core.errors import (
     RoomInvalid,
     ShuttingDown,
     SlowModeWait,
+    Unavailable,
     UnknownRoom,
 )
 
@@ -47,6 +48,7 @@ CODES: dict[type[Refused], str] = {
     RoomExists: "room_exists",
     RoomInvalid: "room_invalid",
     Archived: "archived",
+    Unavailable: "unavailable",
 }
 
 

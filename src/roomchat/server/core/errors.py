@@ -31,6 +31,7 @@ __all__ = [
     "RoomInvalid",
     "ShuttingDown",
     "SlowModeWait",
+    "Unavailable",
     "UnknownRoom",
 ]
 
@@ -98,6 +99,12 @@ class RoomInvalid(Refused):
 
 class Archived(Refused):
     code = "archived"
+
+
+class Unavailable(Refused):
+    """What the command needs (the community store in Redis) cannot be reached now."""
+
+    code = "unavailable"
 
 
 class RoomError(Refused):

@@ -41,6 +41,7 @@ _STATUS = {
     "archived": 409,
     "not_authorised": 403,
     "banned": 403,
+    "unavailable": 503,
 }
 _JSON = "application/json"
 _JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}

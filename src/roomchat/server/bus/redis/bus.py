@@ -308,6 +308,12 @@ class RedisBus:
             # A slot moved (resharding): find the new owners, as after any outage.
             self._lost(f"{what}: {message}")
             return
+        if message.startswith("NOSCRIPT"):
+            # Redis lost its scripts (SCRIPT FLUSH, a failover to a replica, a restart not
+            # seen as one): every later EVALSHA would fail. Reconnecting loads them again
+            # and re-asserts presence and names, as after an outage.
+            self._lost(f"{what}: Redis lost its scripts (NOSCRIPT), loading them again")
+            return
         if not isinstance(error, ConnectionError) and (
             self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
         ):
@@ -557,6 +563,7 @@ class RedisBus:
     async def _reconnect(self) -> None:
         delay = _BACKOFF_FIRST
         attempts = 0
+        last = ""
         while not self._closing:
             await asyncio.sleep(delay)
             attempts += 1
@@ -567,8 +574,13 @@ class RedisBus:
             except (OSError, TimeoutError, ReplyError, ConnectionError, BusError) as exc:
                 self._online = False
                 self._drop_connections()
-                if attempts == 1 or attempts % 20 == 0:
-                    log.warning("redis bus: reconnecting (attempt %d): %s", attempts, reason(exc))
+                self.stats.reconnect_failures += 1
+                why = reason(exc)
+                # Each new reason once (refused, then a password refused, ...), and the
+                # same one every 20th attempt: the log says why, and stays short.
+                if why != last or attempts % 20 == 0:
+                    log.warning("redis bus: reconnecting (attempt %d): %s", attempts, why)
+                last = why
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             log.warning(
@@ -602,7 +614,8 @@ class RedisBus:
                 continue
             try:
                 async with asyncio.timeout(self._lease / 3):
-                    await self._renew_once()
+                    if await self._renew_once():
+                        await self._repair()
                     await self._purge_dead()
             except TimeoutError:
                 self._lost(f"no answer from Redis within {self._lease / 3:g} s")
@@ -610,16 +623,40 @@ class RedisBus:
                 if self._online:
                     log.warning("redis bus: lease renewal failed: %s", reason(exc))
 
-    async def _renew_once(self) -> None:
+    async def _renew_once(self) -> bool:
+        """Renew the lease; whether it had lapsed meanwhile (so the others may have
+        purged this instance's sessions and names). The first renewal, at start-up or
+        after an outage, has no lease before it: the caller knows that."""
         # Straight on the registry node's connection, not through queue_registry:
         # start() renews before the bus is online (queueing would refuse).
         node = self._registry_node()
         assert node.cmd is not None
         me = self.instance_id
-        await node.cmd.call(
-            "SET", self.registry_key("lease:" + me), b"1", "PX", int(self._lease * 1000)
+        before = await node.cmd.call(
+            "SET", self.registry_key("lease:" + me), b"1", "PX", int(self._lease * 1000), "GET"
         )
         await node.cmd.call("SADD", self._instances_key, me)
+        return before is None
+
+    async def _repair(self) -> None:
+        """The lease had lapsed (this process was frozen, or cut off, for longer than the
+        lease): the others may have announced its users ``left`` and dropped its names.
+        Assert every session and name again, as after an outage: users the others
+        removed are announced ``joined`` again, once; a name taken meanwhile is handled
+        as in an outage (names.py)."""
+        self.stats.lease_repairs += 1
+        log.warning(
+            "redis bus: this instance's lease had lapsed (frozen or cut off for longer "
+            "than --bus-lease %g s): asserting its sessions and names again (#%d)",
+            self._lease,
+            self.stats.lease_repairs,
+        )
+        node = self._registry_node()
+        assert node.cmd is not None
+        for room in self.presence.local_rooms():
+            await node.cmd.call("SADD", self._rooms_key, room.name)
+            await self.presence.reassert(room)
+        await self.names.reassert()
 
     async def _purge_dead(self) -> None:
         """Remove the sessions of instances whose lease ran out."""

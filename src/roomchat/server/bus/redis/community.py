@@ -31,10 +31,11 @@ import msgspec
 
 from roomchat.protocol import AuditEntry, room_key
 from roomchat.server.bus.redis.commands import REGISTRY_PREFIX, RoomKeys, room_tag
+from roomchat.server.bus.redis.nodes import reason
 from roomchat.server.bus.redis.resp import ReplyError, command
 from roomchat.server.core.clock import now_ms
 from roomchat.server.core.community import AUDIT_MAX, audit_entry
-from roomchat.server.core.errors import Refused, RoomExists
+from roomchat.server.core.errors import Refused, RoomExists, Unavailable
 from roomchat.server.core.history import HistoryRequest, Snapshot
 from roomchat.server.core.policy import Outcome, Policy, RoomInfo
 from roomchat.server.core.ports import CommunityListener, Done, Participant
@@ -48,6 +49,8 @@ _TRIES = 5
 _ROOMS = (REGISTRY_PREFIX + "community:rooms").encode()
 _SERVER = REGISTRY_PREFIX + "community:server:"
 _CHANNEL_ROOM = "\0community"  # the name of the community's channel's room link
+#: Seconds a request waits for Redis before it is refused (the session waits meanwhile).
+_ANSWER_WITHIN = 5.0
 
 _encode = msgspec.json.Encoder().encode
 _info = msgspec.json.Decoder(RoomInfo)
@@ -225,11 +228,16 @@ class RedisCommunity:
     def _answer(self, done: Done, work: Any) -> None:
         async def run() -> None:
             try:
-                done(await work)
+                async with asyncio.timeout(_ANSWER_WITHIN):  # a stalled Redis: refused
+                    result = await work
+                done(result)
             except Refused as refused:
                 done(refused)
-            except (ConnectionError, ReplyError, OSError, TimeoutError) as exc:
-                done(Refused(f"the community store is unreachable: {exc}"))
+            except ReplyError as exc:
+                self._bus.report_error(exc, "a community change")  # NOSCRIPT: reloaded
+                done(Unavailable(f"the community store refused it: {exc}"))
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                done(Unavailable(f"the community store is unreachable: {reason(exc)}"))
 
         self._spawn(run())
 

@@ -18,12 +18,14 @@ class BusStats:
     __slots__ = (
         "connects",
         "errors",
+        "lease_repairs",
         "local_only",
         "outages",
         "overflow",
         "published",
         "purged_instances",
         "received",
+        "reconnect_failures",
     )
 
     def __init__(self) -> None:
@@ -34,6 +36,8 @@ class BusStats:
         self.errors = 0  # error replies from Redis
         self.outages = 0  # times the connection to Redis was lost
         self.connects = 0  # successful (re)connections
+        self.reconnect_failures = 0  # attempts to reconnect that failed
+        self.lease_repairs = 0  # times this instance found its lease lapsed and repaired
         self.purged_instances = 0  # dead instances cleaned up by this one
 
     def readings(self, *, connected: bool, queued_bytes: int) -> tuple[Reading, ...]:
@@ -63,6 +67,18 @@ class BusStats:
                 "counter",
                 "Of those, events kept local because Redis was too slow.",
                 self.overflow,
+            ),
+            Reading(
+                "bus_reconnect_failures",
+                "counter",
+                "Attempts to reconnect to Redis that failed.",
+                self.reconnect_failures,
+            ),
+            Reading(
+                "bus_lease_repairs",
+                "counter",
+                "Times this instance found its lease lapsed and asserted its sessions again.",
+                self.lease_repairs,
             ),
             Reading(
                 "bus_purged_instances",
