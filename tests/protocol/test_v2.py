@@ -19,25 +19,38 @@ from roomchat.protocol import (
     ERROR_CODES,
     FEATURES,
     MAX_ID_LENGTH,
+    AuditEntry,
+    AuditLog,
     BadLine,
+    Ban,
     CommandDecoder,
+    CreateRoom,
     Error,
     EventDecoder,
     Hello,
     History,
     HistoryMessage,
     JoinRoom,
+    Kick,
     LeaveRoom,
     Message,
+    Moderated,
+    Mute,
+    OpenDm,
     ParticipationStatus,
     Ping,
     Pong,
     Quit,
     RateLimited,
+    RoomAdded,
+    RoomListing,
     RoomParticipation,
+    RoomRemoved,
+    Rooms,
     SendMessage,
     ServerPing,
     ServerPong,
+    SetRole,
     Shutdown,
     UserMessage,
     Welcome,
@@ -126,6 +139,46 @@ GOLDEN_V2: list[tuple[bytes, Message]] = [
     (
         b'{"_et":"shutdown","reconnect_ms":2000,"msg":"server restarting"}',
         Shutdown(2000, "server restarting"),
+    ),
+    # community (docs/moderation.md)
+    (
+        b'{"_ct":"create_room","r":"games","d":"board games","p":true,"id":"c1"}',
+        CreateRoom("games", "board games", True, "c1"),
+    ),
+    (b'{"_ct":"kick","r":"games","u":"bob","why":"be nice"}', Kick("games", "bob", "be nice")),
+    (b'{"_ct":"ban","u":"bob","r":"games","s":600}', Ban("bob", "games", 600)),
+    (b'{"_ct":"mute","u":"bob"}', Mute("bob")),
+    (
+        b'{"_ct":"set_role","r":"games","u":"carol","role":"moderator"}',
+        SetRole("games", "carol", "moderator"),
+    ),
+    (b'{"_ct":"open_dm","u":"bob"}', OpenDm("bob")),
+    (
+        b'{"_et":"rooms","rs":[{"n":"general","d":"Anything goes"},'
+        b'{"n":"games","d":"","p":true,"role":"owner"},'
+        b'{"n":"dm:alice+bob","d":"","p":true,"dm":"bob"}]}',
+        Rooms(
+            (
+                RoomListing("general", "Anything goes"),
+                RoomListing("games", "", True, None, "owner"),
+                RoomListing("dm:alice+bob", "", True, "bob"),
+            )
+        ),
+    ),
+    (
+        b'{"_et":"room_added","rm":{"n":"games","d":"board games"}}',
+        RoomAdded(RoomListing("games", "board games")),
+    ),
+    (b'{"_et":"room_removed","r":"games","why":"archived"}', RoomRemoved("games", "archived")),
+    (
+        b'{"_et":"moderation","r":"games","by":"alice","what":"ban","u":"bob","until":1764355800000,'
+        b'"why":"spam","ts":1764355200000}',
+        Moderated("games", "alice", "ban", "bob", 1764355800000, None, None, "spam", 1764355200000),
+    ),
+    (
+        b'{"_et":"audit","r":"games","es":[{"ts":1764355200000,"by":"alice","what":"kick",'
+        b'"u":"bob"}],"id":"a1"}',
+        AuditLog("games", (AuditEntry(1764355200000, "alice", "kick", "bob"),), "a1"),
     ),
 ]
 IDS = [golden.decode()[:48] for golden, _ in GOLDEN_V2]
