@@ -9,8 +9,9 @@ ARGS   ?=
 .PHONY: run test lint typecheck unit bench soak tui stress clean install install-dev redis chromium
 
 # The web client too: open http://127.0.0.1:8081/ (ARGS="--ws ..." moves it, "--ws ''" is off).
+# --user-rooms: anyone may try /create (docs/moderation.md); a deployment decides for itself.
 run: $(VENV)/.installed
-	$(BIN)/roomchat serve --ws 127.0.0.1:8081 $(ARGS)
+	$(BIN)/roomchat serve --ws 127.0.0.1:8081 --user-rooms $(ARGS)
 
 tui: $(VENV)/.installed
 	$(BIN)/roomchat tui $(ARGS)
