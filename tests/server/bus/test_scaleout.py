@@ -23,6 +23,7 @@ from roomchat.server.bus.redis import RedisBus, RoomKeys
 from tests.helpers import until
 from tests.instances import TIMEOUT, instances
 from tests.redis_servers import RedisCluster, RedisServer
+from tests.serve_cli import assert_one_clean_line, run_roomchat
 
 ROOM = "general"
 LOST = r"redis bus: .*(lost|dropped)"
@@ -545,3 +546,21 @@ async def test_an_instance_frozen_past_its_lease_repairs_itself(
         await crosses(frozen, survivor)
         for client in (survivor, frozen, newcomer):
             client.close()
+
+
+async def test_credentials_refused_at_start_up_are_one_clear_line(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.command("CONFIG", "SET", "requirepass", "s3cret")
+    try:
+        status, stderr = await run_roomchat("serve", "--port", "0", "--bus", redis_server.url)
+        assert status != 0
+        assert_one_clean_line(stderr, "cannot use the Redis bus", "NOAUTH")
+        wrong = redis_server.url.replace("redis://", "redis://:wrong@")
+        status, stderr = await run_roomchat("serve", "--port", "0", "--bus", wrong)
+        assert status != 0
+        assert_one_clean_line(stderr, "WRONGPASS")
+        assert "wrong" not in stderr  # the password is not logged
+    finally:
+        with redis_server.client(password="s3cret") as admin:
+            admin.execute_command("CONFIG", "SET", "requirepass", "")
