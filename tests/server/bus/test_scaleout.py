@@ -564,3 +564,25 @@ async def test_credentials_refused_at_start_up_are_one_clear_line(
     finally:
         with redis_server.client(password="s3cret") as admin:
             admin.execute_command("CONFIG", "SET", "requirepass", "")
+
+
+async def test_a_history_refused_by_redis_is_counted_and_logged_not_swallowed(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The room's stream key holds something else (WRONGTYPE): the message is still
+    delivered, and the refusal is counted and logged (it was dropped silently)."""
+    server = await ChatServer.start(
+        ServerConfig(host="127.0.0.1", port=0, bus_url=redis_server.url)
+    )
+    try:
+        client = await connect("127.0.0.1", server.port, timeout=TIMEOUT)
+        await join(client)
+        redis_server.command("SET", RoomKeys(ROOM).stream, "not a stream")
+        await client.send(ROOM, "still delivered")
+        assert await next_event(client) == UserMessage(ROOM, client.user_id, "still delivered")
+        bus = cast(RedisBus, server.bus)
+        await until(lambda: bus.stats.errors >= 1, "the refusal counted")
+        assert any("history" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
+        client.close()
+    finally:
+        await server.close()

@@ -383,6 +383,9 @@ class RedisBus:
     def _on_publish_reply(self, reply: Any) -> None:
         if isinstance(reply, ReplyError):
             self.report_error(reply, "publish")
+        elif isinstance(reply, list):  # POST: published, but the history refused it
+            refused = reply[1].decode(errors="replace") if len(reply) > 1 else "?"
+            self.report_error(ReplyError(refused), "keeping a message in the room's history")
 
     def _local_only(self, overflow: bool) -> None:
         stats = self.stats

@@ -72,14 +72,24 @@ return {redis.call('ZRANGE', KEYS[3], 0, -1), seq, entries}
 # keep them, publish them, in one step (so every instance sees the same numbers in the
 # same order). KEYS: counter, stream, channel. ARGV: history size (0: keep nothing),
 # publish verb, how many messages, their time (ms, the posting instance's clock), the
-# lines. The run is one stream entry, its id the first message's number. Returns it.
+# lines. The run is one stream entry, its id the first message's number. Returns it;
+# if the stream refused the entry (the message is still numbered and published), the
+# number and the error, for the bus to count and log.
 POST = """
 local count = tonumber(ARGV[3])
 local first = redis.call('INCRBY', KEYS[1], count) - count + 1
+local refused = nil
 if ARGV[1] ~= '0' then
-  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], first .. '-0', 't', ARGV[4], 'm', ARGV[5])
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], first .. '-0',
+    't', ARGV[4], 'm', ARGV[5])
+  if type(added) == 'table' and added.err then
+    refused = added.err
+  end
 end
 redis.call(ARGV[2], KEYS[3], 'M' .. first .. ' ' .. ARGV[4] .. '\\n' .. ARGV[5])
+if refused then
+  return {first, refused}
+end
 return first
 """
 
