@@ -22,11 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
-import msgspec
-
 from roomchat.protocol import (
     HISTORY_MAX,
-    MESSAGE_TAIL,
     AuditEntry,
     Moderated,
     RoomAdded,
@@ -35,7 +32,6 @@ from roomchat.protocol import (
     UserMessage,
     dm_room,
     encode,
-    encode_head,
     name_key,
     valid_name,
     valid_room_name,
@@ -84,8 +80,6 @@ API_SENDER = "@server"
 AUDIT_MAX = 1000
 #: Messages a direct message's receiver gets with it when it opens on their side.
 DM_HISTORY = HISTORY_MAX
-
-_encode_json = msgspec.json.Encoder().encode
 
 
 class Occupant(Protocol):
@@ -349,8 +343,7 @@ class Community:
             raise UnknownRoom(f"no room named {room!r}")
         if info.archived:
             raise Archived(f"room {info.name!r} is archived")
-        head = encode_head(UserMessage(info.name, API_SENDER, ""))
-        self.directory.rooms[info.name].post(head + _encode_json(content) + MESSAGE_TAIL)
+        self.directory.rooms[info.name].post(encode(UserMessage(info.name, API_SENDER, content)))
 
     # -- the hot path's slow lane ----------------------------------------------------------
     def may_send(self, user: str, room: str, count: int = 1) -> int:

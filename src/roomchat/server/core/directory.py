@@ -23,9 +23,15 @@ from roomchat.protocol import (
     name_key,
     room_key,
 )
-from roomchat.server.core.errors import Archived, NotJoined, Refused, UnknownRoom
+from roomchat.server.core.errors import (
+    Archived,
+    NotAuthorised,
+    NotJoined,
+    Refused,
+    UnknownRoom,
+)
 from roomchat.server.core.history import HistoryRequest
-from roomchat.server.core.policy import Policy, RoomInfo, refused_join
+from roomchat.server.core.policy import PRIVATE_REFUSAL, Policy, RoomInfo, refused_join
 from roomchat.server.core.ports import Bus, Presence
 from roomchat.server.core.rooms import (
     ROOM_MEMBER_BUCKETS,
@@ -197,14 +203,12 @@ class Directory:
     def refusal(self, info: RoomInfo, user: str, claimed: bool, now: int) -> Refused | None:
         """Why ``user`` may not join ``info`` (its ban, the server's, privacy), or None."""
         refusal = refused_join(self.server, user, False, False, now)
-        if refusal is None:
-            dm = info.dm
-            if dm is not None:
-                if name_key(user) not in dm:
-                    return refused_join(Policy(), user, True, False, now)
-                return None
-            refusal = refused_join(self.policies[info.name], user, info.private, claimed, now)
-        return refusal
+        if refusal is not None:
+            return refusal
+        dm = info.dm
+        if dm is not None:  # only its two users, and no ban but the server's
+            return None if name_key(user) in dm else NotAuthorised(PRIVATE_REFUSAL)
+        return refused_join(self.policies[info.name], user, info.private, claimed, now)
 
     def drop_user_session_handle(self, handle: UserSessionHandle) -> None:
         self.leave(handle.room, handle.member)

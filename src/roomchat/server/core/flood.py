@@ -90,15 +90,21 @@ class UserBucket(Bucket):
     ``total``: the user's spending in the current window on every instance, as the
     store last answered (for tests and logs)."""
 
-    __slots__ = ("key", "reporting", "sessions", "spent", "total")
+    __slots__ = ("_owner", "key", "reporting", "sessions", "spent", "total")
 
-    def __init__(self, key: str, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        super().__init__(rate, burst, clock)
+    def __init__(self, key: str, owner: UserBuckets) -> None:
+        super().__init__(owner.rate, owner.burst, owner.clock)
+        self._owner = owner
         self.key = key
         self.sessions = 0
         self.spent = 0
         self.total = 0
         self.reporting = False
+
+    def charge(self, count: int) -> None:
+        """``count`` commands read for the user (by any of its sessions here)."""
+        self.tokens -= count
+        self._owner.charged(self, count)
 
 
 #: What a shared store (bus/redis/limits.py) is asked: add ``count`` commands of user
@@ -123,8 +129,8 @@ class UserBuckets:
         wall: Callable[[], float],
         report: Report | None = None,
     ) -> None:
-        self.rate, self.burst = rate, burst
-        self._clock, self._call_later, self._wall = clock, call_later, wall
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._call_later, self._wall = call_later, wall
         self._report = report
         self._buckets: dict[str, UserBucket] = {}
 
@@ -135,7 +141,7 @@ class UserBuckets:
     def take(self, key: str) -> UserBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = UserBucket(key, self.rate, self.burst, self._clock)
+            bucket = self._buckets[key] = UserBucket(key, self)
         bucket.sessions += 1
         return bucket
 
@@ -145,7 +151,7 @@ class UserBuckets:
             self._buckets.pop(bucket.key, None)
 
     def charged(self, bucket: UserBucket, count: int) -> None:
-        """``count`` commands read for the user (the session charged the tokens)."""
+        """``count`` commands charged to ``bucket``: reported to the shared store soon."""
         if self._report is None:
             return
         bucket.spent += count

@@ -34,6 +34,7 @@ __all__ = [
     "MEMBER",
     "MODERATOR",
     "OWNER",
+    "PRIVATE_REFUSAL",
     "Action",
     "Actor",
     "Outcome",
@@ -291,6 +292,9 @@ def decide(action: Action, policy: Policy, now: int) -> Outcome:
     return Outcome(action, now, until)
 
 
+#: Why a private room (or another pair's direct message) refuses a join.
+PRIVATE_REFUSAL = "a private room: you need an invitation"
+
 _RANK_NAMES = {MEMBER: "member", MODERATOR: "moderator", OWNER: "owner", ADMIN: "admin"}
 
 
@@ -302,5 +306,5 @@ def refused_join(
     if banned is not None:
         return Banned("you are banned from this room" + (f" until {banned}" if banned else ""))
     if not policy.may_join(user, private, claimed):
-        return NotAuthorised("a private room: you need an invitation")
+        return NotAuthorised(PRIVATE_REFUSAL)
     return None

@@ -73,6 +73,7 @@ from roomchat.protocol import (
     LeaveRoom,
     LineTooLong,
     LoginSuccessful,
+    ModerationAction,
     Mute,
     OpenDm,
     Ping,
@@ -364,8 +365,7 @@ class Session:
                 self._episode = False
         user = self._user_bucket
         if user is not None:  # per-user limits: the user's bucket, shared by its sessions
-            user.tokens -= len(items)
-            self._context.user_buckets.charged(user, len(items))  # type: ignore[union-attr]
+            user.charge(len(items))
             if user.tokens < 0:
                 self._throttle(user)
         if phase is _READY:
@@ -716,34 +716,19 @@ class Session:
 
         self._ask(item, lambda done: self._community.moderate(action, done), answer)
 
-    def _kick(self, item: Kick) -> None:
-        self._moderate(item, Action("kick", item.room, self.actor, item.user, why=item.why))
-
-    def _ban(self, item: Ban) -> None:
-        action = Action("ban", item.room, self.actor, item.user, item.seconds, why=item.why)
+    def _moderation(self, item: Command) -> None:
+        """kick, ban, unban, mute, unmute, invite, set_role, slow_mode, archive_room: their
+        fields are named alike (room, user, seconds, role, why; see _ACTIONS)."""
+        action = Action(
+            _ACTIONS[type(item)],
+            getattr(item, "room", None),
+            self.actor,
+            getattr(item, "user", None),
+            getattr(item, "seconds", None),
+            getattr(item, "role", None),
+            getattr(item, "why", None),
+        )
         self._moderate(item, action)
-
-    def _unban(self, item: Unban) -> None:
-        self._moderate(item, Action("unban", item.room, self.actor, item.user))
-
-    def _mute(self, item: Mute) -> None:
-        action = Action("mute", item.room, self.actor, item.user, item.seconds, why=item.why)
-        self._moderate(item, action)
-
-    def _unmute(self, item: Unmute) -> None:
-        self._moderate(item, Action("unmute", item.room, self.actor, item.user))
-
-    def _invite(self, item: Invite) -> None:
-        self._moderate(item, Action("invite", item.room, self.actor, item.user))
-
-    def _set_role(self, item: SetRole) -> None:
-        self._moderate(item, Action("role", item.room, self.actor, item.user, role=item.role))
-
-    def _slow_mode(self, item: SlowMode) -> None:
-        self._moderate(item, Action("slow_mode", item.room, self.actor, seconds=item.seconds))
-
-    def _archive_room(self, item: ArchiveRoom) -> None:
-        self._moderate(item, Action("archive", item.room, self.actor, why=item.why))
 
     def _audit_log(self, item: AuditRequest) -> None:
         room = self._community.directory.find(item.room)
@@ -995,6 +980,19 @@ class _Rule:
         self.v2_only = v2_only
 
 
+#: The moderation commands and the action each asks for (Session._moderation).
+_ACTIONS: dict[type[Any], ModerationAction] = {
+    Kick: "kick",
+    Ban: "ban",
+    Unban: "unban",
+    Mute: "mute",
+    Unmute: "unmute",
+    Invite: "invite",
+    SetRole: "role",
+    SlowMode: "slow_mode",
+    ArchiveRoom: "archive",
+}
+
 #: What the session does with each decoded line, but ``send_message`` (see _handle).
 COMMANDS: dict[type[Any], _Rule] = {
     JoinRoom: _Rule(Session._join),
@@ -1006,15 +1004,7 @@ COMMANDS: dict[type[Any], _Rule] = {
     Pong: _Rule(Session._pong, v2_only=True),
     Hello: _Rule(Session._hello_again, v2_only=True),
     CreateRoom: _Rule(Session._create_room, v2_only=True),
-    ArchiveRoom: _Rule(Session._archive_room, v2_only=True),
-    Invite: _Rule(Session._invite, v2_only=True),
-    Kick: _Rule(Session._kick, v2_only=True),
-    Ban: _Rule(Session._ban, v2_only=True),
-    Unban: _Rule(Session._unban, v2_only=True),
-    Mute: _Rule(Session._mute, v2_only=True),
-    Unmute: _Rule(Session._unmute, v2_only=True),
-    SetRole: _Rule(Session._set_role, v2_only=True),
-    SlowMode: _Rule(Session._slow_mode, v2_only=True),
+    **{kind: _Rule(Session._moderation, v2_only=True) for kind in _ACTIONS},
     AuditRequest: _Rule(Session._audit_log, v2_only=True),
     OpenDm: _Rule(Session._open_dm, v2_only=True),
     CloseDm: _Rule(Session._close_dm, v2_only=True),
