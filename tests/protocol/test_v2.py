@@ -25,15 +25,21 @@ from roomchat.protocol import (
     Ban,
     CommandDecoder,
     CreateRoom,
+    DeleteMessage,
+    EditMessage,
     Error,
     EventDecoder,
     Hello,
     History,
     HistoryMessage,
+    HistoryPage,
     JoinRoom,
     Kick,
     LeaveRoom,
+    MarkRead,
     Message,
+    MessageDeleted,
+    MessageEdited,
     Moderated,
     Mute,
     OpenDm,
@@ -50,8 +56,11 @@ from roomchat.protocol import (
     SendMessage,
     ServerPing,
     ServerPong,
+    SetRetention,
     SetRole,
     Shutdown,
+    StartTyping,
+    Typing,
     UserMessage,
     Welcome,
     encode,
@@ -93,7 +102,7 @@ GOLDEN_V2: list[tuple[bytes, Message]] = [
         b'{"_et":"welcome","v":2,"s":"V1StGXR8_Z5jdHi6B-myT","u":"alice","t":"'
         + TOKEN.encode()
         + b'","f":["errors","names","history","heartbeat","flood_control","shutdown_notice",'
-        b'"rooms","moderation","direct_messages"],'
+        b'"rooms","moderation","direct_messages","paging","edits","read_markers","typing"],'
         b'"hb":30,"id":"h1"}',
         Welcome(2, "V1StGXR8_Z5jdHi6B-myT", "alice", TOKEN, FEATURES, 30, "h1"),
     ),
@@ -132,6 +141,59 @@ GOLDEN_V2: list[tuple[bytes, Message]] = [
         ),
     ),
     (b'{"_et":"history","r":"general","ms":[],"q":0,"gap":true}', History("general", (), 0, True)),
+    # lasting history (docs/protocol.md, "History that lasts")
+    (
+        b'{"_et":"history","r":"general","ms":[{"u":"bob","c":"hey!","q":40,"ts":1764355100000,'
+        b'"ed":1764355150000},{"u":"bob","c":"","q":41,"ts":1764355200000,"ed":1764355250000,'
+        b'"del":true}],"q":97,"gap":false,"e":"3f9c2a1b7d40","id":"p1"}',
+        History(
+            "general",
+            (
+                HistoryMessage("bob", "hey!", 40, 1764355100000, 1764355150000),
+                HistoryMessage("bob", "", 41, 1764355200000, 1764355250000, True),
+            ),
+            97,
+            False,
+            "3f9c2a1b7d40",
+            "p1",
+        ),
+    ),
+    (
+        b'{"_ct":"join_room","r":"general","after":41,"e":"3f9c2a1b7d40"}',
+        JoinRoom("general", None, 41, epoch="3f9c2a1b7d40"),
+    ),
+    (
+        b'{"_ct":"history","r":"general","before":42,"limit":20,"id":"p1"}',
+        HistoryPage("general", 42, None, 20, None, "p1"),
+    ),
+    (
+        b'{"_ct":"history","r":"general","after":41,"limit":200,"e":"3f9c2a1b7d40"}',
+        HistoryPage("general", None, 41, 200, "3f9c2a1b7d40"),
+    ),
+    (
+        b'{"_ct":"edit_message","r":"general","q":40,"c":"hey!","id":"e1"}',
+        EditMessage("general", 40, "hey!", "e1"),
+    ),
+    (b'{"_ct":"delete_message","r":"general","q":41}', DeleteMessage("general", 41)),
+    (b'{"_ct":"mark_read","r":"general","q":97}', MarkRead("general", 97)),
+    (b'{"_ct":"typing","r":"general"}', StartTyping("general")),
+    (
+        b'{"_ct":"set_retention","r":"general","n":10000,"days":30}',
+        SetRetention("general", 10000, 30),
+    ),
+    (
+        b'{"_et":"message_edited","r":"general","q":40,"u":"bob","c":"hey!","ts":1764355150000}',
+        MessageEdited("general", 40, "bob", "hey!", 1764355150000),
+    ),
+    (
+        b'{"_et":"message_deleted","r":"general","q":41,"u":"carol","ts":1764355250000}',
+        MessageDeleted("general", 41, "carol", 1764355250000),
+    ),
+    (b'{"_et":"typing","r":"general","u":"bob"}', Typing("general", "bob")),
+    (
+        b'{"_et":"rooms","rs":[{"n":"general","d":"Anything goes","un":3,"rd":97}]}',
+        Rooms((RoomListing("general", "Anything goes", unread=3, read=97),)),
+    ),
     (b'{"_et":"ping"}', ServerPing()),
     (b'{"_et":"pong","id":"p1"}', ServerPong("p1")),
     (b'{"_et":"pong"}', ServerPong()),

@@ -3,6 +3,18 @@ sans-I/O codec (no I/O here). See docs/protocol.md."""
 
 from __future__ import annotations
 
+from roomchat.protocol.archive import (
+    PAGE_MAX,
+    DeleteMessage,
+    EditMessage,
+    HistoryPage,
+    MarkRead,
+    MessageDeleted,
+    MessageEdited,
+    SetRetention,
+    StartTyping,
+    Typing,
+)
 from roomchat.protocol.codec import (
     DEFAULT_MAX_LINE_LENGTH,
     MESSAGE_TAIL,
@@ -48,6 +60,7 @@ from roomchat.protocol.community import (
     Unmute,
 )
 from roomchat.protocol.messages import (
+    ARCHIVE_COMMAND_TYPES,
     COMMAND_TAGS,
     COMMAND_TYPES,
     COMMUNITY_COMMAND_TYPES,
@@ -108,6 +121,7 @@ DEFAULT_IDLE_TIMEOUT_S = 60
 HISTORY_MAX = 100
 
 __all__ = [
+    "ARCHIVE_COMMAND_TYPES",
     "COMMAND_TAGS",
     "COMMAND_TYPES",
     "COMMUNITY_COMMAND_TYPES",
@@ -123,6 +137,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MESSAGE_TAIL",
     "NAME_MAX_LENGTH",
+    "PAGE_MAX",
     "PROTOCOL_VERSION",
     "ROLES",
     "ROOM_NAME_MAX_LENGTH",
@@ -140,6 +155,8 @@ __all__ = [
     "Command",
     "CommandDecoder",
     "CreateRoom",
+    "DeleteMessage",
+    "EditMessage",
     "Error",
     "ErrorCode",
     "Event",
@@ -148,6 +165,7 @@ __all__ = [
     "Hello",
     "History",
     "HistoryMessage",
+    "HistoryPage",
     "Invite",
     "JoinRoom",
     "Kick",
@@ -155,7 +173,10 @@ __all__ = [
     "LineDecoder",
     "LineTooLong",
     "LoginSuccessful",
+    "MarkRead",
     "Message",
+    "MessageDeleted",
+    "MessageEdited",
     "Moderated",
     "ModerationAction",
     "Mute",
@@ -175,9 +196,12 @@ __all__ = [
     "SendMessage",
     "ServerPing",
     "ServerPong",
+    "SetRetention",
     "SetRole",
     "Shutdown",
     "SlowMode",
+    "StartTyping",
+    "Typing",
     "Unban",
     "Unmute",
     "UserJoinedRoom",

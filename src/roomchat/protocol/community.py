@@ -167,6 +167,10 @@ class RoomListing(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     dm: str | None = None
     #: This user's role in the room (absent: member).
     role: Role | None = None
+    #: In ``rooms`` at login, for a room this user has a read marker in: messages after
+    #: it (``un``), and the marker itself (``rd``, the highest ``q`` read).
+    unread: int | None = msgspec.field(default=None, name="un")
+    read: int | None = msgspec.field(default=None, name="rd")
 
 
 class Rooms(EventBase, frozen=True, tag="rooms"):

@@ -12,11 +12,12 @@ v2 fields only ever appear after the v1 ones, at the end of the object.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
 __all__ = [
+    "ARCHIVE_COMMAND_TYPES",
     "COMMAND_TAGS",
     "COMMAND_TYPES",
     "COMMUNITY_COMMAND_TYPES",
@@ -56,6 +57,17 @@ __all__ = [
     "Welcome",
 ]
 
+from roomchat.protocol.archive import (
+    DeleteMessage,
+    EditMessage,
+    HistoryPage,
+    MarkRead,
+    MessageDeleted,
+    MessageEdited,
+    SetRetention,
+    StartTyping,
+    Typing,
+)
 from roomchat.protocol.base import MAX_ID_LENGTH, CommandBase, Count, EventBase, Id
 from roomchat.protocol.community import (
     ArchiveRoom,
@@ -87,6 +99,11 @@ class JoinRoom(CommandBase, frozen=True, tag="join_room"):
     history: Count | None = msgspec.field(default=None, name="h")  # the last N messages
     after: Count | None = None  # every message with a sequence number above this one
     id: Id | None = None
+    # with ``after``: the epoch of the history ``after`` counts in (a ``history``'s ``e``;
+    # after ``id``, so that v1-era positional uses keep their meaning)
+    epoch: Annotated[str, msgspec.Meta(max_length=64)] | None = msgspec.field(
+        default=None, name="e"
+    )
 
 
 class LeaveRoom(CommandBase, frozen=True, tag="leave_room"):
@@ -180,6 +197,10 @@ Feature = Literal[
     "rooms",
     "moderation",
     "direct_messages",
+    "paging",
+    "edits",
+    "read_markers",
+    "typing",
 ]
 #: Every feature of version 2, in the order the server lists them in ``welcome``.
 FEATURES: tuple[Feature, ...] = get_args(Feature)
@@ -204,6 +225,7 @@ ErrorCode = Literal[
     "slow_mode",
     "archived",
     "unavailable",
+    "not_found",
 ]
 #: The stable error codes of docs/protocol.md. Clients must accept codes not listed
 #: here (a later server may add some), so ``Error.code`` is typed ``str``.
@@ -231,13 +253,16 @@ class Error(EventBase, frozen=True, tag="error"):
     id: str | None = None  # the command's id
 
 
-class HistoryMessage(msgspec.Struct, frozen=True, gc=False):
-    """One past message of a room, in :class:`History`."""
+class HistoryMessage(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One past message of a room, in :class:`History`: as it is now (an edited one with
+    its last edit's time; a deleted one a tombstone, its content empty)."""
 
     user_id: str = msgspec.field(name="u")
     content: str = msgspec.field(name="c")
     seq: int = msgspec.field(name="q")
     timestamp: int = msgspec.field(name="ts")
+    edited: int | None = msgspec.field(default=None, name="ed")
+    deleted: bool = msgspec.field(default=False, name="del")
 
 
 class History(EventBase, frozen=True, tag="history"):
@@ -247,6 +272,9 @@ class History(EventBase, frozen=True, tag="history"):
     messages: tuple[HistoryMessage, ...] = msgspec.field(name="ms")  # oldest first
     seq: int = msgspec.field(name="q")  # the room's latest sequence number at the join
     gap: bool  # some messages after ``after`` are no longer held (always on the wire)
+    #: The epoch of the room's numbering: it changes exactly when the numbering restarts.
+    epoch: str | None = msgspec.field(default=None, name="e")
+    id: str | None = None  # a ``history`` command's id (a page)
 
 
 class ServerPing(EventBase, frozen=True, tag="ping"):
@@ -295,6 +323,12 @@ Command = (
     | AuditRequest
     | OpenDm
     | CloseDm
+    | HistoryPage
+    | EditMessage
+    | DeleteMessage
+    | MarkRead
+    | StartTyping
+    | SetRetention
 )
 #: Everything a client decodes. A session that never said ``hello`` gets v1's only.
 Event = (
@@ -314,6 +348,9 @@ Event = (
     | RoomRemoved
     | Moderated
     | AuditLog
+    | MessageEdited
+    | MessageDeleted
+    | Typing
 )
 Message = Command | Event
 
@@ -335,8 +372,17 @@ COMMUNITY_COMMAND_TYPES: tuple[type[Command], ...] = (
     OpenDm,
     CloseDm,
 )
+#: v2's lasting-history commands (the paging, edits, read_markers and typing features).
+ARCHIVE_COMMAND_TYPES: tuple[type[Command], ...] = (
+    HistoryPage,
+    EditMessage,
+    DeleteMessage,
+    MarkRead,
+    StartTyping,
+    SetRetention,
+)
 COMMAND_TYPES: tuple[type[Command], ...] = (
-    V1_COMMAND_TYPES + V2_COMMAND_TYPES + COMMUNITY_COMMAND_TYPES
+    V1_COMMAND_TYPES + V2_COMMAND_TYPES + COMMUNITY_COMMAND_TYPES + ARCHIVE_COMMAND_TYPES
 )
 V1_EVENT_TYPES: tuple[type[Event], ...] = (
     LoginSuccessful,
@@ -357,6 +403,9 @@ V2_EVENT_TYPES: tuple[type[Event], ...] = (
     RoomRemoved,
     Moderated,
     AuditLog,
+    MessageEdited,
+    MessageDeleted,
+    Typing,
 )
 EVENT_TYPES: tuple[type[Event], ...] = V1_EVENT_TYPES + V2_EVENT_TYPES
 
