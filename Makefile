@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit bench soak tui stress clean install install-dev redis chromium
+.PHONY: run test lint typecheck unit bench soak tui stress clean install install-dev redis chromium postgresql
 
 # The web client too: open http://127.0.0.1:8081/ (ARGS="--ws ..." moves it, "--ws ''" is off).
 # --user-rooms: anyone may try /create (docs/moderation.md); a deployment decides for itself.
@@ -19,13 +19,13 @@ tui: $(VENV)/.installed
 stress: $(VENV)/.installed
 	$(BIN)/roomchat stress $(ARGS)
 
-test: $(VENV)/.installed-dev redis chromium
+test: $(VENV)/.installed-dev redis chromium postgresql
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest $(ARGS)
 
-unit: $(VENV)/.installed-dev redis chromium
+unit: $(VENV)/.installed-dev redis chromium postgresql
 	$(BIN)/pytest $(ARGS)
 
 bench: $(VENV)/.installed-dev redis
@@ -44,6 +44,12 @@ redis:
 # chromedriver; this finds them or, as root on Debian, installs the two packages.
 chromium:
 	@scripts/ensure-chromium
+
+# The store tests (tests/server/store/) start their own PostgreSQL servers (initdb in a
+# temporary directory, a free port); this finds Debian's server binaries or, as root,
+# installs the package without starting its service.
+postgresql:
+	@scripts/ensure-postgresql
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

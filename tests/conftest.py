@@ -29,6 +29,14 @@ _ON_BOTH_LOOPS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # `roomchat serve` keeps its SQLite store in the user's state directory: servers the
+    # tests start as commands keep theirs in a directory of this run, never the user's.
+    import tempfile
+
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="roomchat-tests-state-")
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:

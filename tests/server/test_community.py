@@ -81,6 +81,9 @@ class Peer:
                 "user_message",
                 "history",
                 "user_joined_room",
+                "message_edited",
+                "message_deleted",
+                "typing",
             ):
                 continue
             assert event["_et"] == "error", event

@@ -179,7 +179,9 @@ async def test_v2_events_exact_bytes(server: ChatServer) -> None:
     alice = await raw(server, b'{"_ct":"hello","v":2,"name":"alice"}')
     lines = await raw_join(alice)
     assert lines[0] == b'{"_et":"user_joined_room","r":"general","us":["alice"]}\r\n'
-    assert lines[1] == encode(History(ROOM, (), 0, False))
+    epoch = json.loads(lines[1])["e"]  # opaque, fixed for the room's numbering
+    assert isinstance(epoch, str) and epoch
+    assert lines[1] == encode(History(ROOM, (), 0, False, epoch))
     joined = json.loads(lines[2])
     assert lines[2] == encode(RoomParticipation(ROOM, "alice", "joined", joined["ts"]))
     await alice.send(b'{"_ct":"send_message","r":"general","c":"hi \xf0\x9f\x91\x8b"}')
@@ -193,7 +195,9 @@ async def test_v2_events_exact_bytes(server: ChatServer) -> None:
 
     bob = await raw(server, b'{"_ct":"hello","v":2,"name":"bob"}')
     lines = await raw_join(bob, extra=b',"h":5')
-    assert lines[1] == encode(History(ROOM, (HistoryMessage("alice", "hi 👋", 1, ts),), 1, False))
+    assert lines[1] == encode(
+        History(ROOM, (HistoryMessage("alice", "hi 👋", 1, ts),), 1, False, epoch)
+    )
     left = await alice.until("room_participation")  # bob's joined
     await bob.send(b'{"_ct":"leave_room","r":"general"}')
     left = await alice.line()
@@ -457,7 +461,8 @@ async def test_history_off_still_counts(bus_url: str) -> None:
         assert seqs == [1, 2]
         reader = await connect("127.0.0.1", srv.port, v2=True)
         result = await reader.join_and_wait(ROOM, after=0)
-        assert result.history == History(ROOM, (), 2, True)
+        assert result.history is not None and result.history.epoch
+        assert result.history == History(ROOM, (), 2, True, result.history.epoch)
         for client in (sender, reader):
             client.close()
     finally:

@@ -29,6 +29,7 @@ from roomchat.server.shells.net import listen, server_tls_context
 from roomchat.server.shells.shell import Shell, ShellConnection
 from roomchat.server.shells.tcp import TcpConnection
 from roomchat.server.shells.ws import WebServer
+from roomchat.server.store import Archive, StoreError, open_store
 from roomchat.system import open_files_limit
 
 __all__ = [
@@ -86,6 +87,14 @@ class ChatServer:
             config.bus_url, wakeups=self.outbox, lease=config.bus_lease, history=config.history
         )
         self.rooms = Directory(rooms, self.bus, self.outbox, stats, history=config.history)
+        #: Where messages last (server/store/): started before the server listens.
+        self.archive = Archive(
+            open_store(config.store, str(config.data_dir) if config.data_dir else None),
+            backlog=config.store_backlog,
+            keep_messages=config.retain_messages,
+            keep_days=config.retain_days,
+            sweep_every=config.retention_sweep,
+        )
         secret_file = config.auth_secret_file
         require = config.require_tokens
         jwt = authenticator_of(config)
@@ -114,6 +123,9 @@ class ChatServer:
             user_rate=config.user_rate,
             user_burst=config.user_burst,
             user_report=self.bus.report_spending,
+            archive=self.archive,
+            relay=self.bus.relay,
+            forget=self.bus.forget,
         )
         self.shell = Shell(
             self.context,
@@ -155,13 +167,30 @@ class ChatServer:
     async def start(cls, config: ServerConfig) -> ChatServer:
         """Load the rooms, connect the bus and listen.
 
-        Raises RoomsFileError, BusError or ServerStartError with a one-line reason."""
+        Raises RoomsFileError, BusError, StoreError or ServerStartError with a one-line
+        reason."""
         try:
             tls = server_tls_context(config.tls_cert, config.tls_key)
             server = cls(config, load_rooms(config.rooms_path), tls)
         except (ValueError, SecretFileError) as exc:
             raise ServerStartError(str(exc)) from None
-        await server.bus.start()
+        try:
+            await server.archive.start()
+        except StoreError as exc:
+            await server.archive.store.close()
+            raise StoreError(f"cannot open the message store: {exc}") from None
+        server.rooms.keep_with(server.archive)
+        server.bus.keep_with(server.archive)
+        try:
+            await server._preload()
+        except StoreError as exc:
+            await server.archive.close()
+            raise StoreError(f"cannot read the message store: {exc}") from None
+        try:
+            await server.bus.start()
+        except BaseException:
+            await server.archive.close()
+            raise
         try:
             server._server = await listen(
                 lambda: TcpConnection(server.shell),
@@ -172,6 +201,7 @@ class ChatServer:
             )
         except OSError as exc:
             await server.bus.close()
+            await server.archive.close()
             server.outbox.close()
             reason = exc.strerror or str(exc)
             raise ServerStartError(
@@ -184,6 +214,17 @@ class ChatServer:
             await server._start_web()
         return server
 
+    async def _preload(self) -> None:
+        """In process: each room holds its last messages from the store again, so that
+        joins and catch-up go on across a restart (Redis holds its own)."""
+        if not self.bus.numbers_here:
+            return
+        for name, room in self.rooms.rooms.items():
+            if room.seq and room.history_size:
+                room.preload(
+                    await self.archive.store.page(name, room.epoch, None, None, room.history_size)
+                )
+
     def _watch(self, fds: Iterable[int]) -> None:
         for fd in fds:  # a coalescing wait never holds up accepting
             self.outbox.watch(fd)
@@ -193,10 +234,14 @@ class ChatServer:
             self.outbox.unwatch(fd)
 
     async def _start_metrics(self, host: str, port: int) -> None:
-        sources = (self.stats, self.shell, self.rooms, self.outbox, self.bus)
+        sources = (self.stats, self.shell, self.rooms, self.outbox, self.bus, self.archive)
         endpoint = OperatorServer(ServerCollector(sources), self._not_ready)
         if self._api_keys is not None:
-            endpoint.add_routes(*api_routes(self.context.community, self._api_keys))
+            endpoint.add_routes(
+                *api_routes(
+                    self.context.community, self._api_keys, self.context.keeper, self.archive
+                )
+            )
         try:
             await endpoint.start(host, port, reuse_port=self.config.reuse_port)
         except OSError as exc:
@@ -281,6 +326,7 @@ class ChatServer:
                     async with asyncio.timeout(1.0):
                         await self._server.wait_closed()
             await self.bus.close()
+            await self.archive.close()
             if self.metrics is not None:
                 self._probe.stop()
                 self._unwatch(self.metrics.sockets)
@@ -336,10 +382,11 @@ async def serve(
         on_listening(server)
     else:
         log.info(
-            "roomchat listening on %s with %d rooms, bus %s (%s)",
+            "roomchat listening on %s with %d rooms, bus %s, store %s (%s)",
             ", ".join(server.addresses),
             len(server.rooms.details),
             server.bus.description,
+            server.archive.store.description,
             limits_summary(config),
         )
     log.info(

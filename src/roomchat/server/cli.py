@@ -26,6 +26,9 @@ from roomchat.server.config import (
     DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_PENDING_OUTPUT,
     DEFAULT_PORT,
+    DEFAULT_RETAIN_DAYS,
+    DEFAULT_RETAIN_MESSAGES,
+    DEFAULT_STORE_BACKLOG,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     HELLO_BURST,
     RoomsFileError,
@@ -34,6 +37,7 @@ from roomchat.server.config import (
 from roomchat.server.ops.logs import LOG_FORMATS, configure_logging
 from roomchat.server.ops.workers import WorkerRole, WorkersError, supervise
 from roomchat.server.shells.net import listen_address
+from roomchat.server.store import StoreError
 
 __all__ = ["command"]
 
@@ -230,6 +234,53 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     help="v2: messages kept per room for history and catch-up (0: none).",
 )
 @click.option(
+    "--store",
+    envvar="ROOMCHAT_STORE",
+    default=None,
+    show_envvar=True,
+    metavar="URL",
+    help="Where messages last: sqlite:///PATH, postgresql://USER@HOST/DB (instances "
+    "sharing rooms over Redis), or memory:// (nothing kept across restarts). "
+    "[default: the SQLite file roomchat.sqlite3 in --data-dir]",
+)
+@click.option(
+    "--data-dir",
+    envvar="ROOMCHAT_DATA_DIR",
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The SQLite store's directory, created on first use. "
+    "[default: $XDG_STATE_HOME/roomchat, else ~/.local/state/roomchat]",
+)
+@click.option(
+    "--store-backlog",
+    envvar="ROOMCHAT_STORE_BACKLOG",
+    default=DEFAULT_STORE_BACKLOG,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(1),
+    help="Messages waiting for a slow or unreachable store, at most; beyond that new "
+    "ones are delivered but not kept (counted and logged).",
+)
+@click.option(
+    "--retain-messages",
+    envvar="ROOMCHAT_RETAIN_MESSAGES",
+    default=DEFAULT_RETAIN_MESSAGES,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(0),
+    help="Messages each room keeps in the store (0: all); a room's own setting wins.",
+)
+@click.option(
+    "--retain-days",
+    envvar="ROOMCHAT_RETAIN_DAYS",
+    default=DEFAULT_RETAIN_DAYS,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(0),
+    help="Days each room keeps its messages (0: no limit); a room's own setting wins.",
+)
+@click.option(
     "--heartbeat",
     envvar="ROOMCHAT_HEARTBEAT",
     default=DEFAULT_HEARTBEAT,
@@ -382,6 +433,11 @@ def command(
     ws: str,
     ws_origins: tuple[str, ...],
     history: int,
+    store: str | None,
+    data_dir: Path | None,
+    store_backlog: int,
+    retain_messages: int,
+    retain_days: int,
     heartbeat: float,
     idle_timeout: float,
     flood_rate: float,
@@ -432,6 +488,11 @@ def command(
         ws=ws.strip(),
         ws_origins=tuple(o for item in ws_origins for o in item.replace(",", " ").split()),
         history=history,
+        store=store,
+        data_dir=data_dir,
+        store_backlog=store_backlog,
+        retain_messages=retain_messages,
+        retain_days=retain_days,
         heartbeat=heartbeat,
         idle_timeout=idle_timeout,
         flood_rate=flood_rate,
@@ -459,7 +520,7 @@ def command(
             _run(worker.configure(config), worker.listening)
         else:
             _run(config)
-    except (RoomsFileError, ServerStartError, BusError, WorkersError) as exc:
+    except (RoomsFileError, ServerStartError, BusError, WorkersError, StoreError) as exc:
         if worker is not None:
             worker.failed(str(exc))  # the parent says it, once for all workers
         raise click.ClickException(str(exc)) from None

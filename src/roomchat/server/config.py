@@ -79,6 +79,13 @@ DEFAULT_HELLO_RATE = 1.0
 HELLO_BURST = 10.0
 #: v2: messages kept per room for history and catch-up.
 DEFAULT_HISTORY = HISTORY_MAX
+#: The message store: messages handed over but not yet written, at most (beyond that
+#: new ones are not kept, counted and logged), and what each room keeps by default.
+DEFAULT_STORE_BACKLOG = 100_000
+DEFAULT_RETAIN_MESSAGES = 100_000
+DEFAULT_RETAIN_DAYS = 0
+#: Seconds between two retention sweeps.
+DEFAULT_RETENTION_SWEEP = 60.0
 #: v2: seconds without input before a ping, and before the close (docs/protocol.md).
 DEFAULT_HEARTBEAT = float(DEFAULT_HEARTBEAT_S)
 DEFAULT_IDLE_TIMEOUT = float(DEFAULT_IDLE_TIMEOUT_S)
@@ -133,6 +140,18 @@ class ServerConfig:
     ws_origins: tuple[str, ...] = ()
     #: v2: messages kept per room for history and catch-up (0: none; seq still counts).
     history: int = DEFAULT_HISTORY
+    #: ``--store``: where messages last (server/store/): "memory://" (this default:
+    #: nothing outlives the process), "sqlite:///PATH", "postgresql://…", or None: the
+    #: SQLite file in ``data_dir`` (``roomchat serve``'s default).
+    store: str | None = "memory://"
+    #: ``--data-dir``: the SQLite store's directory (None: the user's state directory).
+    data_dir: Path | None = None
+    store_backlog: int = DEFAULT_STORE_BACKLOG
+    #: Retention per room (0: no limit): messages kept and days kept; a room's own
+    #: setting (set_retention, the API) overrides them.
+    retain_messages: int = DEFAULT_RETAIN_MESSAGES
+    retain_days: int = DEFAULT_RETAIN_DAYS
+    retention_sweep: float = DEFAULT_RETENTION_SWEEP
     #: v2: seconds without input before the server pings (0: no heartbeats), and before
     #: it closes the session with idle_timeout (0: never).
     heartbeat: float = DEFAULT_HEARTBEAT

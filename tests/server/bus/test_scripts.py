@@ -59,8 +59,16 @@ class Redis:
         """A presence script (JOIN, LEAVE, ASSERT) on the room's keys."""
         return await self.run(name, self.keys.script_keys, *args)
 
+    async def post_reply(self, history: int, count: int, ts: int, lines: bytes) -> Any:
+        """POST's whole reply: [first number, epoch] or [first, epoch, the stream's error]."""
+        return await self.run(
+            "post", self.keys.post_keys, history, "PUBLISH", "i1-", count, ts, lines
+        )
+
     async def post(self, history: int, count: int, ts: int, lines: bytes) -> Any:
-        return await self.run("post", self.keys.post_keys, history, "PUBLISH", count, ts, lines)
+        """POST's number (and the stream's error, if any), without the epoch."""
+        reply = await self.post_reply(history, count, ts, lines)
+        return reply[0] if len(reply) == 2 else [reply[0], reply[2]]
 
     async def published(self) -> bytes:
         """The next message on the room's channel."""
@@ -104,6 +112,31 @@ JOINED = {user: joined_event(ROOM, user) for user in ("alice", "bob", "carol")}
 LEFT = {user: left_event(ROOM, user) for user in ("alice", "bob", "carol")}
 
 
+async def join_reply(
+    r: Redis,
+    session: str,
+    user: str,
+    instance: str = "i1",
+    mode: bytes = b"",
+    count: int = 0,
+    after: int = 0,
+) -> Any:
+    """JOIN's whole reply: users, latest number, entries, epoch, changes."""
+    return await r.room(
+        "join",
+        session,
+        instance,
+        user,
+        "PUBLISH",
+        JOINED[user],
+        LEFT[user],
+        mode,
+        count,
+        after,
+        instance + "-",
+    )
+
+
 async def join(
     r: Redis,
     session: str,
@@ -113,9 +146,8 @@ async def join(
     count: int = 0,
     after: int = 0,
 ) -> Any:
-    return await r.room(
-        "join", session, instance, user, "PUBLISH", JOINED[user], LEFT[user], mode, count, after
-    )
+    """JOIN's users, latest number and entries."""
+    return (await join_reply(r, session, user, instance, mode, count, after))[:3]
 
 
 # -- JOIN --------------------------------------------------------------------------------
@@ -266,10 +298,40 @@ async def test_post_goes_on_when_the_stream_refuses_the_entry(r: Redis) -> None:
     # pcall, the message is still numbered and published, and the error is answered
     # (the bus counts and logs it: never swallowed).
     await r.cmd.call("XADD", r.keys.stream, "9-0", "t", "0", "m", "old\r\n")
-    number, error = await r.post(100, 1, 7, b"new\r\n")
+    number, _, error = await r.post_reply(100, 1, 7, b"new\r\n")
     assert number == 1 and b"equal or smaller" in error
     assert await r.published() == b"M1 7\nnew\r\n"
     assert await r.cmd.call("XLEN", r.keys.stream) == 1
+
+
+# -- epochs and changes ------------------------------------------------------------------
+
+
+async def test_join_and_post_agree_on_the_epoch_and_a_lost_counter_makes_a_new_one(
+    r: Redis,
+) -> None:
+    first = await join_reply(r, "s1", "alice", instance="i1")
+    epoch = first[3]
+    assert epoch.startswith(b"i1-")
+    assert (await r.post_reply(100, 1, 5, b"m\r\n"))[1] == epoch
+    assert (await join_reply(r, "s2", "bob", instance="i2"))[3] == epoch  # not i2's
+    # Redis lost the room (a restart without persistence): the numbering restarts, and
+    # so does the epoch, whoever comes first.
+    await r.cmd.call("DEL", r.keys.counter, r.keys.epoch, r.keys.stream)
+    number, again = await r.post_reply(100, 1, 6, b"m\r\n")
+    assert number == 1 and again != epoch and again.startswith(b"i1-")
+
+
+async def test_change_keeps_the_event_for_joins_and_relays_it(r: Redis) -> None:
+    await r.post(100, 2, 5, b"a\r\nb\r\n")
+    await r.published()
+    event = b'{"_et":"message_deleted","r":"general","q":2,"u":"bob","ts":9}'
+    assert await r.room("change", "PUBLISH", 2, event) == 1
+    assert await r.published() == b"V" + event
+    reply = await join_reply(r, "s1", "alice", mode=b"h", count=10)
+    assert reply[4] == [b"2", event]
+    # A join that asks no history gets no changes.
+    assert (await join_reply(r, "s2", "bob"))[4] == []
 
 
 # -- ASSERT ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from roomchat.server.core.errors import (
     NameInvalid,
     NameTaken,
     NotAuthorised,
+    NotFound,
     NotJoined,
     RateLimited,
     Refused,
@@ -49,6 +50,7 @@ CODES: dict[type[Refused], str] = {
     RoomInvalid: "room_invalid",
     Archived: "archived",
     Unavailable: "unavailable",
+    NotFound: "not_found",
 }
 
 

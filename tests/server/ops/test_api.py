@@ -223,3 +223,68 @@ async def test_key_file_problems_stop_the_start(tmp_path: Path) -> None:
             )
     with pytest.raises(ServerStartError, match="--metrics"):
         await ChatServer.start(ServerConfig(host="127.0.0.1", port=0, api_key_file=short))
+
+
+async def test_history_pages_retention_and_purge(server: ChatServer, api: Api) -> None:
+    """The stored history through the API: a page, the room's retention read and set,
+    and an admin's purge, after which a new member's join history is empty too (on
+    every instance's bus) and the numbering goes on."""
+    alice = await peer(server, "alice")
+    await alice.join("general")
+    for n in range(5):
+        await alice.say("general", f"m{n}")
+    for n in range(5):
+        assert (await alice.next("user_message"))["c"] == f"m{n}"
+    await alice.send(_ct="delete_message", r="general", q=2, id="d")
+    await alice.next("message_deleted", q=2)
+    await alice.send(_ct="edit_message", r="general", q=3, c="m2'", id="e")
+    await alice.next("message_edited", q=3)
+    await alice.drain()
+
+    status, page = await api.call("GET", "/rooms/general/history?limit=3", key=READ_ONLY)
+    assert status == 200, page
+    assert page["room"] == "general" and page["seq"] == 5 and page["epoch"]
+    assert [(m["seq"], m["content"], m["deleted"]) for m in page["messages"]] == [
+        (3, "m2'", False),
+        (4, "m3", False),
+        (5, "m4", False),
+    ]
+    assert "edited" in page["messages"][0] and "edited" not in page["messages"][1]
+    status, page = await api.call("GET", "/rooms/general/history?before=3")
+    assert [(m["seq"], m["content"], m["deleted"]) for m in page["messages"]] == [
+        (1, "m0", False),
+        (2, None, True),
+    ]
+    status, page = await api.call("GET", "/rooms/general/history?after=4")
+    assert [m["seq"] for m in page["messages"]] == [5]
+    for bad in ("limit=0", "limit=201", "before=x", "after=-1", "before=3&after=1"):
+        status, body = await api.call("GET", f"/rooms/general/history?{bad}")
+        assert (status, body["error"]) == (400, "bad_command"), bad
+    assert (await api.call("GET", "/rooms/nowhere/history"))[0] == 404
+
+    status, kept = await api.call("GET", "/rooms/general/retention")
+    assert status == 200 and kept == {"room": "general", "messages": 100_000, "days": 0}
+    status, kept = await api.call("PUT", "/rooms/general/retention", {"messages": 10, "days": 7})
+    assert status == 200 and kept == {"room": "general", "messages": 10, "days": 7}
+    status, kept = await api.call("PUT", "/rooms/general/retention", {"days": 0})
+    assert kept == {"room": "general", "messages": 100_000, "days": 0}  # back to the server's
+    for bad in ({"messages": -1}, {"days": "7"}, {"messages": True}):
+        status, body = await api.call("PUT", "/rooms/general/retention", bad)
+        assert (status, body["error"]) == (400, "bad_command"), bad
+    status, body = await api.call("PUT", "/rooms/general/retention", {"days": 1}, key=READ_ONLY)
+    assert status == 403
+
+    status, body = await api.call("DELETE", "/rooms/general/history", key=READ_ONLY)
+    assert status == 403
+    status, body = await api.call("DELETE", "/rooms/general/history")
+    assert status == 200 and body == {"room": "general", "purged": 5}
+    status, page = await api.call("GET", "/rooms/general/history")
+    assert page["messages"] == [] and page["seq"] == 5
+    bob = await peer(server, "bob")
+    await bob.send(_ct="join_room", r="general", h=50)
+    history = await bob.next("history", r="general")
+    assert history["ms"] == [] and history["q"] == 5
+    await alice.say("general", "after")
+    assert (await bob.next("user_message"))["q"] == 6
+    for conn in (alice, bob):
+        conn.close()

@@ -356,7 +356,15 @@ async def test_v2_over_websocket_hello_history_and_shutdown_notice() -> None:
         await ws.send('{"_ct":"join_room","r":"general","h":50}')
         assert (await recv_json(ws))["_et"] == "user_joined_room"
         history = await recv_json(ws)
-        assert history == {"_et": "history", "r": "general", "ms": [], "q": 0, "gap": False}
+        assert isinstance(history.get("e"), str) and history["e"], history
+        assert history == {
+            "_et": "history",
+            "r": "general",
+            "ms": [],
+            "q": 0,
+            "gap": False,
+            "e": history["e"],
+        }
         taken, _ = await ws_login(srv)
         await taken.send('{"_ct":"hello","v":2,"name":"ANN"}')
         refused = await recv_json(taken)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from roomchat.server.core.ports import Presence, RoomLink
+from roomchat.server.core.ports import Archiving, Presence, RoomLink
 from roomchat.server.core.presence import MemoryPresence
 from roomchat.server.core.stats import Reading
 
@@ -34,6 +34,15 @@ class MemoryBus:
 
     def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
         return room.fan_out
+
+    def relay(self, room: RoomLink, event: bytes) -> None:
+        room.relay(event)
+
+    def forget(self, room: RoomLink) -> None:
+        room.forget()
+
+    def keep_with(self, archive: Archiving) -> None:
+        pass  # the rooms number their messages and hand them over (Directory.keep_with)
 
     async def start(self) -> None:
         pass

@@ -18,9 +18,11 @@ from roomchat.server.config import (
 from roomchat.server.core.community import Community, MemoryStore
 from roomchat.server.core.directory import Directory
 from roomchat.server.core.flood import HelloLimiter, Report, UserBuckets
+from roomchat.server.core.keeping import Keeper
 from roomchat.server.core.liveness import Liveness
 from roomchat.server.core.names import NameRegistry
-from roomchat.server.core.ports import CommunityStore
+from roomchat.server.core.ports import Archiving, CommunityStore
+from roomchat.server.core.rooms import ChatRoom
 from roomchat.server.core.stats import ServerStats
 
 __all__ = ["SessionContext"]
@@ -28,6 +30,10 @@ __all__ = ["SessionContext"]
 
 def _no_timer(delay: float, callback: Callable[[], None]) -> object:
     raise RuntimeError("no timers in this context (give SessionContext a call_later)")
+
+
+def _relay_here(room: ChatRoom, event: bytes) -> None:
+    room.relay(event)
 
 
 @dataclass(eq=False)
@@ -73,6 +79,14 @@ class SessionContext:
     user_rate: float = 0.0
     user_burst: float = 0.0
     user_report: Report | None = None
+    #: The lasting history (server/store/archive.Archive; None: none, the v2 commands
+    #: about it are refused with unavailable), and how the bus relays a v2-only event
+    #: to a room's members on every instance (None: this process's room itself).
+    archive: Archiving | None = None
+    relay: Callable[[ChatRoom, bytes], None] | None = None
+    #: How an admin's purge reaches every instance's rooms (None: this process's room).
+    forget: Callable[[ChatRoom], None] | None = None
+    keeper: Keeper = field(init=False)
     user_buckets: UserBuckets | None = field(init=False, default=None)
     community: Community = field(init=False)
     liveness: Liveness | None = field(init=False, default=None)
@@ -84,6 +98,9 @@ class SessionContext:
             self.store if self.store is not None else MemoryStore(),
             user_rooms=self.user_rooms,
             admins=self.admins,
+        )
+        self.keeper = Keeper(
+            self.rooms, self.archive, self.relay or _relay_here, self.clock, self.forget
         )
         if self.heartbeat > 0 or self.idle_timeout > 0:
             self.liveness = Liveness(self.heartbeat, self.idle_timeout, self.clock, self.call_later)

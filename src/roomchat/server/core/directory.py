@@ -32,7 +32,7 @@ from roomchat.server.core.errors import (
 )
 from roomchat.server.core.history import HistoryRequest
 from roomchat.server.core.policy import PRIVATE_REFUSAL, Policy, RoomInfo, refused_join
-from roomchat.server.core.ports import Bus, Presence
+from roomchat.server.core.ports import Archiving, Bus, Presence
 from roomchat.server.core.rooms import (
     ROOM_MEMBER_BUCKETS,
     TOP_ROOMS,
@@ -53,6 +53,7 @@ class Directory:
     names are unique ignoring case (:meth:`find`)."""
 
     __slots__ = (
+        "_archive",
         "_bus",
         "_keys",
         "_presence",
@@ -83,6 +84,7 @@ class Directory:
         self.infos: dict[str, RoomInfo] = {}
         self.policies: dict[str, Policy] = {}
         self._keys: dict[str, str] = {}  # room_key -> name
+        self._archive: Archiving | None = None
         #: Server-wide bans and mutes (admins and the API).
         self.server = Policy()
         for seed in seeds:
@@ -150,9 +152,20 @@ class Directory:
             room = ChatRoom(info.detail, self._turns, self._stats, history=self.history)
             room.connect(self._bus.publisher(room), self._bus.numbers_here)
             self.rooms[info.name] = room
+            if self._archive is not None and self._bus.numbers_here:
+                room.keep(*self._archive.numbering(info.name), self._archive.run)
         room.description = info.description
         self.restrict(info.name)
         return room
+
+    def keep_with(self, archive: Archiving) -> None:
+        """Every message numbered here is kept in ``archive``'s store, and each room
+        numbers on from where the store says (in process; with Redis, Redis numbers
+        and the bus hands what was posted here to the archive)."""
+        self._archive = archive
+        if self._bus.numbers_here:
+            for name, room in self.rooms.items():
+                room.keep(*archive.numbering(name), archive.run)
 
     def restrict(self, name: str) -> None:
         """Recompute the room's ``restricted`` flag (after its policy, the server's, or

@@ -23,6 +23,7 @@ __all__ = [
     "NameInvalid",
     "NameTaken",
     "NotAuthorised",
+    "NotFound",
     "NotJoined",
     "RateLimited",
     "Refused",
@@ -105,6 +106,12 @@ class Unavailable(Refused):
     """What the command needs (the community store in Redis) cannot be reached now."""
 
     code = "unavailable"
+
+
+class NotFound(Refused):
+    """No such message (never sent, deleted, or past the room's retention)."""
+
+    code = "not_found"
 
 
 class RoomError(Refused):

@@ -19,24 +19,31 @@ that implement the rules.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from roomchat.server.core.history import HistoryRequest, Snapshot
+from roomchat.server.core.history import HistoryRequest, Snapshot, StoredMessage
 from roomchat.server.core.policy import Outcome, Policy, RoomInfo
 from roomchat.server.core.stats import Reading
 
 __all__ = [
     "Answer",
+    "Archiving",
     "Bus",
     "BusError",
     "CommunityListener",
     "CommunityStore",
     "Done",
     "HeldNames",
+    "MessageStore",
     "Participant",
     "Presence",
     "RoomLink",
+    "RoomRecord",
     "SharedNames",
+    "StoreBatch",
+    "StoreError",
+    "StoredMessage",
     "Wakeups",
 ]
 
@@ -73,6 +80,9 @@ class RoomLink(Protocol):
         """Whether any local session is in the room or joining it (bus interest)."""
         ...
 
+    #: The epoch of the room's numbering, as this instance last heard it.
+    epoch: str
+
     def holds(self, member: Participant) -> bool:
         """Whether ``member`` is in the room or joining it."""
         ...
@@ -85,6 +95,12 @@ class RoomLink(Protocol):
 
     def announce(self, event: bytes) -> None:
         """A ``room_participation`` (v1 line) for every local member."""
+
+    def relay(self, event: bytes) -> None:
+        """A v2-only event (an edit, a deletion, typing) for every local v2 member."""
+
+    def forget(self) -> None:
+        """Drop the messages held for joins (an admin's purge of the room's history)."""
 
     def join_reply(
         self, key: str, users: Iterable[str] | bytes, snapshot: Snapshot | None = None
@@ -186,6 +202,18 @@ class Bus(Protocol):
         """The function that posts one of ``room``'s runs of messages. Called once per
         run: must not block (a remote bus queues and writes once per turn)."""
         ...
+
+    def relay(self, room: RoomLink, event: bytes) -> None:
+        """A v2-only event for the room's v2 members on every instance (an edit, a
+        deletion, typing), in the room's order. Must not block."""
+
+    def forget(self, room: RoomLink) -> None:
+        """An admin purged the room's history: every instance drops the messages it
+        holds for joins (and Redis its stream). Must not block."""
+
+    def keep_with(self, archive: Archiving) -> None:
+        """Where the messages numbered by this bus are kept (None of it in process:
+        the rooms hand theirs over themselves, Directory.keep_with)."""
 
     @property
     def numbers_here(self) -> bool:
@@ -291,3 +319,157 @@ class CommunityStore(Protocol):
 
     def users(self, room: str, done: Done) -> None:
         """The room's users on every instance (a list of user ids)."""
+
+
+# -- the message store (server/store/: memory, SQLite, PostgreSQL) ----------------------
+
+
+class StoreError(Exception):
+    """The store cannot do it now (down, disk full, refused): the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """What the store holds of a room: its numbering's epoch, its highest number in
+    that epoch (0: none yet), and its own retention (None: the server's)."""
+
+    epoch: str
+    last: int = 0
+    keep_messages: int | None = None
+    keep_days: int | None = None
+
+
+@dataclass(slots=True)
+class StoreBatch:
+    """What one write stores, in one transaction, in this order: epochs, messages,
+    edits, deletions, read markers, retention settings. Rows are plain tuples."""
+
+    #: (room, epoch): a room's numbering (re)starts under this epoch.
+    epochs: list[tuple[str, str]] = field(default_factory=list)
+    #: (room, epoch, q, ts, user, content); a row already stored is left as it is.
+    messages: list[tuple[str, str, int, int, str, str]] = field(default_factory=list)
+    #: (room, epoch, q, content, edit time).
+    edits: list[tuple[str, str, int, str, int]] = field(default_factory=list)
+    #: (room, epoch, q, time): the content is dropped, a tombstone stays.
+    deletes: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: (user key, room, epoch, q): the marker moves to q unless it is past it already
+    #: (in the same epoch).
+    markers: list[tuple[str, str, str, int]] = field(default_factory=list)
+    #: (room, messages kept, days kept); None: the server's setting.
+    retention: list[tuple[str, int | None, int | None]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.epochs)
+            + len(self.messages)
+            + len(self.edits)
+            + len(self.deletes)
+            + len(self.markers)
+            + len(self.retention)
+        )
+
+    def extend(self, other: StoreBatch) -> None:
+        self.epochs += other.epochs
+        self.messages += other.messages
+        self.edits += other.edits
+        self.deletes += other.deletes
+        self.markers += other.markers
+        self.retention += other.retention
+
+
+class MessageStore(Protocol):
+    """Where messages last (server/store/). Every method may raise StoreError; none
+    blocks the event loop (a backend runs its I/O in a thread or asynchronously)."""
+
+    @property
+    def description(self) -> str:
+        """For the start-up log line, without secrets."""
+        ...
+
+    @property
+    def durable(self) -> bool:
+        """Whether what is written outlives the process."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and create the tables if needed."""
+
+    async def close(self) -> None: ...
+
+    async def rooms(self) -> dict[str, RoomRecord]:
+        """Every room the store knows, with its epoch, its last number and retention."""
+        ...
+
+    async def write(self, batch: StoreBatch) -> None:
+        """Store ``batch`` in one transaction (all of it or none)."""
+
+    async def page(
+        self, room: str, epoch: str, before: int | None, after: int | None, limit: int
+    ) -> list[StoredMessage]:
+        """At most ``limit`` messages of the room's epoch, oldest first: the last ones
+        below ``before`` (or the room's last ones), or the first ones above ``after``."""
+        ...
+
+    async def message(self, room: str, epoch: str, seq: int) -> StoredMessage | None: ...
+
+    async def markers(self, user: str) -> dict[str, tuple[str, int]]:
+        """A user's read markers (a name key): room -> (epoch, highest q read)."""
+        ...
+
+    async def prune(self, room: str, epoch: str, keep_messages: int, before_ts: int) -> int:
+        """Retention: delete the room's messages but its last ``keep_messages`` (0: no
+        limit) and those older than ``before_ts`` (ms; 0: no limit); how many went."""
+        ...
+
+    async def purge(self, room: str) -> int:
+        """Delete every stored message of the room (an admin's purge); how many went."""
+        ...
+
+    async def size(self) -> int:
+        """Bytes the store takes (for /metrics; 0 if it cannot tell)."""
+        ...
+
+
+class Archiving(Protocol):
+    """The server's side of its MessageStore, as the rules see it (implemented by
+    server/store/archive.Archive): hand-overs never block nor fail; questions answer
+    through ``done`` (their result, or a StoreError)."""
+
+    def numbering(self, room: str) -> tuple[str, int]:
+        """The epoch and last number ``room`` goes on from (in process)."""
+        ...
+
+    def run(self, room: str, epoch: str, first: int, count: int, ts: int, event: bytes) -> None:
+        """A run of ``count`` messages (v1 lines) numbered from ``first``."""
+
+    def edit(self, room: str, epoch: str, seq: int, content: str, ts: int) -> None: ...
+
+    def delete(self, room: str, epoch: str, seq: int, ts: int) -> None: ...
+
+    def mark(self, user: str, room: str, epoch: str, seq: int) -> None: ...
+
+    def retain(self, room: str, messages: int | None, days: int | None) -> None: ...
+
+    def retention(self, room: str) -> tuple[int, int]:
+        """Messages and days ``room`` keeps (0: no limit)."""
+        ...
+
+    def ask_page(
+        self,
+        room: str,
+        epoch: str,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        done: Done,
+    ) -> None:
+        """A list of StoredMessage (see MessageStore.page)."""
+
+    def ask_message(self, room: str, epoch: str, seq: int, done: Done) -> None:
+        """A StoredMessage, or None."""
+
+    def ask_markers(self, user: str, done: Done) -> None:
+        """room -> (epoch, q) of a user's read markers."""
+
+    def ask_purge(self, room: str, done: Done) -> None:
+        """Delete every stored message of ``room``; how many went (an int)."""

@@ -53,6 +53,8 @@ import msgspec
 from roomchat.protocol import (
     HISTORY_MAX,
     MESSAGE_TAIL,
+    MessageDeleted,
+    MessageEdited,
     RoomDetail,
     SendMessage,
     UserMessage,
@@ -64,7 +66,14 @@ from roomchat.protocol import (
 )
 from roomchat.server.core.clock import now_ms
 from roomchat.server.core.errors import AlreadyJoined, NotJoined, RoomError, UnknownRoom
-from roomchat.server.core.history import Entry, HistoryRequest, Snapshot, history_event
+from roomchat.server.core.history import (
+    Change,
+    Entry,
+    HistoryRequest,
+    Snapshot,
+    StoredMessage,
+    history_event,
+)
 from roomchat.server.core.outbox import FLUSH_AT, Mailbox
 from roomchat.server.core.ports import Participant
 from roomchat.server.core.stats import ServerStats
@@ -82,6 +91,11 @@ __all__ = [
 ]
 
 _encode_json = msgspec.json.Encoder().encode
+_decode_message = msgspec.json.Decoder(UserMessage).decode
+_decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
+#: How the events that change a held message begin (message_edited, message_deleted).
+_CHANGED = b'{"_et":"message_'
+
 _content = operator.attrgetter("content")
 _time_ns = time.time_ns
 _TAIL_LENGTH = len(MESSAGE_TAIL)
@@ -143,7 +157,9 @@ class ChatRoom:
     """
 
     __slots__ = (
+        "_archive",
         "_bytes_counted",
+        "_changes",
         "_counted",
         "_history",
         "_joining",
@@ -157,6 +173,7 @@ class ChatRoom:
         "_turn2",
         "_turns",
         "description",
+        "epoch",
         "fanned_bytes",
         "history_size",
         "name",
@@ -203,6 +220,12 @@ class ChatRoom:
         #: Whether a message needs a check before it is posted (a mute, slow mode, a
         #: direct message not open on both sides): the Directory keeps it.
         self.restricted = False
+        #: The epoch of the room's numbering ("" until the store or the bus says).
+        self.epoch = ""
+        # Where its messages are kept for good (Archiving.run), when numbered here.
+        self._archive: Callable[[str, str, int, int, int, bytes], None] | None = None
+        # Edits and deletions of the messages held in _history, by number.
+        self._changes: dict[int, Change] = {}
         self._stats.rooms.append(self)
 
     def __repr__(self) -> str:
@@ -223,6 +246,17 @@ class ChatRoom:
             publish(event)
 
         self._publish = publish_counted
+
+    def keep(
+        self, epoch: str, last: int, archive: Callable[[str, str, int, int, int, bytes], None]
+    ) -> None:
+        """Number on from ``last`` in ``epoch`` and hand every message numbered here to
+        ``archive`` (the store's, in process: Directory.keep_with)."""
+        self.epoch = epoch
+        if last > self.seq:
+            self._count()
+            self.seq = self._counted = last
+        self._archive = archive
 
     @property
     def members(self) -> list[Member]:
@@ -279,7 +313,83 @@ class ChatRoom:
 
     def snapshot(self) -> Snapshot:
         """The history this instance holds, at this moment of the room's order."""
-        return Snapshot(self.seq, tuple(self._history) if self._history is not None else ())
+        return Snapshot(
+            self.seq,
+            tuple(self._history) if self._history is not None else (),
+            self.epoch,
+            dict(self._changes),
+        )
+
+    def preload(self, stored: Iterable[StoredMessage]) -> None:
+        """Hold the store's last messages again (at start-up, before anyone joins), so
+        that a join's history and catch-up go on across a restart."""
+        history = self._history
+        if history is None:
+            return
+        for message in stored:
+            line = (
+                encode_head(UserMessage(self.name, message.user, ""))
+                + _encode_json(message.content or "")
+                + MESSAGE_TAIL
+            )
+            history.append((message.seq, message.ts, line))
+            if message.content is None or message.edited is not None:
+                self._changes[message.seq] = (message.content, message.edited or message.ts)
+
+    def held(self, seq: int) -> tuple[str, str | None, int] | None:
+        """Message ``seq`` as this instance holds it: (sender, content, time), the
+        content None once deleted; None if it is not held here."""
+        history = self._history
+        if not history or seq < history[0][0] or seq > history[-1][0]:
+            return None
+        for number, ts, line in history:
+            if number == seq:
+                try:
+                    message = _decode_message(line)
+                except msgspec.DecodeError:
+                    return None
+                change = self._changes.get(seq)
+                if change is None:
+                    return message.user_id, message.content, ts
+                return message.user_id, change[0], ts
+        return None
+
+    def changed(self, seq: int, content: str | None, ts: int) -> None:
+        """Message ``seq`` was edited (``content``) or deleted (None): what a join's
+        history shows from now on. Changes of messages no longer held are dropped."""
+        history = self._history
+        if not history:
+            return
+        self._changes[seq] = (content, ts)
+        oldest = history[0][0]
+        for number in [number for number in self._changes if number < oldest]:
+            del self._changes[number]
+
+    def forget(self) -> None:
+        """Hold no message for joins any more (an admin purged the room's history);
+        the numbering goes on."""
+        if self._history is not None:
+            self._history.clear()
+        self._changes.clear()
+
+    def relay(self, event: bytes) -> None:
+        """A v2-only event (an edit, a deletion, typing) for the local v2 members, in
+        the room's order; v1 members never see it."""
+        if event.startswith(_CHANGED):  # an edit or a deletion: history shows it from now
+            try:
+                change = _decode_change(event)
+            except msgspec.DecodeError:
+                pass
+            else:
+                content = change.content if isinstance(change, MessageEdited) else None
+                self.changed(change.seq, content, change.timestamp)
+        members2 = self._members2
+        if not members2:
+            return
+        self._turn2.append(event)
+        self._stats.sent += len(event) * len(members2)
+        self._stats.delivered += len(members2)
+        self._turns.room_active(self)  # v2 bytes only: turn_bytes (v1's) stays
 
     # -- posting and fanning out ---------------------------------------------------------
     def post(self, event: bytes) -> None:
@@ -296,7 +406,13 @@ class ChatRoom:
         count = event.count(b"\n")
         first = self.seq + 1
         self.seq += count
-        if self._history is not None or self._members2:
+        archive = self._archive
+        if archive is not None:
+            ts = _time_ns() // 1_000_000
+            archive(self.name, self.epoch, first, count, ts, event)
+            if self._history is not None or self._members2:
+                self._keep(first, count, ts, event)
+        elif self._history is not None or self._members2:
             self._keep(first, count, _time_ns() // 1_000_000, event)
         # _queued, written out: this runs once per message in process.
         size = len(event)

@@ -65,14 +65,18 @@ from roomchat.protocol import (
     Command,
     CommandDecoder,
     CreateRoom,
+    DeleteMessage,
+    EditMessage,
     Error,
     Hello,
+    HistoryPage,
     Invite,
     JoinRoom,
     Kick,
     LeaveRoom,
     LineTooLong,
     LoginSuccessful,
+    MarkRead,
     ModerationAction,
     Mute,
     OpenDm,
@@ -82,13 +86,16 @@ from roomchat.protocol import (
     RateLimited,
     Role,
     RoomDetail,
+    RoomListing,
     Rooms,
     SendMessage,
     ServerPing,
     ServerPong,
+    SetRetention,
     SetRole,
     Shutdown,
     SlowMode,
+    StartTyping,
     Unban,
     Unmute,
     Welcome,
@@ -184,6 +191,7 @@ class Session:
         "_eof",
         "_episode",
         "_handles",
+        "_held",
         "_ignored",
         "_joining",
         "_name_held",
@@ -240,6 +248,8 @@ class Session:
         self._paused = False  # reading paused for a wait answered later
         self._backlog: deque[_Item] = deque()  # commands that came during a wait
         self._unread: list[bytes] = []  # what came while LOGGING_IN
+        # Events told between welcome and the rooms listing (which ends the handshake).
+        self._held: list[bytes] | None = None
         self._eof = False
         self._ignored = 0
         # Who the session is to the moderation rules (policy.py): a server admin, the
@@ -577,7 +587,7 @@ class Session:
             if item.history is not None and item.after is not None:
                 self._refuse(item, BadCommand("h and after exclude each other"))
                 return
-            request = HistoryRequest(item.history, item.after)
+            request = HistoryRequest(item.history, item.after, item.epoch)
         if room in self._handles:
             self._refuse(item, AlreadyJoined(f"already in room {room!r}"))
             return
@@ -751,6 +761,66 @@ class Session:
             item, lambda done: self._community.close_dm(self.actor, item.user, done), _nothing
         )
 
+    # -- the lasting history (v2: core/keeping.py) --------------------------------------
+    def _history_page(self, item: HistoryPage) -> None:
+        if item.before is not None and item.after is not None:
+            self._refuse(item, BadCommand("before and after exclude each other"))
+            return
+        keeper = self._context.keeper
+        self._ask(
+            item,
+            lambda done: keeper.page(
+                item.room,
+                item.room in self._handles,
+                item.before,
+                item.after,
+                item.limit,
+                item.epoch,
+                item.id,
+                done,
+            ),
+            self._tell_bytes,
+        )
+
+    def _tell_bytes(self, result: object) -> None:
+        self.tell(cast(bytes, result))
+
+    def _edit_message(self, item: EditMessage) -> None:
+        keeper = self._context.keeper
+        joined = item.room in self._handles
+        self._ask(
+            item,
+            lambda done: keeper.edit(self.actor, item.room, joined, item.seq, item.content, done),
+            _nothing,
+        )
+
+    def _delete_message(self, item: DeleteMessage) -> None:
+        keeper = self._context.keeper
+        joined = item.room in self._handles
+        self._ask(
+            item,
+            lambda done: keeper.delete(self.actor, item.room, joined, item.seq, done),
+            _nothing,
+        )
+
+    def _mark_read(self, item: MarkRead) -> None:
+        try:
+            self._context.keeper.mark(self.user_id, item.room, item.room in self._handles, item.seq)
+        except Refused as refused:
+            self._refuse(item, refused)
+
+    def _typing(self, item: StartTyping) -> None:
+        try:
+            self._context.keeper.typing(self.user_id, item.room, item.room in self._handles)
+        except Refused as refused:
+            self._refuse(item, refused)
+
+    def _set_retention(self, item: SetRetention) -> None:
+        try:
+            self._context.keeper.set_retention(self.actor, item.room, item.messages, item.days)
+        except Refused as refused:
+            self._refuse(item, refused)
+
     # -- what the community service asks (community.Occupant) --------------------------
     @property
     def actor(self) -> Actor:
@@ -761,7 +831,9 @@ class Session:
         return self._claims
 
     def tell(self, event: bytes) -> None:
-        if self._phase is not _CLOSED:
+        if self._held is not None:
+            self._held.append(event)
+        elif self._phase is not _CLOSED:
             self.mailbox.send(event)
 
     def in_room(self, room: str) -> bool:
@@ -863,11 +935,39 @@ class Session:
         )
         if context.liveness is not None:
             context.liveness.add(self)
-        community = self._community
-        self.mailbox.send(encode(Rooms(community.listing_for(self))))
-        for room in community.open_dms(user):  # direct messages open on this side
-            self.open_room(room, DM_HISTORY)
         log.info("%r: speaks v2", self)
+        listing = self._community.listing_for(self)
+        keeper = context.keeper
+        if keeper.archive is None:
+            self._listed(listing)
+            return
+        # The unread counts come from the store: commands wait for the listing, which
+        # ends the handshake (as a join's answer does), and so does what the community
+        # tells the session meanwhile.
+        self._wait(None)
+        self._held = []
+
+        def listed(result: object) -> None:
+            if self._phase is _CLOSED:
+                return
+            paused = self._waited()
+            self._listed(cast("tuple[RoomListing, ...]", result))
+            if paused:
+                self._resume()
+            else:
+                self._drain_backlog()
+
+        keeper.with_unread(user, listing, listed)
+        self._pause_if_waiting()
+
+    def _listed(self, listing: tuple[RoomListing, ...]) -> None:
+        """The end of the v2 handshake: the rooms, then the direct messages re-joined."""
+        self.mailbox.send(encode(Rooms(listing)))
+        held, self._held = self._held, None
+        for event in held or ():
+            self.mailbox.send(event)
+        for room in self._community.open_dms(self.user_id):  # open on this side
+            self.open_room(room, DM_HISTORY)
 
     def _check_hello(self, hello: Hello) -> tuple[str, bool]:
         """The user id the session asks for and whether its token proves it; or
@@ -1008,6 +1108,12 @@ COMMANDS: dict[type[Any], _Rule] = {
     AuditRequest: _Rule(Session._audit_log, v2_only=True),
     OpenDm: _Rule(Session._open_dm, v2_only=True),
     CloseDm: _Rule(Session._close_dm, v2_only=True),
+    HistoryPage: _Rule(Session._history_page, v2_only=True),
+    EditMessage: _Rule(Session._edit_message, v2_only=True),
+    DeleteMessage: _Rule(Session._delete_message, v2_only=True),
+    MarkRead: _Rule(Session._mark_read, v2_only=True),
+    StartTyping: _Rule(Session._typing, v2_only=True),
+    SetRetention: _Rule(Session._set_retention, v2_only=True),
 }
 
 

@@ -8,7 +8,7 @@ Requests go to the community service (core/community.py) as an API actor, which 
 anything and is named ``api`` in the audit log; what they change reaches every instance
 as any moderator's change does. Answers are JSON; so are errors: ``{"error": CODE,
 "message": TEXT}`` with 400 (bad JSON or fields), 404 (unknown room), 409 (the room
-exists, or is archived), 413 (body over 64 KiB).
+exists, or is archived), 413 (body over 64 KiB), 503 (the message store cannot answer).
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from roomchat.protocol import AuditEntry, dm_users, name_key, valid_name
+from roomchat.protocol import PAGE_MAX, AuditEntry, dm_users, name_key, valid_name
 from roomchat.server.core.community import API_SENDER, Community
-from roomchat.server.core.errors import BadCommand, Refused, UnknownRoom
+from roomchat.server.core.errors import BadCommand, Refused, Unavailable, UnknownRoom
+from roomchat.server.core.history import StoredMessage
+from roomchat.server.core.keeping import Keeper
 from roomchat.server.core.policy import Action, Actor, Outcome, RoomInfo
+from roomchat.server.store import Archive, StoreError
 
 __all__ = ["ApiKeys", "KeyFileError", "api_routes", "load_keys"]
 
@@ -182,6 +185,32 @@ async def _room_json(info: RoomInfo, community: Community) -> dict[str, Any]:
     }
 
 
+def _message_json(message: StoredMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "seq": message.seq,
+        "ts": message.ts,
+        "user": message.user,
+        "content": message.content,
+        "deleted": message.content is None,
+    }
+    if message.edited is not None:
+        out["edited"] = message.edited
+    return out
+
+
+def _query_int(request: web.Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadCommand(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise BadCommand(f"{name} is {low} to {high}")
+    return value
+
+
 def _outcome_json(outcome: Outcome) -> dict[str, Any]:
     action = outcome.action
     out: dict[str, Any] = {"room": action.room, "what": action.what, "user": action.user}
@@ -216,7 +245,9 @@ async def _ask(request: Callable[[Callable[[object], None]], None]) -> object:
     return result
 
 
-def api_routes(community: Community, keys: ApiKeys) -> tuple[list[web.RouteDef], Any]:
+def api_routes(
+    community: Community, keys: ApiKeys, keeper: Keeper, kept: Archive
+) -> tuple[list[web.RouteDef], Any]:
     """The API's routes and the middleware that checks their keys."""
 
     def room_of(request: web.Request) -> RoomInfo:
@@ -380,6 +411,54 @@ def api_routes(community: Community, keys: ApiKeys) -> tuple[list[web.RouteDef],
         community.disconnect(user, why)
         return web.json_response({"user": name_key(user), "disconnected": True})
 
+    @refusals
+    async def history(request: web.Request) -> web.Response:
+        """A page of the room's stored history: ``?before=Q`` / ``?after=Q``, ``limit``."""
+        info = room_of(request)
+        before = _query_int(request, "before", 1, 2**63 - 1)
+        after = _query_int(request, "after", 0, 2**63 - 1)
+        if before is not None and after is not None:
+            raise BadCommand("give before or after, not both")
+        limit = _query_int(request, "limit", 1, PAGE_MAX) or 50
+        room = community.directory.rooms[info.name]
+        try:
+            stored = await kept.page(info.name, room.epoch, before, after, limit)
+        except StoreError as exc:
+            raise Unavailable(f"the message store cannot answer now: {exc}") from None
+        return web.json_response(
+            {
+                "room": info.name,
+                "epoch": room.epoch,
+                "seq": room.seq,
+                "messages": [_message_json(message) for message in stored],
+            }
+        )
+
+    def _retention_json(name: str) -> dict[str, Any]:
+        messages, days = kept.retention(name)
+        return {"room": name, "messages": messages, "days": days}
+
+    @refusals
+    async def get_retention(request: web.Request) -> web.Response:
+        return web.json_response(_retention_json(room_of(request).name))
+
+    @refusals
+    async def set_retention(request: web.Request) -> web.Response:
+        """``{"messages"?, "days"?}``: the room's own limits (0 or null: the server's)."""
+        info = room_of(request)
+        body = await _body(request)
+        messages = _field(body, "messages", int, required=False)
+        days = _field(body, "days", int, required=False)
+        keeper.set_retention(API_ACTOR, info.name, messages, days)
+        return web.json_response(_retention_json(info.name))
+
+    @refusals
+    async def purge(request: web.Request) -> web.Response:
+        info = room_of(request)
+        gone = await _ask(lambda done: keeper.purge(info.name, done))
+        assert isinstance(gone, int)
+        return web.json_response({"room": info.name, "purged": gone})
+
     async def openapi(request: web.Request) -> web.Response:
         return web.Response(body=_SPEC.read_bytes(), content_type=_JSON)
 
@@ -397,6 +476,10 @@ def api_routes(community: Community, keys: ApiKeys) -> tuple[list[web.RouteDef],
         web.delete("/api/v1/rooms/{room}/mutes/{user}", unmute),
         web.post("/api/v1/rooms/{room}/archive", archive),
         web.get("/api/v1/rooms/{room}/audit", audit),
+        web.get("/api/v1/rooms/{room}/history", history),
+        web.delete("/api/v1/rooms/{room}/history", purge),
+        web.get("/api/v1/rooms/{room}/retention", get_retention),
+        web.put("/api/v1/rooms/{room}/retention", set_retention),
         web.post("/api/v1/bans", server_ban),
         web.delete("/api/v1/bans/{user}", server_unban),
         web.get("/api/v1/users/{user}/sessions", sessions),

@@ -32,8 +32,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 from redis.crc import key_slot
 
+from roomchat.protocol import MessageDeleted, MessageEdited
 from roomchat.server.bus.redis import scripts
 from roomchat.server.bus.redis.commands import REGISTRY_PREFIX, ReplyHandler, RoomKeys
 from roomchat.server.bus.redis.community import RedisCommunity
@@ -51,7 +53,7 @@ from roomchat.server.bus.redis.resp import ReplyError, RespConnection, command, 
 from roomchat.server.bus.redis.stats import BusStats
 from roomchat.server.bus.redis.url import parse_redis_url
 from roomchat.server.core.clock import now_ms
-from roomchat.server.core.ports import BusError, RoomLink, Wakeups
+from roomchat.server.core.ports import Archiving, BusError, RoomLink, Wakeups
 from roomchat.server.core.stats import Reading
 
 __all__ = ["MAX_BACKLOG", "RedisBus"]
@@ -73,9 +75,24 @@ _EVENT = scripts.EVENT[0]
 #: The rarer kinds (control payloads), compared as bytes.
 _MARKER = scripts.MARKER
 _REASSERTED = scripts.REASSERTED
+_RELAYED = scripts.RELAYED
+_PURGED = scripts.PURGED
 _COMMUNITY = scripts.COMMUNITY
 #: A handler's error when there is no connection to write to.
 _NOT_CONNECTED = "not connected to Redis"
+
+
+_decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
+
+
+def _changed_seq(event: bytes) -> int | None:
+    """The message an edit or deletion event is about (None: another event)."""
+    if not event.startswith(b'{"_et":"message_'):
+        return None
+    try:
+        return _decode_change(event).seq
+    except msgspec.DecodeError:
+        return None
 
 
 class RedisBus:
@@ -95,6 +112,11 @@ class RedisBus:
         self._lease = lease
         self.history = history
         self.instance_id = secrets.token_hex(6)
+        #: The start of an epoch this instance sets for a room whose numbering
+        #: (re)starts in Redis (the scripts add Redis's time: a new one each time).
+        self.epoch_candidate = secrets.token_hex(3)
+        #: Where the messages posted here are kept (keep_with), or None.
+        self._archive: Archiving | None = None
         self.stats = BusStats()
         cluster = self._target.cluster
         self._subscribe_verb, self._unsubscribe_verb, self.publish_verb = (
@@ -158,6 +180,11 @@ class RedisBus:
     def readings(self) -> Iterable[Reading]:
         return self.stats.readings(connected=self._online, queued_bytes=self.queued_bytes)
 
+    def keep_with(self, archive: Archiving) -> None:
+        """Hand every message posted here to ``archive`` once Redis has numbered it
+        (POST's reply): each is written once, by the instance it was posted on."""
+        self._archive = archive
+
     def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
         """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
         room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
@@ -166,6 +193,7 @@ class RedisBus:
         fan_out = room.fan_out
         stats = self.stats
         on_reply = self._on_publish_reply
+        number = self._post_number
         # The EVALSHA of POST up to its per-post arguments: built once connected (it
         # holds the script's SHA), then the same for good (the SHA is the source's).
         head: bytes | None = None
@@ -181,21 +209,70 @@ class RedisBus:
                 head = self._post_head(keys)
             if not node.parts:
                 self._schedule_flush()
-            count = b"%d" % event.count(b"\n")  # a run of messages is one post
-            ts = b"%d" % now_ms()
+            count = event.count(b"\n")  # a run of messages is one post
+            now = now_ms()
+            counted, ts = b"%d" % count, b"%d" % now
             node.parts.append(
                 b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-                % (head, len(count), count, len(ts), ts, len(event), event)
+                % (head, len(counted), counted, len(ts), ts, len(event), event)
             )
-            node.handlers.append(on_reply)
+            archive = self._archive
+            if archive is None:
+                node.handlers.append(on_reply)
+            else:
+
+                def posted(reply: Any) -> None:
+                    first = number(reply)
+                    if first is not None:
+                        archive.run(room.name, room.epoch, first, count, now, event)
+
+                node.handlers.append(posted)
             stats.published += 1
 
         return publish
 
+    def relay(self, room: RoomLink, event: bytes) -> None:
+        """A v2-only event through the room's channel, behind its messages (V<event>);
+        during an outage, to this instance's members only."""
+        node = self._node_for(self.room_keys(room)) if self._online else None
+        if node is None or node.cmd is None:
+            room.relay(event)
+            return
+        keys = self.room_keys(room)
+        seq = _changed_seq(event)
+        if seq is None:  # typing: only passed on
+            data = command(self.publish_verb, keys.channel, _RELAYED + event)
+        else:  # an edit or a deletion: kept for joins' history too
+            data = self.script("change", keys.script_keys, self.publish_verb, seq, event)
+        self._queue_on(node, data, self._on_relay_reply)
+
+    def forget(self, room: RoomLink) -> None:
+        """The room's history purged: FORGET deletes its stream, every instance drops
+        what it holds (P); during an outage, this instance's only."""
+        node = self._node_for(self.room_keys(room)) if self._online else None
+        if node is None or node.cmd is None:
+            room.forget()
+            return
+        data = self.script("forget", self.room_keys(room).script_keys, self.publish_verb)
+        self._queue_on(node, data, self._on_relay_reply)
+
+    def _on_relay_reply(self, reply: Any) -> None:
+        if isinstance(reply, ReplyError):
+            self.report_error(reply, "relaying an event")
+
     def _post_head(self, keys: RoomKeys) -> bytes:
         # EVALSHA sha 3 <counter> <stream> <channel> <history size> <verb> [count, time,
         # lines]: RESP of every argument but the last three, built once per room.
-        whole = self.script("post", keys.post_keys, self.history, self.publish_verb, b"", b"", b"")
+        whole = self.script(
+            "post",
+            keys.post_keys,
+            self.history,
+            self.publish_verb,
+            self.epoch_candidate,
+            b"",
+            b"",
+            b"",
+        )
         return whole[: -3 * len(b"$0\r\n\r\n")]  # count, time and lines: per post
 
     async def start(self) -> None:
@@ -381,11 +458,21 @@ class RedisBus:
         node.handlers.append(handler)
 
     def _on_publish_reply(self, reply: Any) -> None:
+        self._post_number(reply)
+
+    def _post_number(self, reply: Any) -> int | None:
+        """POST's reply: {first number, epoch[, the stream's refusal]}; the number, or
+        None if the post failed."""
         if isinstance(reply, ReplyError):
             self.report_error(reply, "publish")
-        elif isinstance(reply, list):  # POST: published, but the history refused it
-            refused = reply[1].decode(errors="replace") if len(reply) > 1 else "?"
+            return None
+        if not isinstance(reply, list) or len(reply) < 2:
+            self.report_error(ReplyError(f"unexpected reply {reply!r}"), "publish")
+            return None
+        if len(reply) > 2:  # published, but the history refused it
+            refused = reply[2].decode(errors="replace")
             self.report_error(ReplyError(refused), "keeping a message in the room's history")
+        return int(reply[0])
 
     def _local_only(self, overflow: bool) -> None:
         stats = self.stats
@@ -487,6 +574,10 @@ class RedisBus:
             listener = self._listeners.get(room)
             if listener is not None:
                 listener(payload[1:])
+        elif kind == _RELAYED:  # V<event>: for the v2 members (an edit, typing)
+            room.relay(payload[1:])
+        elif kind == _PURGED:  # P: an admin purged the room's history
+            room.forget()
         elif kind == _REASSERTED:  # O<instance>\n<event>: presence re-asserted after an outage
             origin, _, event = payload[1:].partition(b"\n")
             if origin.decode() != self.instance_id and event:

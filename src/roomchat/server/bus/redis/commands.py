@@ -43,8 +43,10 @@ class RoomKeys:
 
     __slots__ = (
         "arrivals",
+        "changes",
         "channel",
         "counter",
+        "epoch",
         "left",
         "order",
         "post_keys",
@@ -65,6 +67,8 @@ class RoomKeys:
         self.channel = (prefix + "c").encode()  # every event of the room
         self.counter = (prefix + "q").encode()  # latest message sequence number
         self.stream = (prefix + "h").encode()  # the last messages (v2 history)
+        self.epoch = (prefix + "e").encode()  # the epoch of the counter's numbering
+        self.changes = (prefix + "x").encode()  # q -> its message_edited/_deleted event
         #: KEYS of the room's presence scripts (JOIN, LEAVE, ASSERT; a new room action
         #: takes the same), in the order scripts.py numbers them.
         self.script_keys = (
@@ -76,9 +80,11 @@ class RoomKeys:
             self.channel,
             self.counter,
             self.stream,
+            self.epoch,
+            self.changes,
         )
-        #: KEYS of POST: counter, stream, channel.
-        self.post_keys = (self.counter, self.stream, self.channel)
+        #: KEYS of POST: counter, stream, channel, epoch.
+        self.post_keys = (self.counter, self.stream, self.channel, self.epoch)
         self.slot = key_slot(self.channel)
 
 
@@ -109,6 +115,11 @@ class Commands(Protocol):
     @property
     def history(self) -> int:
         """Messages kept per room (the stream's MAXLEN; 0: none)."""
+        ...
+
+    @property
+    def epoch_candidate(self) -> str:
+        """What JOIN and POST start a room's new epoch with (scripts.py, key 9)."""
         ...
 
     def room_keys(self, room: RoomLink) -> RoomKeys:

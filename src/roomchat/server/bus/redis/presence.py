@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from roomchat.protocol import joined_event, left_event
+import msgspec
+
+from roomchat.protocol import MessageDeleted, MessageEdited, joined_event, left_event
 from roomchat.server.bus.redis import scripts
 from roomchat.server.bus.redis.commands import Commands
 from roomchat.server.bus.redis.resp import ReplyError
-from roomchat.server.core.history import Snapshot
+from roomchat.server.core.history import Change, Snapshot
 from roomchat.server.core.ports import Participant, RoomLink
 
 __all__ = ["RedisPresence"]
@@ -26,6 +28,22 @@ _TIME = 1
 _LINES = 3
 #: A cap on the "after" a join passes to JOIN (it comes from the client, any size).
 _MAX_AFTER = 10**14
+
+
+_decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
+
+
+def _changes(flat: list[bytes]) -> dict[int, Change]:
+    """JOIN's HGETALL of the room's changes: q -> (new content or None, when)."""
+    out: dict[int, Change] = {}
+    for index in range(0, len(flat) - 1, 2):
+        try:
+            change = _decode_change(flat[index + 1])
+        except msgspec.DecodeError:
+            continue
+        content = change.content if isinstance(change, MessageEdited) else None
+        out[change.seq] = (content, change.timestamp)
+    return out
 
 
 class RedisPresence:
@@ -79,7 +97,8 @@ class RedisPresence:
                 if room.holds(member):
                     self._answer_locally(room, member)
                 return
-            users, seq, entries = answer
+            users, seq, entries, epoch, changed = answer
+            room.epoch = epoch.decode()
             snapshot = None
             if v2:
                 held = [
@@ -88,7 +107,7 @@ class RedisPresence:
                     for first in (int(ident.partition(b"-")[0]),)
                     for n, line in enumerate(fields[_LINES].split(b"\r\n")[:-1])
                 ]
-                snapshot = Snapshot(int(seq), held)
+                snapshot = Snapshot(int(seq), held, room.epoch, _changes(changed))
             room.join_reply(key, [u.decode() for u in users], snapshot)
 
         mode, count, after = b"", 0, 0
@@ -112,6 +131,7 @@ class RedisPresence:
                 mode,
                 count,
                 after,
+                bus.epoch_candidate,
             ),
             reply,
         )

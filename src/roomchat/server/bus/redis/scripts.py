@@ -18,6 +18,12 @@ A room's keys (``KEYS``), all under one hash tag (commands.py ``RoomKeys``, whos
 7. ``counter`` (``q``): the room's latest message sequence number (v2)
 8. ``stream`` (``h``): the room's last messages, entry id ``<seq>-0``, fields ``t``
    (server ms) and ``m`` (the v1 lines), trimmed with ``MAXLEN ~`` (v2 history)
+9. ``epoch`` (``e``): the epoch of the counter's numbering, set by the first JOIN or
+   POST that finds it missing (a new room, or a Redis that lost its data): the
+   candidate the instance passes, with Redis's time, so it is new each time
+10. ``changes`` (``x`` hash): q -> the ``message_edited`` / ``message_deleted`` event of
+   a message edited or deleted (CHANGE), read by JOIN with the history; an admin's
+   purge (FORGET) deletes the stream and the changes
 
 What goes through the channel, told apart by its first byte (the constants below, which
 bus.py reads them with): an encoded event (:data:`EVENT`, ``{``) for every member;
@@ -26,12 +32,22 @@ bus.py reads them with): an encoded event (:data:`EVENT`, ``{``) for every membe
 re-asserted after an outage, which the instance that made it skips (its own members
 saw it already); and ``M<seq> <ts>\\n<v1 user_message lines>`` (:data:`MESSAGE`), a run
 of messages numbered by POST: every instance builds the v2 bytes from it with the
-protocol module.
+protocol module; ``V<event>`` (:data:`RELAYED`), an edit, a deletion or typing for the
+v2 members; ``P`` (:data:`PURGED`), the room's history purged (FORGET).
 """
 
 from __future__ import annotations
 
-__all__ = ["COMMUNITY", "EVENT", "MARKER", "MESSAGE", "REASSERTED", "SCRIPTS"]
+__all__ = [
+    "COMMUNITY",
+    "EVENT",
+    "MARKER",
+    "MESSAGE",
+    "PURGED",
+    "REASSERTED",
+    "RELAYED",
+    "SCRIPTS",
+]
 
 #: The first byte of what a room's channel carries. The Lua below writes MARKER and
 #: MESSAGE itself; events come encoded from the protocol module, REASSERTED from ASSERT's
@@ -40,14 +56,19 @@ EVENT = b"{"
 MARKER = b"J"
 REASSERTED = b"O"
 MESSAGE = b"M"
+#: A v2-only event for the room's v2 members (an edit, a deletion, typing): V<event>.
+RELAYED = b"V"
+#: An admin purged the room's history: every instance drops what it holds for joins.
+PURGED = b"P"
 #: A community change on the community's channel (community.py): D<json>.
 COMMUNITY = b"D"
 
 # ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event,
 # then the history wanted (v2): mode ('' none, 'h' the last N, 'a' after a number), N
-# (at most the history size), after. Returns {users in arrival order, the room's latest
-# sequence number, history entries newest first} - the history taken atomically with the
-# marker, so it ends exactly where the joiner's live messages begin.
+# (at most the history size), after, then the instance's epoch candidate. Returns {users
+# in arrival order, the room's latest sequence number, history entries newest first, the
+# epoch, the changes (HGETALL) when history was asked for} - the history taken atomically
+# with the marker, so it ends exactly where the joiner's live messages begin.
 JOIN = """
 local marker = 'J' .. ARGV[1] .. '\\n'
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3]) == 1
@@ -65,32 +86,75 @@ elseif ARGV[7] == 'a' then
   -- Entries are runs of messages: the one holding after + 1 may start before it.
   entries = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', ARGV[8])
 end
-return {redis.call('ZRANGE', KEYS[3], 0, -1), seq, entries}
+local epoch = redis.call('GET', KEYS[9])
+if not epoch then
+  local now = redis.call('TIME')
+  epoch = (ARGV[10] or '') .. now[1] .. now[2]
+  redis.call('SET', KEYS[9], epoch)
+end
+local changes = {}
+if ARGV[7] ~= '' then
+  changes = redis.call('HGETALL', KEYS[10])
+end
+return {redis.call('ZRANGE', KEYS[3], 0, -1), seq, entries, epoch, changes}
+"""
+
+# An edit or a deletion of message ARGV[2] (v2): kept for joins' history, then relayed
+# to the room's v2 members behind its messages. KEYS: the room's script_keys. ARGV:
+# publish verb, q, the event. Changes of messages long past the history are dropped.
+# An admin's purge of the room's history (FORGET): the stream and the changes go, the
+# numbering and its epoch stay, and every instance hears P. KEYS: the room's; ARGV:
+# publish verb.
+FORGET = """
+redis.call('DEL', KEYS[8], KEYS[10])
+redis.call(ARGV[1], KEYS[6], 'P')
+return 1
+"""
+
+CHANGE = """
+redis.call('HSET', KEYS[10], ARGV[2], ARGV[3])
+if redis.call('HLEN', KEYS[10]) > 1000 then
+  local oldest = tonumber(ARGV[2]) - 1000
+  for _, q in ipairs(redis.call('HKEYS', KEYS[10])) do
+    if tonumber(q) < oldest then
+      redis.call('HDEL', KEYS[10], q)
+    end
+  end
+end
+redis.call(ARGV[1], KEYS[6], 'V' .. ARGV[3])
+return 1
 """
 
 # A run of messages from one sender (one or more v1 user_message lines): number them,
 # keep them, publish them, in one step (so every instance sees the same numbers in the
-# same order). KEYS: counter, stream, channel. ARGV: history size (0: keep nothing),
-# publish verb, how many messages, their time (ms, the posting instance's clock), the
-# lines. The run is one stream entry, its id the first message's number. Returns it;
-# if the stream refused the entry (the message is still numbered and published), the
-# number and the error, for the bus to count and log.
+# same order). KEYS: counter, stream, channel, epoch. ARGV: history size (0: keep
+# nothing), publish verb, the instance's epoch candidate, how many messages, their time
+# (ms, the posting instance's clock), the lines. The run is one stream entry, its id the
+# first message's number. Returns {its number, the epoch}, and if the stream refused
+# the entry (the message is still numbered and published) the error, for the bus to
+# count and log.
 POST = """
-local count = tonumber(ARGV[3])
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  local now = redis.call('TIME')
+  epoch = ARGV[3] .. now[1] .. now[2]
+  redis.call('SET', KEYS[4], epoch)
+end
+local count = tonumber(ARGV[4])
 local first = redis.call('INCRBY', KEYS[1], count) - count + 1
 local refused = nil
 if ARGV[1] ~= '0' then
   local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], first .. '-0',
-    't', ARGV[4], 'm', ARGV[5])
+    't', ARGV[5], 'm', ARGV[6])
   if type(added) == 'table' and added.err then
     refused = added.err
   end
 end
-redis.call(ARGV[2], KEYS[3], 'M' .. first .. ' ' .. ARGV[4] .. '\\n' .. ARGV[5])
+redis.call(ARGV[2], KEYS[3], 'M' .. first .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
 if refused then
-  return {first, refused}
+  return {first, epoch, refused}
 end
-return first
+return {first, epoch}
 """
 
 # ARGV: session key, user id, publish verb. Returns 1 if the session was there.
@@ -249,6 +313,8 @@ SCRIPTS = {
     "leave": LEAVE,
     "assert": ASSERT,
     "post": POST,
+    "change": CHANGE,
+    "forget": FORGET,
     "name_claim": NAME_CLAIM,
     "name_release": NAME_RELEASE,
     "name_assert": NAME_ASSERT,
