@@ -37,11 +37,14 @@ def wait_for(driver: WebDriver, what: Callable[[WebDriver], Any], timeout: float
 
 
 def texts(driver: WebDriver, selector: str) -> list[str]:
-    # textContent, not .text: on a phone-sized screen some panes are hidden.
-    return [
-        e.get_attribute("textContent") or ""
-        for e in driver.find_elements(By.CSS_SELECTOR, selector)
-    ]
+    # textContent, not .text: on a phone-sized screen some panes are hidden. Read in one
+    # script, so that a re-render between finding the elements and reading each one
+    # (an edit, a page of older messages) cannot leave a stale reference.
+    found: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent || '')",
+        selector,
+    )
+    return found
 
 
 def user_id(driver: WebDriver) -> str:

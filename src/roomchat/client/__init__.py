@@ -15,6 +15,13 @@ v1 works as before. In v2 the client answers the server's pings itself, and erro
 arrive as :class:`~roomchat.protocol.Error` events in the event stream.
 :class:`ReconnectingClient` adds reconnection with catch-up on top.
 
+With the lasting history (docs/protocol.md, "History that lasts"):
+``await client.history("general", before=42, limit=50)`` returns the ``history`` page
+answering it (not delivered as an event); ``edit_message``, ``delete_message``,
+``mark_read`` and ``typing`` send their commands, whose outcome comes as events
+(``message_edited``, ``message_deleted``, ``typing``) or an ``error``. The
+reconnecting client keeps each room's epoch (``epochs``) and re-joins with it.
+
 Events arrive either through ``async for`` (queued; reading from the socket pauses
 while too many wait, so memory stays bounded) or, for callers that must not pay a
 task switch per event, through an ``on_event`` callback. A caller that must not even
@@ -54,6 +61,8 @@ from roomchat.client.protocol import (
     JoinAnswered,
     JoinRefused,
     JoinResult,
+    PageAnswered,
+    PageRefused,
     PongAnswered,
     ProtocolViolation,
     Reply,
@@ -89,6 +98,8 @@ __all__ = [
     "JoinRefused",
     "JoinResult",
     "MissedMessages",
+    "PageAnswered",
+    "PageRefused",
     "PongAnswered",
     "ProtocolViolation",
     "Reconnected",

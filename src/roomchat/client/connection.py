@@ -30,12 +30,15 @@ from roomchat.client.protocol import (
     JoinAnswered,
     JoinRefused,
     JoinResult,
+    PageAnswered,
+    PageRefused,
     State,
 )
 from roomchat.protocol import (
     DEFAULT_PORT,
     Command,
     Event,
+    History,
     LoginSuccessful,
     Role,
     RoomDetail,
@@ -106,6 +109,7 @@ class _Connection(asyncio.Protocol):
         self.close_reason: str | None = None
         self.joins: dict[str, asyncio.Future[JoinResult]] = {}
         self.pongs: dict[str, asyncio.Future[None]] = {}
+        self.pages: dict[str, asyncio.Future[History]] = {}
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writing_paused = False
         self._heard = False  # bytes came since the last heartbeat tick
@@ -140,12 +144,16 @@ class _Connection(asyncio.Protocol):
         if self.hello is not None and not self.hello.done():
             self.hello.set_exception(ConnectionClosed(f"closed after hello: {reason}"))
             self.hello.exception()  # retrieved: connect() may have stopped waiting
-        futures: list[asyncio.Future[None] | asyncio.Future[JoinResult]] = [
+        futures: list[
+            asyncio.Future[None] | asyncio.Future[JoinResult] | asyncio.Future[History]
+        ] = [
             *self.pongs.values(),
             *self.joins.values(),
+            *self.pages.values(),
         ]
         self.pongs.clear()
         self.joins.clear()
+        self.pages.clear()
         for future in futures:
             if not future.done():
                 future.set_exception(ConnectionClosed(reason))
@@ -191,6 +199,13 @@ class _Connection(asyncio.Protocol):
                         join.set_result(reply.result)
                     else:
                         join.set_exception(CommandError(reply.error))
+            elif isinstance(reply, PageAnswered | PageRefused):
+                page = self.pages.pop(reply.id, None)
+                if page is not None and not page.done():
+                    if isinstance(reply, PageAnswered):
+                        page.set_result(reply.history)
+                    else:
+                        page.set_exception(CommandError(reply.error))
             else:
                 pong = self.pongs.pop(reply.id, None)
                 if pong is not None and not pong.done():
@@ -410,6 +425,66 @@ class ChatClient(EventStream[Event]):
         self._protocol.close_dm(user)
         await self._send()
 
+    # -- the lasting history (v2: docs/protocol.md, "History that lasts") ---------------
+    async def history(
+        self,
+        room: str,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+        epoch: str | None = None,
+        *,
+        timeout: float | None = 10.0,
+    ) -> History:
+        """A page of the room's stored history, and wait for it: the ``limit`` (1 to
+        200) messages below ``before``, or above ``after`` (neither: the latest),
+        oldest first; ``ms`` empty when there is nothing more. With ``epoch`` not the
+        room's, the server answers the latest page with ``gap`` true.
+
+        The answer is returned, not delivered as an event. Raises CommandError if the
+        server refuses (``not_member``: join the room first; ``unavailable``), also
+        delivered as an ``error`` event; TimeoutError; ConnectionClosed."""
+        if self.version < 2:
+            raise RuntimeError("history needs a v2 session")
+        ident = f"p{self.new_id()}"
+        future: asyncio.Future[History] = asyncio.get_running_loop().create_future()
+        pages = self._connection.pages
+        pages[ident] = future
+        try:
+            self._protocol.history_page(
+                room, before=before, after=after, limit=limit, epoch=epoch, id=ident
+            )
+            self._protocol.expect_page(ident)
+            await self._send()
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            if pages.pop(ident, None) is not None:
+                self._protocol.cancel_page(ident)
+
+    # Each sends its command; the outcome comes as events (message_edited,
+    # message_deleted, typing) or as an error with the given id (not_found,
+    # not_authorised, not_member).
+    async def edit_message(self, room: str, q: int, content: str, *, id: str | None = None) -> None:
+        """Replace message ``q``'s content: your own, or any as a moderator."""
+        self._protocol.edit_message(room, q, content, id=id)
+        await self._send()
+
+    async def delete_message(self, room: str, q: int, *, id: str | None = None) -> None:
+        """Delete message ``q`` (a tombstone stays): your own, or any as a moderator."""
+        self._protocol.delete_message(room, q, id=id)
+        await self._send()
+
+    async def mark_read(self, room: str, q: int, *, id: str | None = None) -> None:
+        """Your read marker in the room moves to ``q`` (never back)."""
+        self._protocol.mark_read(room, q, id=id)
+        await self._send()
+
+    async def typing(self, room: str, *, id: str | None = None) -> None:
+        """Tell the room you are typing (the server passes on one per 3 s)."""
+        self._protocol.typing(room, id=id)
+        await self._send()
+
     # -- state -----------------------------------------------------------------------
     @property
     def closed(self) -> bool:
@@ -436,10 +511,12 @@ class ChatClient(EventStream[Event]):
         history: int | None = None,
         after: int | None = None,
         id: str | None = None,
+        epoch: str | None = None,
     ) -> None:
         """Send ``join_room``. In v2, ``history`` asks for the last N messages, ``after``
-        for every message after that sequence number (catch-up); v1 drops them."""
-        self._protocol.join(room, history=history, after=after, id=id)
+        for every message after that sequence number (catch-up), with ``epoch`` the
+        epoch it counts in (a ``history``'s ``e``); v1 drops them."""
+        self._protocol.join(room, history=history, after=after, id=id, epoch=epoch)
         await self._send()
 
     async def join_and_wait(

@@ -7,7 +7,8 @@ I/O: no socket, no event loop, no clock. Whoever drives it (the asyncio layer,
 
 - :meth:`~ClientProtocol.events_received`: the events for the application, in order;
 - :meth:`~ClientProtocol.replies_received`: answers to what it was told to wait for
-  (:class:`JoinAnswered`, :class:`JoinRefused`, :class:`PongAnswered`);
+  (:class:`JoinAnswered`, :class:`JoinRefused`, :class:`PongAnswered`,
+  :class:`PageAnswered`, :class:`PageRefused`);
 - :meth:`~ClientProtocol.raw_received`: in raw mode, the bytes handed over undecoded;
 - :meth:`~ClientProtocol.data_to_send`: what to write to the server (commands, and what
   the protocol answers itself: the ``hello`` after login, pongs, its own pings);
@@ -35,17 +36,21 @@ from roomchat.protocol import (
     CloseDm,
     Command,
     CreateRoom,
+    DeleteMessage,
+    EditMessage,
     Error,
     Event,
     EventDecoder,
     Hello,
     History,
+    HistoryPage,
     Invite,
     JoinRoom,
     Kick,
     LeaveRoom,
     LineTooLong,
     LoginSuccessful,
+    MarkRead,
     Mute,
     OpenDm,
     Ping,
@@ -61,6 +66,7 @@ from roomchat.protocol import (
     ServerPong,
     SetRole,
     SlowMode,
+    StartTyping,
     Unban,
     Unmute,
     UserJoinedRoom,
@@ -80,6 +86,8 @@ __all__ = [
     "JoinAnswered",
     "JoinRefused",
     "JoinResult",
+    "PageAnswered",
+    "PageRefused",
     "PongAnswered",
     "ProtocolViolation",
     "Reply",
@@ -155,7 +163,23 @@ class PongAnswered:
     id: str
 
 
-Reply = JoinAnswered | JoinRefused | PongAnswered
+@dataclass(frozen=True, slots=True)
+class PageAnswered:
+    """The ``history`` page that :meth:`ClientProtocol.expect_page` announced came."""
+
+    id: str
+    history: History
+
+
+@dataclass(frozen=True, slots=True)
+class PageRefused:
+    """The server refused that page (an ``error`` carrying the page's id)."""
+
+    id: str
+    error: Error
+
+
+Reply = JoinAnswered | JoinRefused | PongAnswered | PageAnswered | PageRefused
 
 
 class State(enum.Enum):
@@ -220,6 +244,7 @@ class ClientProtocol:
         self._raw_in: list[bytes] = []
         self._joins: dict[str, _PendingJoin] = {}
         self._pongs: set[str] = set()
+        self._pages: set[str] = set()
         self._silent_ticks = 0
         #: v2 with the ``rooms`` feature: the rooms this session can see, by name (the
         #: ``rooms`` event after ``welcome``, then each ``room_added``/``room_removed``;
@@ -275,6 +300,7 @@ class ClientProtocol:
         self.state = State.CLOSED
         self._joins.clear()
         self._pongs.clear()
+        self._pages.clear()
 
     def hello_timed_out(self) -> None:
         """The driver stopped waiting for ``welcome``: a server without v2 (the original,
@@ -290,7 +316,8 @@ class ClientProtocol:
         return events
 
     def replies_received(self) -> list[Reply]:
-        """Answers to :meth:`expect_join` and :meth:`ping` since the last call."""
+        """Answers to :meth:`expect_join`, :meth:`ping` and :meth:`expect_page` since the
+        last call."""
         replies, self._replies = self._replies, []
         return replies
 
@@ -316,15 +343,18 @@ class ClientProtocol:
         history: int | None = None,
         after: int | None = None,
         id: str | None = None,
+        epoch: str | None = None,
     ) -> None:
         """``join_room``; in v2 with ``history`` (the last N messages) or ``after``
-        (every message after that sequence number) and ``id``. v1 drops them."""
+        (every message after that sequence number) and ``id``; with ``after``, ``epoch``
+        is the epoch ``after`` counts in (a ``history``'s ``e``: the server then tells a
+        restarted numbering by ``gap``). v1 drops them all."""
         if history is not None and after is not None:
             raise ValueError("history and after exclude each other")
         if self.version < 2:
             self.send(JoinRoom(room))
         else:
-            self.send(JoinRoom(room, history, after, id))
+            self.send(JoinRoom(room, history, after, id, epoch if after is not None else None))
 
     def leave(self, room: str, *, id: str | None = None) -> None:
         self.send(LeaveRoom(room, id if self.version >= 2 else None))
@@ -426,6 +456,57 @@ class ClientProtocol:
     def close_dm(self, user: str, *, id: str | None = None) -> None:
         self._v2("close_dm")
         self.send(CloseDm(user, id))
+
+    # -- the lasting history (v2: docs/protocol.md, "History that lasts") ---------------
+    def history_page(
+        self,
+        room: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+        epoch: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        """Ask for a page of the room's stored history: the ``limit`` messages below
+        ``before`` (or above ``after``; neither: the latest), answered by a ``history``
+        event with ``id``. Announce it with :meth:`expect_page` to get the answer as a
+        :class:`PageAnswered` reply instead of an event."""
+        self._v2("history")
+        if before is not None and after is not None:
+            raise ValueError("before and after exclude each other")
+        self.send(HistoryPage(room, before, after, limit, epoch, id))
+
+    def expect_page(self, id: str) -> None:
+        """The ``history`` answering the page with this ``id`` is a :class:`PageAnswered`
+        reply (not delivered as an event); an ``error`` with the id is a
+        :class:`PageRefused` (and delivered as an event too)."""
+        self._pages.add(id)
+
+    def cancel_page(self, id: str) -> None:
+        """Stop waiting for that page (if it comes, it is delivered as an event)."""
+        self._pages.discard(id)
+
+    def edit_message(self, room: str, seq: int, content: str, *, id: str | None = None) -> None:
+        """Replace message ``seq``'s content (the room's members get ``message_edited``)."""
+        self._v2("edit_message")
+        self.send(EditMessage(room, seq, content, id))
+
+    def delete_message(self, room: str, seq: int, *, id: str | None = None) -> None:
+        """Delete message ``seq`` (the room's members get ``message_deleted``)."""
+        self._v2("delete_message")
+        self.send(DeleteMessage(room, seq, id))
+
+    def mark_read(self, room: str, seq: int, *, id: str | None = None) -> None:
+        """Everything up to message ``seq`` of the room is read (the marker never goes
+        back)."""
+        self._v2("mark_read")
+        self.send(MarkRead(room, seq, id))
+
+    def typing(self, room: str, *, id: str | None = None) -> None:
+        """This user is typing in the room (the server passes it on at most every 3 s)."""
+        self._v2("typing")
+        self.send(StartTyping(room, id))
 
     def expect_join(self, room: str, id: str | None) -> None:
         """Announce a join of ``room`` to be answered with a reply: ``user_joined_room``
@@ -530,7 +611,17 @@ class ClientProtocol:
                 self._replies.append(PongAnswered(item.id))
                 return True
             return False
+        if type(item) is History and item.id is not None:
+            if item.id in self._pages:
+                self._pages.discard(item.id)
+                self._replies.append(PageAnswered(item.id, item))
+                return True
+            return False  # a page nobody waits for (a join's history has no id)
         if type(item) is Error:
+            if item.command == "history" and item.id is not None and item.id in self._pages:
+                self._pages.discard(item.id)
+                self._replies.append(PageRefused(item.id, item))
+                return False
             if item.command == "hello" and self.state is State.HELLO:
                 self._fail(HelloRefused(item))
                 return True

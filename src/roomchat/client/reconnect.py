@@ -19,7 +19,16 @@ from roomchat.client.protocol import (
     HelloRefused,
     ProtocolViolation,
 )
-from roomchat.protocol import Error, Event, History, Shutdown, UserJoinedRoom, UserMessage
+from roomchat.protocol import (
+    Error,
+    Event,
+    History,
+    MessageDeleted,
+    MessageEdited,
+    Shutdown,
+    UserJoinedRoom,
+    UserMessage,
+)
 
 __all__ = [
     "CatchUp",
@@ -86,27 +95,32 @@ _FATAL_HELLO = frozenset({"name_taken", "name_invalid", "not_authorised"})
 class CatchUp:
     """The catch-up rules of docs/protocol.md, for every room of one user, sans-I/O.
 
-    It keeps :attr:`last_seq` (the highest sequence number delivered per room):
+    It keeps :attr:`last_seq` (the highest sequence number delivered per room) and
+    :attr:`epochs` (the epoch of each room's numbering, a ``history``'s ``e``):
 
     - :meth:`accept` a live ``user_message`` only if its ``q`` is above it (else it was
       delivered already, from a history);
     - :meth:`replay` a ``history`` as the ``user_message`` events whose ``q`` is above
-      it, then raise it to the history's ``q``; a gap, or a ``q`` below it (the room's
-      count restarted: the server lost its history, so everything is new) comes first
-      as :class:`MissedMessages`;
-    - re-join with ``after`` = :meth:`after` (v2), or report :meth:`missed` (v1, which
-      cannot catch up).
+      it, then raise it to the history's ``q``; a gap, or a restarted count (a ``q``
+      below it, or an epoch other than the one it had: the server lost its history, so
+      everything is new) comes first as :class:`MissedMessages`. A message of the
+      history that was edited is followed by a ``message_edited`` (its ``ts``: the
+      edit's time; its ``u``: the author, the history does not say who edited), one
+      deleted by a ``message_deleted``: the state the history shows;
+    - re-join with ``after`` = :meth:`after` and ``e`` = :meth:`epoch` (v2), or report
+      :meth:`missed` (v1, which cannot catch up).
 
     With ``history_markers``, a replay is framed by :class:`HistoryStart` and
     :class:`HistoryEnd`, so that a UI can show the past apart from live messages (the
     TUI does). The web client (``web/client.js``) mirrors these rules.
     """
 
-    __slots__ = ("history_markers", "last_seq")
+    __slots__ = ("epochs", "history_markers", "last_seq")
 
     def __init__(self, *, history_markers: bool = False) -> None:
         self.history_markers = history_markers
         self.last_seq: dict[str, int] = {}
+        self.epochs: dict[str, str] = {}
 
     def accept(self, message: UserMessage) -> bool:
         """Whether to deliver this live message (and if so, it is now the room's last)."""
@@ -122,10 +136,16 @@ class CatchUp:
         """The events to deliver for ``history``, in order."""
         room = history.room
         last = self.last_seq.get(room)
+        known_epoch = self.epochs.get(room)
+        if history.epoch is not None:
+            self.epochs[room] = history.epoch
         out: list[ClientEvent] = []
         if self.history_markers:
             out.append(HistoryStart(room, catch_up=last is not None))
-        if last is not None and history.seq < last:
+        restarted = history.seq < (-1 if last is None else last) or (
+            known_epoch is not None and history.epoch is not None and history.epoch != known_epoch
+        )
+        if last is not None and restarted:
             out.append(MissedMessages(room, last))
             last = None
         elif history.gap:
@@ -139,6 +159,13 @@ class CatchUp:
                         room, message.user_id, message.content, message.seq, message.timestamp
                     )
                 )
+                changed = message.edited if message.edited is not None else message.timestamp
+                if message.deleted:
+                    out.append(MessageDeleted(room, message.seq, message.user_id, changed))
+                elif message.edited is not None:
+                    out.append(
+                        MessageEdited(room, message.seq, message.user_id, message.content, changed)
+                    )
         self.last_seq[room] = max(floor, history.seq)
         if self.history_markers:
             out.append(HistoryEnd(room))
@@ -148,6 +175,10 @@ class CatchUp:
         """The ``after`` of a re-join of ``room``: None if nothing was delivered yet."""
         return self.last_seq.get(room)
 
+    def epoch(self, room: str) -> str | None:
+        """The ``e`` of a re-join of ``room``: the epoch its :meth:`after` counts in."""
+        return self.epochs.get(room)
+
     def missed(self, room: str) -> MissedMessages:
         """What a re-join that cannot catch up (a v1 server) loses: everything since."""
         return MissedMessages(room, self.last_seq.get(room))
@@ -155,6 +186,7 @@ class CatchUp:
     def forget(self, room: str) -> None:
         """The room was left: a later join starts afresh."""
         self.last_seq.pop(room, None)
+        self.epochs.pop(room, None)
 
 
 class ReconnectingClient(EventStream[ClientEvent]):
@@ -163,14 +195,17 @@ class ReconnectingClient(EventStream[ClientEvent]):
     It connects with ``hello``; when the connection is lost it reconnects with
     exponential backoff and full jitter (or after a ``shutdown`` notice's
     ``reconnect_ms``), says ``hello`` with the same user id and the latest token,
-    re-joins its rooms with ``after`` = the last sequence number it saw in each, and
+    re-joins its rooms with ``after`` = the last sequence number it saw in each (and
+    ``e`` = the epoch that number counts in, so that the server can say when the
+    room's numbering restarted), and
     turns the ``history`` answers into the ``user_message`` events it missed, skipping
     any it already delivered (the rules are :attr:`catch_up`'s, a :class:`CatchUp`).
     Every ``user_message`` of a room is thus delivered once, in sequence order, across
     reconnects; :class:`MissedMessages` says where that could not be kept. ``history``
     events themselves are not delivered (their messages are); with
     ``history_markers=True`` each is framed by :class:`HistoryStart` and
-    :class:`HistoryEnd` instead.
+    :class:`HistoryEnd` instead. Pages of older history (:meth:`history`) are returned
+    to the caller and change nothing of the catch-up.
 
     The event stream (``async for`` / :meth:`next_event`) carries the server's events
     and :class:`Disconnected`, :class:`Reconnected`, :class:`MissedMessages` (and the
@@ -294,6 +329,38 @@ class ReconnectingClient(EventStream[ClientEvent]):
     async def send(self, room: str, content: str) -> None:
         await self._current().send(room, content)
 
+    # -- the lasting history (v2: ChatClient's) -------------------------------------------
+    @property
+    def epochs(self) -> dict[str, str]:
+        """The epoch of each room's numbering, from its latest ``history``."""
+        return self.catch_up.epochs
+
+    async def history(
+        self,
+        room: str,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+        epoch: str | None = None,
+        *,
+        timeout: float | None = 10.0,
+    ) -> History:
+        """A page of the room's stored history (:meth:`ChatClient.history`): returned,
+        not delivered, and its messages are not caught up on."""
+        return await self._current().history(room, before, after, limit, epoch, timeout=timeout)
+
+    async def edit_message(self, room: str, q: int, content: str) -> None:
+        await self._current().edit_message(room, q, content)
+
+    async def delete_message(self, room: str, q: int) -> None:
+        await self._current().delete_message(room, q)
+
+    async def mark_read(self, room: str, q: int) -> None:
+        await self._current().mark_read(room, q)
+
+    async def typing(self, room: str) -> None:
+        await self._current().typing(room)
+
     # -- events ------------------------------------------------------------------------
     async def next_event(self, timeout: float | None = None) -> ClientEvent:
         """The next event; raises ConnectionClosed once closed (or the failure that
@@ -323,7 +390,7 @@ class ReconnectingClient(EventStream[ClientEvent]):
         if type(event) is UserMessage:
             if not self.catch_up.accept(event):
                 return
-        elif type(event) is History:
+        elif type(event) is History and event.id is None:  # (with an id: a page's answer)
             self._events.extend(self.catch_up.replay(event))
             self._wake()
             return
@@ -367,7 +434,12 @@ class ReconnectingClient(EventStream[ClientEvent]):
             else:
                 ident = client.new_id()
                 self._join_ids[ident] = room
-                await client.join(room, after=self.catch_up.after(room), id=ident)
+                await client.join(
+                    room,
+                    after=self.catch_up.after(room),
+                    id=ident,
+                    epoch=self.catch_up.epoch(room),
+                )
 
     async def _run(self) -> None:
         attempt = 0

@@ -14,6 +14,8 @@ each room's history begins and ends (:class:`~roomchat.client.HistoryStart`,
 
 from __future__ import annotations
 
+import contextlib
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -24,23 +26,37 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from roomchat.client import (
     ChatClient,
+    CommandError,
     ConnectionClosed,
     HelloRefused,
     ProtocolViolation,
+    Reconnected,
     ReconnectingClient,
     parse_address,
 )
-from roomchat.protocol import DEFAULT_PORT, LoginSuccessful, valid_name
+from roomchat.protocol import DEFAULT_PORT, LoginSuccessful, Typing, valid_name
 from roomchat.tui.screens import ChatScreen, ConnectScreen
-from roomchat.tui.state import DEFAULT_HISTORY_LIMIT, JOIN_HISTORY, ChatState, StateEvent
+from roomchat.tui.state import (
+    DEFAULT_HISTORY_LIMIT,
+    JOIN_HISTORY,
+    PAGE_SIZE,
+    TYPING_SHOWN,
+    ChatState,
+    StateEvent,
+)
 
-__all__ = ["DEFAULT_ADDRESS", "RoomChatApp"]
+__all__ = ["DEFAULT_ADDRESS", "MARK_EVERY", "TYPING_EVERY", "RoomChatApp"]
 
 DEFAULT_ADDRESS = f"localhost:{DEFAULT_PORT}"
+#: v2 (``read_markers``): the open room's read marker is sent at most this often (s).
+MARK_EVERY = 2.0
+#: v2 (``typing``): ``typing`` is sent at most this often per room while one types (s).
+TYPING_EVERY = 3.0
 
 
 class SessionStarted(Message):
@@ -123,6 +139,12 @@ class RoomChatApp(App[None]):
         self.backoff = (backoff_initial, backoff_max)
         self.state = ChatState(history_limit=history_limit, clock=clock)
         self.client: ReconnectingClient | None = None
+        self._clock = clock
+        self._marked: dict[str, int] = {}  # room -> the last q sent in mark_read
+        self._mark_sent_at = -math.inf
+        self._mark_timer: Timer | None = None
+        self._typing_sent: dict[str, float] = {}  # room -> when typing was last sent
+        self._paging: set[str] = set()  # rooms with a page back under way
 
     def get_default_screen(self) -> ConnectScreen:
         return ConnectScreen(self, self.default_address, self.user_name)
@@ -245,6 +267,107 @@ class RoomChatApp(App[None]):
         screen = self.chat_screen
         if screen is not None:
             screen.show_update(update)
+        if isinstance(event, Typing) and update.changed:
+            self.set_timer(TYPING_SHOWN + 0.05, self._typing_expired)
+        if isinstance(event, Reconnected):
+            self._marked.clear()  # (a restarted numbering starts again from 1)
+        self._mark_soon()
+
+    def _typing_expired(self) -> None:
+        screen = self.chat_screen
+        if screen is not None:
+            screen.show_typing()
+
+    # -- v2's lasting history: read markers, typing, pages back --------------------------
+    def _v2_client(self, feature: str) -> ReconnectingClient | None:
+        """The session, if it is connected in v2 with ``feature`` granted."""
+        client = self.client
+        current = None if client is None else client.client
+        if current is None or current.closed or feature not in current.features:
+            return None
+        return client
+
+    def _mark_soon(self) -> None:
+        """The open room is shown: tell the server it is read up to its last message,
+        at most every :data:`MARK_EVERY` seconds (the latest one last)."""
+        room = self.state.active
+        client = self._v2_client("read_markers")
+        if room is None or not room.joined or client is None:
+            return
+        seq = client.last_seq.get(room.name)
+        if not seq or seq <= self._marked.get(room.name, 0):
+            return
+        wait = self._mark_sent_at + MARK_EVERY - self._clock()
+        if wait > 0:
+            if self._mark_timer is None:
+                self._mark_timer = self.set_timer(wait, self._mark_due)
+            return
+        self._mark_sent_at = self._clock()
+        self._marked[room.name] = seq
+        self.run_worker(self._send_mark(client, room.name, seq), group="marks")
+
+    def _mark_due(self) -> None:
+        self._mark_timer = None
+        self._mark_soon()
+
+    async def _send_mark(self, client: ReconnectingClient, room: str, seq: int) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the next connection marks again
+            await client.mark_read(room, seq)
+
+    async def user_typing(self, text: str) -> None:
+        """The message box changed: ``typing`` to the open room, at most every
+        :data:`TYPING_EVERY` seconds (not for commands, nor an emptied box)."""
+        room = self.state.active
+        if not text.strip() or (text.startswith("/") and not text.startswith("//")):
+            return
+        client = self._v2_client("typing")
+        if room is None or not room.joined or client is None:
+            return
+        now = self._clock()
+        if now - self._typing_sent.get(room.name, -math.inf) < TYPING_EVERY:
+            return
+        self._typing_sent[room.name] = now
+        with contextlib.suppress(ConnectionClosed):
+            await client.typing(room.name)
+
+    def page_back(self) -> None:
+        """Ask for the messages before the oldest one shown, to go on top (v2)."""
+        room = self.state.active
+        if room is None or not room.joined:
+            self.notify("Open a room first.", severity="warning")
+            return
+        client = self._v2_client("paging")
+        if client is None:
+            self.notify("Older messages need a v2 server that keeps history.", severity="warning")
+            return
+        if room.history_done or room.name in self._paging:
+            return  # the start is shown already, or the page is on its way
+        before = room.oldest_seq()
+        if before is None:
+            latest = client.last_seq.get(room.name)
+            if not latest:  # no message in the room at all
+                return
+            before = latest + 1
+        self._paging.add(room.name)
+        self.run_worker(self._page_back(client, room.name, before), group="pages")
+
+    async def _page_back(self, client: ReconnectingClient, room: str, before: int) -> None:
+        try:
+            page = await client.history(
+                room, before=before, limit=PAGE_SIZE, epoch=client.epochs.get(room)
+            )
+        except CommandError as exc:
+            self.notify(f"No older messages: {exc.error.code}: {exc.error.msg}", severity="error")
+            return
+        except (TimeoutError, ConnectionClosed):
+            self.notify("No older messages: the server did not answer.", severity="error")
+            return
+        finally:
+            self._paging.discard(room)
+        update = self.state.prepend(room, page)
+        screen = self.chat_screen
+        if screen is not None:
+            screen.show_update(update)
 
     # -- commands from the chat page ------------------------------------------------------
     async def _command(
@@ -273,6 +396,7 @@ class RoomChatApp(App[None]):
             await self._command(
                 lambda c: c.join(room, history=JOIN_HISTORY), f"cannot join #{room}."
             )
+        self._mark_soon()
 
     async def _slash(self, text: str) -> bool:
         return await _slash_command(self, text)
@@ -309,8 +433,10 @@ class RoomChatApp(App[None]):
         return await self._command(lambda c: c.send(name, text), "the message was not sent.")
 
 
-#: The chat page's commands (v2 servers with the community features, docs/moderation.md).
+#: The chat page's commands (v2 servers with the community features, docs/moderation.md,
+#: and with lasting history: /edit and /delete).
 SLASH_HELP = (
+    "/edit [Q] TEXT  /delete [Q]  "
     "/create ROOM [description]  /private ROOM  /dm USER  /invite USER  "
     "/kick USER [why]  /ban USER [seconds] [why]  /unban USER  /mute USER [seconds] [why]  "
     "/unmute USER  /slow SECONDS  /archive [why]"
@@ -329,6 +455,8 @@ async def _slash_command(app: RoomChatApp, text: str) -> bool:
         app.notify(SLASH_HELP, title="Commands")
         return False
     verb, args = words[0].lower(), words[1:]
+    if verb in ("edit", "delete"):
+        return await _edit_or_delete(app, verb, text[1:].split(None, 1)[1:])
     room = app.state.active_room
     needs_room = verb in ("invite", "kick", "ban", "unban", "mute", "unmute", "slow", "archive")
     if needs_room and room is None:
@@ -357,6 +485,38 @@ async def _slash_command(app: RoomChatApp, text: str) -> bool:
         await _SLASH[verb](current, room or "", args)
 
     return await app._command(send, f"/{verb} was not sent.")
+
+
+async def _edit_or_delete(app: RoomChatApp, verb: str, rest: list[str]) -> bool:
+    """``/edit Q TEXT`` / ``/delete Q``: message number Q of the open room (``#Q`` too);
+    ``/edit TEXT`` / ``/delete``: your last message in it. ``rest``: the line after the
+    verb (its spacing kept), as a list of zero or one string."""
+    room = app.state.active
+    usage = "/edit [Q] TEXT or /delete [Q]: Q is the message's number (#Q), else your last"
+    if room is None or not room.joined:
+        app.notify("Open a room first.", severity="warning")
+        return False
+    words = rest[0].split(None, 1) if rest else []
+    seq: int | None
+    if words and words[0].removeprefix("#").isdigit():
+        seq, content = int(words[0].removeprefix("#")), words[1] if len(words) > 1 else ""
+    else:
+        seq, content = room.own_last_seq(), rest[0] if rest else ""
+    if verb == "edit" and not content.strip():
+        app.notify(usage, title="Commands", severity="warning")
+        return False
+    if seq is None or seq < 1:
+        app.notify(f"No message of yours here to {verb}: {usage}", severity="warning")
+        return False
+    if app._v2_client("edits") is None:
+        app.notify(f"/{verb} needs a v2 server that keeps history.", severity="warning")
+        return False
+    name, number = room.name, seq
+    if verb == "edit":
+        return await app._command(
+            lambda c: c.edit_message(name, number, content), "/edit was not sent."
+        )
+    return await app._command(lambda c: c.delete_message(name, number), "/delete was not sent.")
 
 
 async def _create(c: ChatClient, room: str, args: list[str]) -> None:

@@ -40,6 +40,10 @@ class ChatController(Protocol):
 
     async def send_message(self, text: str) -> bool: ...
 
+    def page_back(self) -> None: ...
+
+    async def user_typing(self, text: str) -> None: ...
+
 
 class ConnectScreen(Screen[None]):
     """A server-address box and an optional name; Enter connects, errors show below."""
@@ -158,6 +162,12 @@ class ChatScreen(Screen[None]):
         self.query_one(RoomHeader).show_room(self._state)
         self.query_one(MessageLog).show_room(self._state.active)
         self.query_one(MemberList).show_members(self._state)
+        self.show_typing()
+
+    def show_typing(self) -> None:
+        """Who is typing in the open room, on the messages' bottom border."""
+        if self.is_mounted:
+            self.query_one(MessageLog).border_subtitle = self._state.typing_text()
 
     def show_update(self, update: Update) -> None:
         """Redraw what one state change touched."""
@@ -170,14 +180,20 @@ class ChatScreen(Screen[None]):
         if update.room is None:
             self.show_all()
             return
+        if update.typing:
+            if update.room == self._state.active_room:
+                self.show_typing()
+            return
         self.query_one(RoomList).show_room(self._state, update.room)
         if update.room == self._state.active_room:
             self.query_one(RoomHeader).show_room(self._state)
             self.query_one(MemberList).show_members(self._state)
             if update.redraw:
-                self.query_one(MessageLog).show_room(self._state.active)
+                log = self.query_one(MessageLog)
+                log.show_room(self._state.active, keep_view=update.keep_view)
             elif update.line is not None:
                 self.query_one(MessageLog).add_line(update.line)
+            self.show_typing()
 
     def show_active_changed(self) -> None:
         """The active room changed: redraw the list markers and the middle/right columns."""
@@ -200,6 +216,22 @@ class ChatScreen(Screen[None]):
             return
         if await self._controller.send_message(event.value):
             event.input.clear()
+
+    @on(Input.Changed, "#message-input")
+    async def _message_changed(self, event: Input.Changed) -> None:
+        await self._controller.user_typing(event.value)
+
+    def action_page_up(self) -> None:
+        """PageUp (messages or message box): scroll the messages up a page; at their top,
+        ask the server for older ones (v2)."""
+        log = self.query_one(MessageLog)
+        if log.at_top:
+            self._controller.page_back()
+        else:
+            log.scroll_page_up(animate=False)
+
+    def action_page_down(self) -> None:
+        self.query_one(MessageLog).scroll_page_down(animate=False)
 
     def on_descendant_focus(self, event: DescendantFocus) -> None:
         self.query_one(UsagePanel).show_for(event.widget)

@@ -1,4 +1,5 @@
-"""The terminal client's chat state: rooms, members, messages, unread counts.
+"""The terminal client's chat state: rooms, members, messages, unread counts, edits and
+deletions, older pages of history, who is typing.
 
 A plain object with no UI and no I/O, like the original client's state store: feed it
 the server's events (:meth:`ChatState.apply`) and the user's local actions
@@ -10,6 +11,7 @@ only what it must.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +28,11 @@ from roomchat.client import (
 )
 from roomchat.protocol import (
     Error,
+    History,
+    HistoryMessage,
     LoginSuccessful,
+    MessageDeleted,
+    MessageEdited,
     Moderated,
     RateLimited,
     RoomAdded,
@@ -34,6 +40,7 @@ from roomchat.protocol import (
     RoomParticipation,
     RoomRemoved,
     Shutdown,
+    Typing,
     UserJoinedRoom,
     UserMessage,
 )
@@ -41,6 +48,8 @@ from roomchat.protocol import (
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "JOIN_HISTORY",
+    "PAGE_SIZE",
+    "TYPING_SHOWN",
     "ChatLine",
     "ChatState",
     "HistoryEnd",
@@ -55,6 +64,11 @@ __all__ = [
 DEFAULT_HISTORY_LIMIT = 100
 #: v2: how many past messages a join asks for (shown above the live ones).
 JOIN_HISTORY = 50
+#: v2 (``paging``): how many older messages one page back asks for.
+PAGE_SIZE = 50
+#: Seconds "X is typing…" is shown after a ``typing`` event (the server passes one on
+#: at most every 3 s while the user types).
+TYPING_SHOWN = 5.0
 
 #: ``notice``: a separator the client itself adds (history, gap, reconnected).
 LineKind = Literal["message", "joined", "left", "notice"]
@@ -69,6 +83,9 @@ class ChatLine:
     content: str = ""
     own: bool = False  # written by (or about) this session's user
     past: bool = False  # a message from the room's history, sent before we joined
+    seq: int | None = None  # v2: the message's number in the room (``q``)
+    edited: bool = False  # v2: its content was replaced (shown "(edited)")
+    deleted: bool = False  # v2: it was deleted (shown as a tombstone, content empty)
 
 
 #: Everything :meth:`ChatState.apply` takes: the server's events, the reconnecting
@@ -77,6 +94,9 @@ class ChatLine:
 StateEvent = ClientEvent
 
 GAP_NOTICE = "some messages were missed"
+UNREAD_NOTICE = "unread"
+START_NOTICE = "start of the room's history"
+RESTARTED_NOTICE = "the room's history restarted: older pages are gone"
 _PAST = {"kick": "kicked", "ban": "banned", "mute": "muted"}
 HISTORY_NOTICE = "history"
 RECONNECTED_NOTICE = "reconnected"
@@ -96,12 +116,40 @@ class RoomState:
     #: While a history is being replayed: "history" (first join) or "catch_up".
     replaying: Literal["history", "catch_up"] | None = None
     replayed: int = 0  # messages of the current replay so far
+    #: v2 (``read_markers``): the highest ``q`` read, from the login's ``rooms``.
+    read_marker: int | None = None
+    #: Who is typing (not us), and until when (the state's clock).
+    typing: dict[str, float] = field(default_factory=dict)
+    #: A page back found nothing more: the room's history starts here.
+    history_done: bool = False
 
     def __post_init__(self) -> None:
         self.lines = collections.deque(maxlen=self.history_limit)
 
     def sorted_members(self) -> list[str]:
         return sorted(self.members)
+
+    def oldest_seq(self) -> int | None:
+        """The lowest message number shown (where a page back starts)."""
+        return min((line.seq for line in self.lines if line.seq is not None), default=None)
+
+    def newest_seq(self) -> int | None:
+        return max((line.seq for line in self.lines if line.seq is not None), default=None)
+
+    def own_last_seq(self) -> int | None:
+        """The number of this user's last message shown (not deleted), for /edit and
+        /delete without a number."""
+        for line in reversed(self.lines):
+            if line.kind == "message" and line.own and line.seq is not None and not line.deleted:
+                return line.seq
+        return None
+
+    def _replace(self, seq: int, **changes: object) -> bool:
+        for index, line in enumerate(self.lines):
+            if line.kind == "message" and line.seq == seq:
+                self.lines[index] = dataclasses.replace(line, **changes)  # type: ignore[arg-type]
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +161,10 @@ class Update:
     changed: bool = True
     redraw: bool = False  # the room's lines changed in bulk: redraw its log
     status: bool = False  # only the status line changed
+    typing: bool = False  # only who is typing in the room changed
+    #: redraw keeping the view on the lines it shows (older ones came in at the top,
+    #: or one line changed: an edit, a deletion)
+    keep_view: bool = False
 
 
 class ChatState:
@@ -213,6 +265,10 @@ class ChatState:
             return self._removed(event)
         if isinstance(event, Moderated):
             return self._moderated(event)
+        if isinstance(event, MessageEdited | MessageDeleted):
+            return self._changed(event)
+        if isinstance(event, Typing):
+            return self._typing(event)
         if not isinstance(event, UserJoinedRoom | RoomParticipation | UserMessage):
             return Update(None, changed=False)  # pings, pongs, welcome: nothing to show
         room = self.rooms.get(event.room)
@@ -240,7 +296,16 @@ class ChatState:
             room.lines.append(ChatLine("notice", "", HISTORY_NOTICE))
         if room.replaying is not None:
             room.replayed += 1
-        line = ChatLine("message", event.user_id, event.content, own=own, past=past)
+        if (
+            past
+            and room.read_marker is not None
+            and event.seq is not None
+            and event.seq > room.read_marker
+        ):
+            room.read_marker = None  # the separator once, before the first one unread
+            room.lines.append(ChatLine("notice", "", UNREAD_NOTICE))
+        room.typing.pop(event.user_id, None)
+        line = ChatLine("message", event.user_id, event.content, own=own, past=past, seq=event.seq)
         room.lines.append(line)
         if room.name != self.active_room and not own and not past:
             room.unread += 1
@@ -271,6 +336,85 @@ class ChatState:
         room.lines.append(ChatLine("notice", "", GAP_NOTICE))
         return Update(room.name, room.lines[-1])
 
+    def _changed(self, event: MessageEdited | MessageDeleted) -> Update:
+        """A message edited or deleted: its line changes in place (if it is shown)."""
+        room = self.rooms.get(event.room)
+        if room is None:
+            return Update(event.room, changed=False)
+        if isinstance(event, MessageEdited):
+            found = room._replace(event.seq, content=event.content, edited=True)
+        else:
+            found = room._replace(event.seq, content="", deleted=True)
+        # While a history is replayed, its end redraws everything at once.
+        changed = found and room.replaying is None
+        return Update(room.name, changed=changed, redraw=changed, keep_view=True)
+
+    def _typing(self, event: Typing) -> Update:
+        room = self.rooms.get(event.room)
+        if room is None or not room.joined or event.user_id == self.user_id:
+            return Update(event.room, changed=False)
+        room.typing[event.user_id] = self._clock() + TYPING_SHOWN
+        return Update(room.name, typing=True)
+
+    def typing_text(self, room_name: str | None = None) -> str:
+        """ "bob is typing…" for the room (default: the open one), or "" (expired ones
+        are forgotten)."""
+        room = self.rooms.get(room_name or self.active_room or "")
+        if room is None:
+            return ""
+        now = self._clock()
+        for user in [u for u, until in room.typing.items() if until <= now]:
+            del room.typing[user]
+        users = sorted(room.typing)
+        if not users:
+            return ""
+        if len(users) == 1:
+            return f"{users[0]} is typing…"
+        if len(users) <= 3:
+            return f"{', '.join(users[:-1])} and {users[-1]} are typing…"
+        return f"{len(users)} people are typing…"
+
+    def prepend(self, room_name: str, page: History) -> Update:
+        """An older page of the room's history (the answer to a page back): its
+        messages below the oldest shown go on top, oldest first; an empty page says the
+        history starts here."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return Update(room_name, changed=False)
+        oldest = room.oldest_seq()
+        if page.gap:  # the numbering restarted: "before" meant another history
+            room.history_done = True
+            room.lines.appendleft(ChatLine("notice", "", RESTARTED_NOTICE))
+            return Update(room.name, redraw=True, keep_view=True)
+        older = [m for m in page.messages if oldest is None or m.seq < oldest]
+        new_lines = [self._past_line(message) for message in older]
+        if not older:
+            room.history_done = True
+            new_lines = [ChatLine("notice", "", START_NOTICE)]
+        # Keep the "history" separator on top; older pages go right under it.
+        head = []
+        if room.lines and room.lines[0] == ChatLine("notice", "", HISTORY_NOTICE):
+            head.append(room.lines.popleft())
+        elif older:
+            head.append(ChatLine("notice", "", HISTORY_NOTICE))
+        # Pages back make the room keep more lines (each page one the user asked for):
+        # all it shows, and room for history_limit more before the oldest go.
+        lines = [*head, *new_lines, *room.lines]
+        room.lines = collections.deque(lines, maxlen=len(lines) + room.history_limit)
+        return Update(room.name, redraw=True, keep_view=True)
+
+    def _past_line(self, message: HistoryMessage) -> ChatLine:
+        return ChatLine(
+            "message",
+            message.user_id,
+            message.content,
+            own=message.user_id == self.user_id,
+            past=True,
+            seq=message.seq,
+            edited=message.edited is not None and not message.deleted,
+            deleted=message.deleted,
+        )
+
     def _login(self, event: LoginSuccessful) -> Update:
         self.reset()
         self.user_id = event.user_id
@@ -284,11 +428,17 @@ class ChatState:
 
     def add_rooms(self, listings: tuple[RoomListing, ...] | list[RoomListing]) -> Update:
         """Rooms this session can see besides the login's: created at run time, private
-        ones, direct messages (shown as ``dm:…``)."""
+        ones, direct messages (shown as ``dm:…``). v2 with read markers: the unread
+        count and the marker of each room that has one."""
         for listing in listings:
             if listing.name not in self.rooms:
                 label = f"direct messages with {listing.dm}" if listing.dm else listing.description
                 self.rooms[listing.name] = RoomState(listing.name, label, self.history_limit)
+            room = self.rooms[listing.name]
+            if listing.unread is not None and listing.name != self.active_room:
+                room.unread = listing.unread
+            if listing.read is not None:
+                room.read_marker = listing.read
         return Update(None)
 
     def _removed(self, event: RoomRemoved) -> Update:

@@ -38,20 +38,33 @@ def room_prompt(room: RoomState, active: bool) -> Text:
     return text
 
 
+#: What a deleted message shows instead of its content.
+TOMBSTONE = "message deleted"
+
+
 def format_line(line: ChatLine) -> Text:
     """A history line: ``@user: text``; join/leave notices in italics; own lines marked;
     messages from before the join (the room's history) dimmed; the client's own
-    separators (history, missed messages, reconnected) as ``── text ──``."""
+    separators (history, missed messages, reconnected) as ``── text ──``. v2: an edited
+    message ends with ``(edited)``, a deleted one shows :data:`TOMBSTONE`, and each
+    message starts with its number (``#42``, for ``/edit`` and ``/delete``)."""
     marker = "» " if line.own else "  "
     user_style = "bold cyan" if line.own else "bold"
     if line.kind == "notice":
         return Text(f"── {line.content} ──", style="dim yellow", justify="center")
     if line.kind == "message":
         text = Text(style="dim" if line.past else "")
+        if line.seq is not None:
+            text.append(f"#{line.seq} ", style="dim")
         text.append(marker, style="bold cyan")
         text.append(f"@{line.user_id}", style=user_style)
         text.append(": ")
-        text.append(line.content)
+        if line.deleted:
+            text.append(TOMBSTONE, style="italic dim")
+        else:
+            text.append(line.content)
+        if line.edited:
+            text.append(" (edited)", style="italic dim")
         return text
     verb = "joined" if line.kind == "joined" else "left"
     who = "you" if line.own else f"@{line.user_id}"
@@ -127,7 +140,13 @@ class RoomHeader(Static):
 
 
 class MessageLog(RichLog):
-    """The active room's history, newest at the bottom. Long messages wrap."""
+    """The active room's history, newest at the bottom. Long messages wrap. PageUp at the
+    top asks for older messages (v2: the screen's ``page_up`` action); the border's
+    subtitle says who is typing."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("pageup", "screen.page_up", "Page up / older", show=False),
+    ]
 
     def __init__(self, history_limit: int, *, id: str | None = None) -> None:
         # min_width=1: wrap at the log's width (RichLog's default renders 78 columns).
@@ -137,22 +156,35 @@ class MessageLog(RichLog):
         self._written = 0  # history lines written since the last rebuild
         self._wrapped_width = 0
 
-    def show_room(self, room: RoomState | None) -> None:
+    def show_room(self, room: RoomState | None, *, keep_view: bool = False) -> None:
+        """Draw ``room``'s lines afresh (newest in view); ``keep_view``: the same room
+        redrawn, with the lines in view kept in view (lines came in on top, or one
+        changed)."""
+        from_bottom = len(self.lines) - round(self.scroll_y)
+        keep_view = keep_view and room is self._room and self._size_known
         self._room = room
         self.clear()
         self._written = 0
         if room is not None:
             for line in room.lines:
-                self.add_line(line)
+                self.add_line(line, scroll_end=False if keep_view else None)
+        if keep_view:
+            self.scroll_to(y=max(0, len(self.lines) - from_bottom), animate=False, immediate=True)
 
-    def add_line(self, line: ChatLine) -> None:
-        if self._written >= 2 * self._history_limit and self._room is not None:
+    def add_line(self, line: ChatLine, *, scroll_end: bool | None = None) -> None:
+        room = self._room
+        if room is not None and self._written >= 2 * max(self._history_limit, len(room.lines)):
             # Keep the log as bounded as the room's history, rebuilding now and then
             # rather than on every message of a busy room.
             self.show_room(self._room)
             return
-        self.write(format_line(line))
+        self.write(format_line(line), scroll_end=scroll_end)
         self._written += 1
+
+    @property
+    def at_top(self) -> bool:
+        """Nothing above the view: a page up would ask for older messages."""
+        return self.scroll_y <= 0
 
     def plain_lines(self) -> list[str]:
         """The log as plain text, one string per screen line (wrapped lines are split)."""
@@ -196,7 +228,13 @@ class StatusLine(Static):
 
 
 class MessageInput(Input):
-    """Where messages are typed; Enter sends to the active room."""
+    """Where messages are typed; Enter sends to the active room; PageUp scrolls the
+    messages (and at their top asks for older ones)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("pageup", "screen.page_up", "Page up / older", show=False),
+        Binding("pagedown", "screen.page_down", "Page down", show=False),
+    ]
 
 
 _USAGE: dict[str, list[tuple[str, str]]] = {
@@ -209,6 +247,7 @@ _USAGE: dict[str, list[tuple[str, str]]] = {
     ],
     "input": [
         ("Enter", "send message"),
+        ("PgUp", "older messages"),
         ("Esc", "back to rooms"),
         ("Ctrl+L", "leave room"),
         ("Tab", "next panel"),
@@ -216,7 +255,7 @@ _USAGE: dict[str, list[tuple[str, str]]] = {
     ],
     "log": [
         ("↑/↓", "scroll"),
-        ("PgUp/Dn", "page"),
+        ("PgUp/Dn", "page, older"),
         ("Esc", "back to rooms"),
         ("Tab", "next panel"),
         ("Ctrl+C", "quit"),

@@ -7,6 +7,12 @@ import { RoomchatClient, defaultUrl } from "./client.js";
 
 const MAX_MESSAGES_PER_ROOM = 500;
 const NOTICE_MS = 8000;
+// v2's lasting history (docs/websocket.md, "History that lasts").
+const PAGE_SIZE = 50; // older messages asked for at a time
+const MARK_EVERY_MS = 2000; // the open room's read marker, at most this often
+const TYPING_EVERY_MS = 3000; // "typing" sent at most this often while one types
+const TYPING_SHOWN_MS = 5000; // "bob is typing…" shown this long
+const TOMBSTONE = "message deleted";
 
 /** What a refused hello means, for the connect page. */
 const REFUSALS = {
@@ -20,7 +26,8 @@ const $ = (id) => document.getElementById(id);
 /** Create an element with a class and text (text always through textContent). */
 const SLASH_HELP =
   "Commands: /create ROOM [description], /private ROOM, /dm USER, /invite USER, /kick USER [why], " +
-  "/ban USER [seconds] [why], /unban USER, /mute USER [seconds] [why], /unmute USER, /slow SECONDS, /archive [why], /audit";
+  "/ban USER [seconds] [why], /unban USER, /mute USER [seconds] [why], /unmute USER, /slow SECONDS, /archive [why], /audit, " +
+  "/edit [Q] TEXT, /delete [Q] (Q: the message's #number; without it, your last message)";
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -46,6 +53,8 @@ class App {
     this.rooms = new Map(); // name -> {name, description, joined, unread, members:Set, items:[]}
     this.current = null;
     this.focusComposer = false;
+    this.markTimer = null;
+    this.markedAt = 0;
     this.bindConnectPage();
     this.bindChat();
   }
@@ -168,6 +177,12 @@ class App {
         return this.onModeration(event);
       case "audit":
         return this.onAudit(event);
+      case "message_edited":
+        return this.updateItem(event.r, event.q, { text: event.c, edited: true });
+      case "message_deleted":
+        return this.updateItem(event.r, event.q, { text: "", deleted: true, edited: false });
+      case "typing":
+        return this.onTyping(event);
       default:
         return undefined; // an event this page does not know: ignore
     }
@@ -179,15 +194,7 @@ class App {
     for (const room of event.rs) {
       const known = this.rooms.get(room.n);
       if (known) known.description = room.d;
-      else
-        this.rooms.set(room.n, {
-          name: room.n,
-          description: room.d,
-          joined: false,
-          unread: 0,
-          members: new Set(),
-          items: [],
-        });
+      else this.rooms.set(room.n, newRoom(room.n, room.d));
     }
     if (reconnect) {
       for (const room of this.rooms.values()) {
@@ -204,22 +211,19 @@ class App {
   /** A room from `rooms` or `room_added` (private ones, direct messages: `dm`). */
   addRoom(listing) {
     const description = listing.dm ? `Direct messages with ${listing.dm}` : listing.d;
-    const known = this.rooms.get(listing.n);
-    if (known) {
-      known.description = description;
-      known.private = Boolean(listing.p);
-      return;
+    let room = this.rooms.get(listing.n);
+    if (room) {
+      room.description = description;
+      room.private = Boolean(listing.p);
+    } else {
+      room = newRoom(listing.n, description, { private: Boolean(listing.p), dm: listing.dm ?? null });
+      this.rooms.set(listing.n, room);
     }
-    this.rooms.set(listing.n, {
-      name: listing.n,
-      description,
-      private: Boolean(listing.p),
-      dm: listing.dm ?? null,
-      joined: false,
-      unread: 0,
-      members: new Set(),
-      items: [],
-    });
+    // v2 read markers (at login): what came after the marker counts as unread. Not for a
+    // room the page is in (a reconnect): its catch-up counts what was missed.
+    if (room.joined) return;
+    if (typeof listing.un === "number" && room.name !== this.current) room.unread = listing.un;
+    if (typeof listing.rd === "number") room.readMarker = listing.rd;
   }
 
   onRoomRemoved(event) {
@@ -263,6 +267,7 @@ class App {
   /** A line starting with "/" (see SLASH_HELP); true when it was sent. */
   slash(text) {
     const [verb, ...args] = text.slice(1).trim().split(/\s+/);
+    if (verb === "edit" || verb === "delete") return this.editOrDelete(verb, text.slice(1).trimStart().slice(verb.length));
     const room = this.current;
     const rest = (from) => args.slice(from).join(" ") || undefined;
     const timed = () => (/^\d+$/.test(args[1] ?? "") ? { s: Number(args[1]), why: rest(2) } : { why: rest(1) });
@@ -295,6 +300,163 @@ class App {
     return true;
   }
 
+  /**
+   * /edit Q TEXT, /delete Q (Q, or #Q: the number shown on the message), or without Q
+   * your last message in the open room. `rest`: the line after the verb.
+   */
+  editOrDelete(verb, rest) {
+    const room = this.rooms.get(this.current);
+    if (!room || !room.joined) {
+      this.notice("Open a room first.", "info");
+      return false;
+    }
+    const numbered = rest.match(/^\s+#?(\d+)(?:\s+([\s\S]*))?$/);
+    const q = numbered ? Number(numbered[1]) : ownLast(room);
+    const content = numbered ? (numbered[2] ?? "") : rest.trim();
+    if (verb === "edit" && !content.trim()) {
+      this.notice(SLASH_HELP, "info");
+      return false;
+    }
+    if (!q) {
+      this.notice(`No message of yours here to ${verb}: give its number, /${verb} Q.`, "info");
+      return false;
+    }
+    const sent = verb === "edit" ? this.client.editMessage(room.name, q, content) : this.client.deleteMessage(room.name, q);
+    if (!sent) this.notice("Not sent: this needs a v2 server and a connection.", "error");
+    return sent;
+  }
+
+  /** An edit or a deletion (message_edited, message_deleted): the message changes in place. */
+  updateItem(roomName, q, changes) {
+    const room = this.rooms.get(roomName);
+    const item = room?.items.find((i) => i.kind === "message" && i.q === q);
+    if (!item) return;
+    Object.assign(item, changes);
+    if (room.name !== this.current) return;
+    const node = $("messages").querySelector(`li[data-q="${q}"]`);
+    node?.replaceWith(this.itemNode(item));
+  }
+
+  onTyping(event) {
+    const room = this.rooms.get(event.r);
+    if (!room || this.isOwn(event.u)) return;
+    room.typing.set(event.u, Date.now() + TYPING_SHOWN_MS);
+    if (room.name === this.current) this.renderTyping();
+    setTimeout(() => {
+      if (room.name === this.current) this.renderTyping();
+    }, TYPING_SHOWN_MS + 50);
+  }
+
+  renderTyping() {
+    const room = this.rooms.get(this.current);
+    const now = Date.now();
+    const users = [];
+    if (room) {
+      for (const [user, until] of room.typing) {
+        if (until > now) users.push(user);
+        else room.typing.delete(user);
+      }
+    }
+    users.sort();
+    let text = "";
+    if (users.length === 1) text = `${users[0]} is typing…`;
+    else if (users.length > 1 && users.length <= 3) text = `${users.slice(0, -1).join(", ")} and ${users.at(-1)} are typing…`;
+    else if (users.length > 3) text = `${users.length} people are typing…`;
+    $("typing").textContent = text;
+  }
+
+  /** The message box changed: "typing" to the open room, at most every 3 s. */
+  sendTyping() {
+    const room = this.rooms.get(this.current);
+    const text = $("message-input").value;
+    if (!room || !room.joined || !text.trim() || (text.startsWith("/") && !text.startsWith("//"))) return;
+    const now = Date.now();
+    if (now - room.typingSent < TYPING_EVERY_MS) return;
+    if (this.client.typing(room.name)) room.typingSent = now;
+  }
+
+  /** The open room is shown: mark it read up to its last message (at most every 2 s). */
+  markSoon() {
+    const room = this.rooms.get(this.current);
+    if (!room || !room.joined || document.hidden || !this.client || this.client.version < 2) return;
+    const q = this.client.lastSeq.get(room.name);
+    if (!q || q <= room.marked) return;
+    const wait = this.markedAt + MARK_EVERY_MS - Date.now();
+    if (wait > 0) {
+      this.markTimer ??= setTimeout(() => {
+        this.markTimer = null;
+        this.markSoon();
+      }, wait);
+      return;
+    }
+    if (this.client.markRead(room.name, q)) {
+      room.marked = q;
+      this.markedAt = Date.now();
+    }
+  }
+
+  /** Scroll back: the messages before the oldest one shown, from the server (v2). */
+  async loadOlder() {
+    const room = this.rooms.get(this.current);
+    if (!room || !room.joined || room.historyDone || room.loading || !this.client || this.client.version < 2) return;
+    const numbers = room.items.filter((i) => typeof i.q === "number").map((i) => i.q);
+    let before = numbers.length ? Math.min(...numbers) : undefined;
+    if (before === undefined) {
+      const last = this.client.lastSeq.get(room.name);
+      if (!last) {
+        room.historyDone = true;
+        this.renderOlder();
+        return;
+      }
+      before = last + 1;
+    }
+    room.loading = true;
+    this.renderOlder();
+    try {
+      const page = await this.client.history(room.name, { before, limit: PAGE_SIZE, epoch: this.client.epochs.get(room.name) });
+      if (page.gap) {
+        room.historyDone = true;
+        room.items.unshift({ kind: "gap", text: "The room's history restarted: older messages are gone", time: new Date() });
+      } else {
+        const older = (page.ms ?? []).filter((m) => m.q < before).map((m) => this.pastItem(m));
+        if (!older.length) {
+          room.historyDone = true;
+          room.items.unshift({ kind: "system", text: "Start of the room's history", time: new Date() });
+        } else {
+          room.items.unshift(...older);
+          room.cap = Math.max(room.cap, room.items.length + MAX_MESSAGES_PER_ROOM);
+        }
+      }
+    } catch (error) {
+      this.notice(`No older messages: ${error.code ?? error.message}`, "error");
+    } finally {
+      room.loading = false;
+    }
+    if (room.name === this.current) this.renderRoom({ keepView: true });
+  }
+
+  pastItem(message) {
+    return {
+      kind: "message",
+      user: message.u,
+      text: message.del ? "" : message.c,
+      own: this.isOwn(message.u),
+      q: message.q,
+      time: new Date(message.ts),
+      edited: message.ed !== undefined && !message.del,
+      deleted: Boolean(message.del),
+    };
+  }
+
+  /** The "Load older messages" button above the messages. */
+  renderOlder() {
+    const room = this.rooms.get(this.current);
+    const button = $("older-button");
+    button.hidden = !room || !room.joined || room.historyDone || !this.client || this.client.version < 2;
+    button.disabled = Boolean(room?.loading);
+    button.textContent = room?.loading ? "Loading…" : "Load older messages";
+  }
+
   onJoinedRoom(event) {
     const room = this.rooms.get(event.r);
     if (!room) return;
@@ -311,17 +473,37 @@ class App {
     else room.members.delete(event.u);
     const who = this.isOwn(event.u) ? "You" : event.u;
     this.addItem(room, { kind: "system", text: `${who} ${event.s === "joined" ? "joined" : "left"}` });
-    if (room.name === this.current) this.renderMembers();
+    if (room.name === this.current) {
+      this.renderMembers();
+      this.markSoon(); // (after a join's history: read up to its last message)
+    }
   }
 
   onMessage(event) {
     const room = this.rooms.get(event.r);
     if (!room) return;
     const time = typeof event.ts === "number" ? new Date(event.ts) : new Date();
-    this.addItem(room, { kind: "message", user: event.u, text: event.c, own: this.isOwn(event.u), q: event.q, time });
+    if (event.history && room.readMarker !== undefined && event.q > room.readMarker) {
+      room.readMarker = undefined; // once: above the first message not read yet
+      this.addItem(room, { kind: "system", text: "Unread" });
+    }
+    if (room.typing.delete(event.u) && room.name === this.current) this.renderTyping();
+    const deleted = Boolean(event.del);
+    this.addItem(room, {
+      kind: "message",
+      user: event.u,
+      text: deleted ? "" : event.c,
+      own: this.isOwn(event.u),
+      q: event.q,
+      time,
+      edited: event.ed !== undefined && !deleted,
+      deleted,
+    });
     if (room.name !== this.current || document.hidden) {
       room.unread += 1;
       this.renderRooms();
+    } else {
+      this.markSoon();
     }
   }
 
@@ -359,7 +541,7 @@ class App {
   addItem(room, item) {
     item.time ??= new Date();
     room.items.push(item);
-    if (room.items.length > MAX_MESSAGES_PER_ROOM) room.items.shift();
+    if (room.items.length > room.cap) room.items.shift();
     if (room.name === this.current) this.appendItem(item, true);
   }
 
@@ -428,9 +610,13 @@ class App {
     button?.focus();
   }
 
-  renderRoom() {
+  /** Draw the open room; `keepView`: keep the messages in view where they are (older
+   *  ones came in on top). */
+  renderRoom({ keepView = false } = {}) {
     const room = this.rooms.get(this.current);
     if (!room) return;
+    const list = $("messages");
+    const fromBottom = list.scrollHeight - list.scrollTop;
     $("room-title").textContent = `# ${room.name}`;
     $("room-description").textContent = room.description;
     const input = $("message-input");
@@ -443,16 +629,25 @@ class App {
     }
     $("leave-button").disabled = !room.joined;
     $("members-button").disabled = false;
-    const list = $("messages");
     list.replaceChildren();
     for (const item of room.items) this.appendItem(item, false);
-    list.scrollTop = list.scrollHeight;
+    list.scrollTop = keepView ? list.scrollHeight - fromBottom : list.scrollHeight;
+    this.lastScrollTop = list.scrollTop;
     this.renderMembers();
+    this.renderOlder();
+    this.renderTyping();
+    this.markSoon();
   }
 
   appendItem(item, scroll) {
     const list = $("messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    list.append(this.itemNode(item));
+    if (scroll && (atBottom || item.own)) list.scrollTop = list.scrollHeight;
+  }
+
+  /** One message (or notice) as a list item; a message carries its number (data-q). */
+  itemNode(item) {
     const node = el("li", item.kind === "message" ? "msg" : "system");
     if (item.kind === "gap") node.classList.add("gap");
     if (item.kind !== "message") {
@@ -468,11 +663,20 @@ class App {
       const time = el("time", "time", timeOf(item.time));
       time.dateTime = item.time.toISOString();
       meta.append(time);
-      body.append(meta, el("p", "text", item.text));
+      if (typeof item.q === "number") {
+        node.dataset.q = String(item.q);
+        meta.append(el("span", "seq", `#${item.q}`));
+      }
+      if (item.edited) meta.append(el("span", "edited", "(edited)"));
+      const text = el("p", "text", item.deleted ? TOMBSTONE : item.text);
+      if (item.deleted) {
+        text.classList.add("deleted");
+        node.classList.add("deleted");
+      }
+      body.append(meta, text);
       node.append(avatar, body);
     }
-    list.append(node);
-    if (scroll && (atBottom || item.own)) list.scrollTop = list.scrollHeight;
+    return node;
   }
 
   renderMembers() {
@@ -504,6 +708,15 @@ class App {
       }
       if (!text.trim() || !this.current) return;
       if (this.client.send(this.current, text.startsWith("//") ? text.slice(1) : text)) input.value = "";
+    });
+    $("message-input").addEventListener("input", () => this.sendTyping());
+    $("older-button").addEventListener("click", () => this.loadOlder());
+    // Scrolled up to the top of the messages: the older ones come by themselves.
+    $("messages").addEventListener("scroll", () => {
+      const list = $("messages");
+      const up = list.scrollTop < (this.lastScrollTop ?? 0);
+      this.lastScrollTop = list.scrollTop;
+      if (up && list.scrollTop < 40) this.loadOlder();
     });
     $("message-input").addEventListener("keydown", (event) => {
       if (event.key === "Escape") {
@@ -552,6 +765,7 @@ class App {
         room.unread = 0;
         this.renderRooms();
       }
+      if (!document.hidden) this.markSoon();
     });
   }
 
@@ -561,6 +775,37 @@ class App {
     panel.classList.toggle("open", show);
     $("members-button").setAttribute("aria-expanded", String(show));
   }
+}
+
+/** A room as the page keeps it. */
+function newRoom(name, description, extra = {}) {
+  return {
+    name,
+    description,
+    private: false,
+    dm: null,
+    joined: false,
+    unread: 0,
+    members: new Set(),
+    items: [],
+    cap: MAX_MESSAGES_PER_ROOM, // items kept (grows as older pages come in)
+    readMarker: undefined, // v2: the highest q read, from the login's rooms listing
+    marked: 0, // the last q sent in mark_read
+    typing: new Map(), // user -> until (ms) "is typing…" is shown
+    typingSent: 0, // when "typing" was last sent (ms)
+    historyDone: false, // an older page found nothing more
+    loading: false, // an older page is on its way
+    ...extra,
+  };
+}
+
+/** The number of this user's last message in the room (not deleted), for /edit and /delete. */
+function ownLast(room) {
+  for (let i = room.items.length - 1; i >= 0; i -= 1) {
+    const item = room.items[i];
+    if (item.kind === "message" && item.own && typeof item.q === "number" && !item.deleted) return item.q;
+  }
+  return undefined;
 }
 
 window.roomchat = new App();

@@ -12,6 +12,9 @@
 //   client.connect();
 //   client.join("general"); client.send("general", "hi"); client.leave("general");
 //   client.command("create_room", {r: "games"}); client.command("open_dm", {u: "bob"});
+//   const page = await client.history("general", {before: 42, limit: 50}); // older ones
+//   client.editMessage("general", 42, "fixed"); client.deleteMessage("general", 42);
+//   client.markRead("general", 97); client.typing("general");
 //
 // The client re-connects by itself (backoff 0.5 s doubling to 15 s, with jitter; after a
 // `shutdown` notice, its reconnect_ms plus 0-50 %), says `hello` with the same name and
@@ -24,6 +27,11 @@
 // - where that cannot be kept (the server lost messages, or restarted and lost its
 //   history), onEvent gets {_et: "missed_messages", r: room} first;
 // - `history` events themselves are not given to onEvent; server pings are answered.
+// - each room's epoch (a history's `e`) is kept and sent with `after` on re-join; a
+//   history in another epoch means the room's numbering restarted: everything is new.
+// - a history's message that was edited or deleted comes with its `ed` (and `del`:
+//   true, content empty), as user_message fields; pages (history()) are answered to
+//   their caller only.
 
 export const PROTOCOL_VERSION = 2;
 
@@ -31,6 +39,7 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const HELLO_TIMEOUT_MS = 1000; // without `welcome` by then: a v1 server
 const HISTORY_ON_JOIN = 50;
+const PAGE_TIMEOUT_MS = 10000;
 const TOKEN_KEY = "roomchat.token"; // sessionStorage: {"name": ..., "token": ...}
 // Refusals of `hello` that another attempt with the same name cannot cure.
 const FINAL_REFUSALS = new Set(["name_taken", "name_invalid", "not_authorised", "bad_command"]);
@@ -80,6 +89,9 @@ export class RoomchatClient {
     this.rooms = []; // [{n, d}] from the login
     this.joined = new Set(); // rooms we are in (or asked to be in): re-joined on reconnect
     this.lastSeq = new Map(); // room -> the highest q given to onEvent
+    this.epochs = new Map(); // room -> the epoch lastSeq counts in (a history's `e`)
+    this.pages = new Map(); // id -> {resolve, reject, timer}: history pages asked for
+    this.pageIds = 0;
     this.heartbeat = 0; // the welcome's hb, seconds
     this.attempt = 0;
     this.socket = null;
@@ -132,17 +144,78 @@ export class RoomchatClient {
     return this._command({ _ct: ct, ...fields });
   }
 
+  /**
+   * A page of the room's stored history (v2, feature "paging"): the `limit` messages
+   * below `before` (or above `after`; neither: the latest), oldest first. Resolves with
+   * the `history` event ({r, ms, q, gap, e, id}; `ms` empty: nothing more); rejects with
+   * the `error` event (e.g. not_member) or an Error when not connected, or after 10 s.
+   */
+  history(room, { before, after, limit = 50, epoch } = {}) {
+    const id = `p${++this.pageIds}`;
+    const command = { _ct: "history", r: room };
+    if (before !== undefined) command.before = before;
+    if (after !== undefined) command.after = after;
+    command.limit = limit;
+    if (epoch !== undefined) command.e = epoch;
+    command.id = id;
+    return new Promise((resolve, reject) => {
+      if (this.version < 2 || !this._command(command)) {
+        reject(new Error("not connected in v2"));
+        return;
+      }
+      const timer = setTimeout(() => this._settlePage(id, null, new Error("no answer")), PAGE_TIMEOUT_MS);
+      this.pages.set(id, { resolve, reject, timer });
+    });
+  }
+
+  /** Edit message q (your own, or any as a moderator): false when not sent. */
+  editMessage(room, q, content) {
+    return this.command("edit_message", { r: room, q, c: content });
+  }
+
+  /** Delete message q (a tombstone stays): false when not sent. */
+  deleteMessage(room, q) {
+    return this.command("delete_message", { r: room, q });
+  }
+
+  /** Your read marker in the room moves to q (never back). */
+  markRead(room, q) {
+    return this.command("mark_read", { r: room, q });
+  }
+
+  /** Tell the room you are typing (the server passes one on every 3 s at most). */
+  typing(room) {
+    return this.command("typing", { r: room });
+  }
+
   get connected() {
     return this.state === "open";
+  }
+
+  _settlePage(id, history, error) {
+    const page = this.pages.get(id);
+    if (!page) return false;
+    this.pages.delete(id);
+    clearTimeout(page.timer);
+    if (error) page.reject(error);
+    else page.resolve(history);
+    return true;
+  }
+
+  _failPages(reason) {
+    for (const id of [...this.pages.keys()]) this._settlePage(id, null, new Error(reason));
   }
 
   // -- internals ----------------------------------------------------------------------
   _join(room) {
     const command = { _ct: "join_room", r: room };
     if (this.version >= 2) {
-      // First time: the last messages; again (a reconnect): everything after the last seen.
-      if (this.lastSeq.has(room)) command.after = this.lastSeq.get(room);
-      else command.h = HISTORY_ON_JOIN;
+      // First time: the last messages; again (a reconnect): everything after the last seen,
+      // in the epoch it counts in.
+      if (this.lastSeq.has(room)) {
+        command.after = this.lastSeq.get(room);
+        if (this.epochs.has(room)) command.e = this.epochs.get(room);
+      } else command.h = HISTORY_ON_JOIN;
     }
     this._command(command);
   }
@@ -169,6 +242,7 @@ export class RoomchatClient {
     clearTimeout(this.timer);
     this.timer = null;
     this._clearTimers();
+    this._failPages("closed");
     if (this.socket) {
       const socket = this.socket;
       this.socket = null;
@@ -217,6 +291,7 @@ export class RoomchatClient {
       if (socket !== this.socket) return;
       this.socket = null;
       this._clearTimers();
+      this._failPages("connection lost");
       const why = close.code === 1006 ? "connection lost" : `closed (${close.code})`;
       let reason = close.reason ? `${why}: ${close.reason}` : why;
       if (this.shutdown) reason = this.shutdown.msg || "server restarting";
@@ -257,6 +332,7 @@ export class RoomchatClient {
         return;
       case "error":
         if (event.cmd === "hello" && this.version !== 2) return this._refused(event);
+        if (event.cmd === "history" && event.id) this._settlePage(event.id, null, event);
         break;
       case "ping":
         this._raw({ _ct: "pong" });
@@ -265,6 +341,10 @@ export class RoomchatClient {
         this.shutdown = { reconnectMs: Number(event.reconnect_ms) || 0, msg: event.msg ?? "" };
         break;
       case "history":
+        if (event.id !== undefined) {
+          this._settlePage(event.id, event, null); // a page: its caller's, not the catch-up's
+          return;
+        }
         return this._catchUp(event);
       case "user_message":
         if (typeof event.q === "number") {
@@ -312,7 +392,10 @@ export class RoomchatClient {
   _catchUp(history) {
     const room = history.r;
     let last = this.lastSeq.get(room);
-    if (last !== undefined && history.q < last) {
+    const epoch = this.epochs.get(room);
+    if (history.e !== undefined) this.epochs.set(room, history.e);
+    const otherEpoch = epoch !== undefined && history.e !== undefined && history.e !== epoch;
+    if (last !== undefined && (history.q < last || otherEpoch)) {
       // The room's count restarted (the server lost its history): all of it is new.
       this.onEvent({ _et: "missed_messages", r: room, restarted: true });
       last = undefined;
@@ -323,7 +406,10 @@ export class RoomchatClient {
     for (const message of history.ms ?? []) {
       if (message.q > floor) {
         floor = message.q;
-        this.onEvent({ _et: "user_message", r: room, u: message.u, c: message.c, q: message.q, ts: message.ts, history: true });
+        const shown = { _et: "user_message", r: room, u: message.u, c: message.c, q: message.q, ts: message.ts, history: true };
+        if (message.ed !== undefined) shown.ed = message.ed;
+        if (message.del) shown.del = true;
+        this.onEvent(shown);
       }
     }
     this.lastSeq.set(room, Math.max(floor, history.q));
