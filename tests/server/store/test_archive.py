@@ -191,11 +191,10 @@ async def test_a_full_disk_delays_the_store_never_delivery(small_disk: Path) -> 
             await who.next("history")
         # Fill the disk: what is left cannot hold the messages below.
         filler = small_disk / "filler"
-        with open(filler, "wb") as out:
+        with open(filler, "wb", buffering=0) as out:  # unbuffered: close() writes nothing
             try:
                 while True:
                     out.write(b"\0" * 65536)
-                    out.flush()
             except OSError:
                 pass
         contents = [f"{n:04d} " + "x" * 400 for n in range(300)]
@@ -212,3 +211,25 @@ async def test_a_full_disk_delays_the_store_never_delivery(small_disk: Path) -> 
         assert [m.seq for m in page] == list(range(101, 301))
     finally:
         await srv.close()
+
+
+async def test_read_markers_not_written_yet_are_answered(flaky: tuple[Flaky, Archive]) -> None:
+    """A marker moved a moment ago (the writer gathers for a while, or the store is
+    down) is in the answer at the user's next login all the same."""
+    store, archive = flaky
+    epoch, _ = archive.numbering("general")
+    archive.mark("ann", "general", epoch, 3)
+    await archive.flushed(TIMEOUT)
+    store.down = True
+    archive.mark("ann", "general", epoch, 7)
+    archive.mark("ann", "random", "other-epoch", 2)
+    archive.mark("bob", "general", epoch, 9)
+    await until(lambda: archive.failures > 0, "a write failed")
+    assert await archive.markers("ann") == {
+        "general": (epoch, 7),
+        "random": ("other-epoch", 2),
+    }
+    assert (await store.markers("ann"))["general"] == (epoch, 3)  # not written yet
+    store.down = False
+    await archive.flushed(TIMEOUT)
+    assert await store.markers("ann") == await archive.markers("ann")
