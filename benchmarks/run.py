@@ -8,6 +8,10 @@ benchmarks/results/latest.json and latest.md. A fresh server is started for each
     .venv/bin/python benchmarks/run.py --quick         # shorter windows, fewer steps
     .venv/bin/python benchmarks/run.py --only seed,ceiling
     .venv/bin/python benchmarks/run.py --quick --only joinstorm
+    .venv/bin/python benchmarks/run.py --store memory://   # the message store off
+
+Each server keeps its messages in its own SQLite file in a temporary directory (the
+default store of `roomchat serve`), removed when it stops; --store URL gives another.
 """
 
 from __future__ import annotations
@@ -156,6 +160,10 @@ class RedisProc:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: The servers' --store: "sqlite" is each server's own file in a temporary directory.
+STORE = "sqlite"
+
+
 @dataclass
 class Server:
     cpus: str | None
@@ -164,9 +172,15 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     addr: str = ""
     log: Path | None = None
+    data: str | None = None  # the SQLite store's directory
 
     def start(self) -> None:
         self.argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0"]
+        if STORE == "sqlite":
+            self.data = tempfile.mkdtemp(prefix="roomchat-bench-data-")
+            self.argv += ["--data-dir", self.data]
+        else:
+            self.argv += ["--store", STORE]
         # --flood-rate 0: the load scenarios send far above the default flood limit (up
         # to 10,000 messages/s on one connection); they measure the server, not the limit.
         self.argv += ["--log-level", "info", "--flood-rate", "0", *self.extra]
@@ -205,6 +219,8 @@ class Server:
             self.proc.wait()
         lines = [ln for ln in self.log.read_text().splitlines() if " INFO " not in ln]
         self.log.unlink()
+        if self.data is not None:
+            shutil.rmtree(self.data, ignore_errors=True)
         return "\n".join(lines[:5]) + (f"\n... {len(lines) - 5} more" if len(lines) > 5 else "")
 
 
@@ -699,7 +715,12 @@ def main() -> None:
         "--profile", action="store_true", help="py-spy the server for 8 s per step, if present"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write latest.*")
+    parser.add_argument(
+        "--store", default="sqlite", help="the servers' --store (sqlite: a temporary file each)"
+    )
     args = parser.parse_args()
+    global STORE
+    STORE = args.store
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(chosen) - set(SCENARIOS):
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
@@ -731,6 +752,7 @@ def main() -> None:
         "server_cpus": server_cpus,
         "load_cpus": load_cpus,
         "processes": processes,
+        "store": STORE,
         "results": results,
     }
     args.output.mkdir(parents=True, exist_ok=True)

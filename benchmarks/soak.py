@@ -18,7 +18,9 @@ writes its figures to benchmarks/results/soak.json and soak.md:
 - slow: 200 clients that stop reading, in rooms with busy senders: each must be cut off
   (the slow-consumer bound), the others lose nothing; RSS before, at the peak and after.
 - soak: moderate load (500 users, 5 rooms each, 1 message/10 s each) for an hour with the
-  server's RSS sampled every 10 s: its growth.
+  server's RSS sampled every 10 s: its growth; and the message store (SQLite, each room
+  keeping its last 2,000) sampled every minute: its size and rows, which level off
+  where retention says.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -63,16 +67,20 @@ def rss_mib(pid: int) -> float:
 
 @dataclass
 class Server:
-    """`roomchat serve` on CPU 0, port 0, its log in a temporary file."""
+    """`roomchat serve` on CPU 0, port 0, its log in a temporary file, its message store
+    (SQLite, the default) in a temporary directory."""
 
     args: list[str] = field(default_factory=list)
     nofile: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path = Path()
+    data: Path = Path()
 
     def __enter__(self) -> Server:
-        argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0", *self.args]
+        self.data = Path(tempfile.mkdtemp(prefix="roomchat-soak-data-"))
+        argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--data-dir", str(self.data), *self.args]
         if os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
             argv = ["taskset", "-c", "0", *argv]
         fd, name = tempfile.mkstemp(prefix="roomchat-soak-", suffix=".log")
@@ -103,6 +111,20 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def store(self) -> tuple[float, int]:
+        """The SQLite store's size (MiB, with its WAL) and how many messages it holds."""
+        files = list(self.data.glob("roomchat.sqlite3*"))
+        size = sum(f.stat().st_size for f in files if f.exists()) / 2**20
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{self.data / 'roomchat.sqlite3'}?mode=ro", uri=True)
+            ) as db:
+                rows = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        except sqlite3.Error:
+            rows = -1
+        return size, rows
 
     @property
     def pid(self) -> int:
@@ -374,9 +396,15 @@ async def slow_consumers(count: int = 200, seconds: float = 20.0) -> dict[str, A
         }
 
 
+#: The soak's retention: what each room keeps, so that the store's size levels off once
+#: every room holds this many (24 rooms), as retention predicts.
+SOAK_RETAIN = 2000
+
+
 async def soak(minutes: float) -> dict[str, Any]:
-    with Server() as server:
+    with Server(["--retain-messages", str(SOAK_RETAIN)]) as server:
         samples: list[tuple[float, float]] = []
+        stored: list[tuple[float, float, int]] = []  # (s, MiB, messages) every minute
         stress = [
             str(BIN / "roomchat"), "stress", "steady", "--addr", f"127.0.0.1:{server.port}",
             "--users", "500", "--rooms", "24", "--rooms-per-user", "5", "--rate", "0.1",
@@ -394,6 +422,8 @@ async def soak(minutes: float) -> dict[str, Any]:
         started = time.monotonic()
         while not output.done():
             samples.append((time.monotonic() - started, rss_mib(server.pid)))
+            if len(samples) % 6 == 1:
+                stored.append((samples[-1][0], *server.store()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(output), 10)
         out, err = output.result()
@@ -420,6 +450,13 @@ async def soak(minutes: float) -> dict[str, Any]:
             "lost": report.get("lost"),
             "p99_ms": report.get("latency_ms", {}).get("p99"),
             "server_alive": server.alive,
+            # The store: at most 24 rooms x SOAK_RETAIN messages once retention sweeps
+            # (every minute); its size levels off with them.
+            "store_retain_messages_per_room": SOAK_RETAIN,
+            "store_messages_at_most": 24 * SOAK_RETAIN,
+            "store_every_minute": [
+                {"s": round(t), "mib": round(mib, 2), "messages": rows} for t, mib, rows in stored
+            ],
             **{k: v for k, v in report.items() if k.startswith("stress_")},
         }
 
