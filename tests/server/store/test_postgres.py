@@ -389,3 +389,14 @@ async def test_a_restart_while_idle_goes_unnoticed(own_postgres: PostgresServer)
         assert (rooms, markers) == ({"lobby": RoomRecord("e1", 6)}, {})
     finally:
         await store.close()
+
+
+async def test_latest_is_the_highest_stored_number_of_each_epoch(store: PostgresStore) -> None:
+    await put(
+        store,
+        messages=rows("lobby", "e1", 1, 4) + rows("lobby", "e2", 1, 2) + rows("rust", "r", 1, 7),
+    )
+    found = await store.latest([("lobby", "e1"), ("rust", "r"), ("empty", "x")])
+    assert found == {"lobby": 4, "rust": 7}
+    assert await store.latest([("lobby", "e2")]) == {"lobby": 2}
+    assert await store.latest([]) == {}

@@ -136,3 +136,35 @@ async def test_a_restart_of_every_instance_goes_on_with_the_numbering_and_the_ep
         carol.close()
     finally:
         await srv.close()
+
+
+async def test_unread_counts_at_a_login_on_an_instance_nobody_used_the_room_on(
+    pair: tuple[ChatServer, ChatServer],
+) -> None:
+    """The second instance never followed #general (no member there): the unread
+    counts of a login on it come from the shared store, not from its idle room."""
+    first, second = pair
+    alice = await peer(first, "alice")
+    await alice.join("general")
+    await say(alice, [alice], ["one", "two", "three", "four", "five"])
+    await alice.send(_ct="mark_read", r="general", q=2)
+    await alice.drain()
+    await until(lambda: first.archive.unwritten == 0, "written")
+    assert second.rooms.rooms["general"].seq == 0  # it never followed the room
+    alice.close()
+    again = await login_when_free(second, "alice")
+    listing = {room["n"]: room for room in again.login["rs"]}
+    assert (listing["general"]["rd"], listing["general"]["un"]) == (2, 3)
+    again.close()
+
+
+async def login_when_free(server: ChatServer, name: str) -> Peer:
+    """A v2 login as ``name`` once the session that had it is gone everywhere."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return await peer(server, name)
+            except AssertionError as refused:
+                if "name_taken" not in str(refused):
+                    raise
+            await asyncio.sleep(0.01)  # the other instance's release is on its way

@@ -16,6 +16,7 @@ from tests.server.store.test_postgres import (  # noqa: F401  (collected here to
     rows,
     test_edits_and_deletes,
     test_epochs_and_rooms,
+    test_latest_is_the_highest_stored_number_of_each_epoch,
     test_markers_only_move_forward_within_an_epoch,
     test_one_batch_in_order,
     test_prune_by_age_takes_older_epochs_too,

@@ -235,7 +235,7 @@ class Keeper:
             if isinstance(result, StoreError):
                 done(tuple(listing))
                 return
-            markers = cast("dict[str, tuple[str, int]]", result)
+            markers = cast("dict[str, tuple[str, int, int]]", result)
             out = []
             for item in listing:
                 marker = markers.get(item.name)
@@ -243,10 +243,12 @@ class Keeper:
                 if marker is None or room is None:
                     out.append(item)
                     continue
-                epoch, read = marker
-                if epoch != room.epoch:  # numbered again since: all of it is new
-                    read = 0
-                out.append(msgspec.structs.replace(item, unread=max(0, room.seq - read), read=read))
+                epoch, read, stored = marker
+                if room.epoch and epoch != room.epoch:  # numbered again since: all new
+                    read, latest = 0, room.seq
+                else:  # this instance may not follow the room (Redis): the store knows
+                    latest = max(room.seq if room.epoch else 0, stored)
+                out.append(msgspec.structs.replace(item, unread=max(0, latest - read), read=read))
             done(tuple(out))
 
-        self.archive.ask_markers(name_key(user), answer)
+        self.archive.ask_reading(name_key(user), answer)

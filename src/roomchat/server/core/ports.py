@@ -18,7 +18,7 @@ that implement the rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -416,6 +416,10 @@ class MessageStore(Protocol):
         """A user's read markers (a name key): room -> (epoch, highest q read)."""
         ...
 
+    async def latest(self, rooms: Sequence[tuple[str, str]]) -> dict[str, int]:
+        """The highest stored q of each (room, epoch); rooms with none are left out."""
+        ...
+
     async def prune(self, room: str, epoch: str, keep_messages: int, before_ts: int) -> int:
         """Retention: delete the room's messages but its last ``keep_messages`` (0: no
         limit) and those older than ``before_ts`` (ms; 0: no limit); how many went."""
@@ -468,8 +472,8 @@ class Archiving(Protocol):
     def ask_message(self, room: str, epoch: str, seq: int, done: Done) -> None:
         """A StoredMessage, or None."""
 
-    def ask_markers(self, user: str, done: Done) -> None:
-        """room -> (epoch, q) of a user's read markers."""
+    def ask_reading(self, user: str, done: Done) -> None:
+        """room -> (epoch, q read, highest q stored in that epoch) of a user's markers."""
 
     def ask_purge(self, room: str, done: Done) -> None:
         """Delete every stored message of ``room``; how many went (an int)."""

@@ -361,6 +361,14 @@ class Archive:
                 found[room] = (epoch, seq)
         return found
 
+    async def reading(self, user: str) -> dict[str, tuple[str, int, int]]:
+        """For each room the user has a marker in: (its epoch, the q read, the highest q
+        stored in that epoch, 0 if none): what the unread counts at a login come from
+        on an instance that may not follow the room (Redis)."""
+        markers = await self.markers(user)
+        latest = await self.store.latest([(room, epoch) for room, (epoch, _) in markers.items()])
+        return {room: (epoch, read, latest.get(room, 0)) for room, (epoch, read) in markers.items()}
+
     async def purge(self, room: str) -> int:
         """Delete every stored message of ``room`` (after what is being written)."""
         with contextlib.suppress(TimeoutError):
@@ -395,8 +403,8 @@ class Archive:
     def ask_message(self, room: str, epoch: str, seq: int, done: Done) -> None:
         self._answer(self.message(room, epoch, seq), done)
 
-    def ask_markers(self, user: str, done: Done) -> None:
-        self._answer(self.markers(user), done)
+    def ask_reading(self, user: str, done: Done) -> None:
+        self._answer(self.reading(user), done)
 
     def ask_purge(self, room: str, done: Done) -> None:
         self._answer(self.purge(room), done)

@@ -5,6 +5,7 @@ client that comes back after a restart is told the numbering restarted."""
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from roomchat.server.core.ports import RoomRecord, StoreBatch, StoredMessage
@@ -125,6 +126,14 @@ class MemoryStore:
 
     async def markers(self, user: str) -> dict[str, tuple[str, int]]:
         return dict(self._markers.get(user, {}))
+
+    async def latest(self, rooms: Sequence[tuple[str, str]]) -> dict[str, int]:
+        out = {}
+        for name, epoch in rooms:
+            room = self._room(name, epoch)
+            if room is not None and room.order:
+                out[name] = room.order[-1]
+        return out
 
     async def prune(self, room: str, epoch: str, keep_messages: int, before_ts: int) -> int:
         found = self._room(room, epoch)

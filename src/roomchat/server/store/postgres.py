@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -453,6 +453,19 @@ class PostgresStore:
         async def work(db: Any) -> dict[str, tuple[str, int]]:
             rows = await db.fetch('SELECT room, epoch, q FROM markers WHERE "user" = $1', user)
             return {row["room"]: (row["epoch"], row["q"]) for row in rows}
+
+        return await self._run(work)
+
+    async def latest(self, rooms: Sequence[tuple[str, str]]) -> dict[str, int]:
+        async def work(db: Any) -> dict[str, int]:
+            found = await db.fetch(
+                "SELECT w.room, (SELECT max(q) FROM messages m"
+                " WHERE m.room = w.room AND m.epoch = w.epoch) AS last"
+                " FROM unnest($1::text[], $2::text[]) AS w(room, epoch)",
+                [room for room, _ in rooms],
+                [epoch for _, epoch in rooms],
+            )
+            return {row["room"]: row["last"] for row in found if row["last"] is not None}
 
         return await self._run(work)
 

@@ -24,7 +24,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -245,6 +245,19 @@ class SQLiteStore:
         def work(db: sqlite3.Connection) -> dict[str, tuple[str, int]]:
             rows = db.execute("SELECT room, epoch, q FROM markers WHERE user = ?", (user,))
             return {room: (epoch, q) for room, epoch, q in rows}
+
+        return await self._run(self._reader, work)
+
+    async def latest(self, rooms: Sequence[tuple[str, str]]) -> dict[str, int]:
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            out = {}
+            for room, epoch in rooms:  # one primary-key seek each
+                (last,) = db.execute(
+                    "SELECT max(q) FROM messages WHERE room = ? AND epoch = ?", (room, epoch)
+                ).fetchone()
+                if last is not None:
+                    out[room] = last
+            return out
 
         return await self._run(self._reader, work)
 
