@@ -12,11 +12,12 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
@@ -114,3 +115,32 @@ def save_screenshots(drivers: dict[str, webdriver.Chrome], where: Path) -> list[
         except Exception:  # the browser may be what failed
             continue
     return saved
+
+
+@pytest.fixture
+def web() -> Iterator[ServerThread]:
+    """A roomchat server (with its web client) on a thread of its own."""
+    thread = ServerThread()
+    try:
+        thread.start()
+        yield thread
+    finally:
+        thread.close()
+
+
+@pytest.fixture
+def drivers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, webdriver.Chrome]]:
+    """The test's browsers by name, quit at the end; screenshots of them if it failed
+    (``rep_call``: tests/conftest.py's pytest_runtest_makereport)."""
+    started: dict[str, webdriver.Chrome] = {}
+    try:
+        yield started
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:
+            saved = save_screenshots(started, tmp_path / "screenshots")
+            print("screenshots:", *saved)
+        for driver in started.values():
+            driver.quit()

@@ -17,6 +17,9 @@ from hypothesis import settings
 from roomchat.server import ChatServer, ServerConfig
 from tests.redis_servers import RedisCluster, RedisServer
 
+#: The browser tests' fixtures (web, drivers) live beside their helpers.
+pytest_plugins = ("tests.browser",)
+
 # The server and client tests run on both event loops: uvloop is what `roomchat serve`
 # runs on, the standard loop is what the library promises to work with too.
 _ON_BOTH_LOOPS = {
@@ -138,3 +141,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     for index, blob in enumerate(issued.cert_chain_pems):
         blob.write_to_path(str(pki.cert), append=index > 0)
     return pki
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # Let a fixture know whether the test body failed (tests/browser.py's drivers: the
+    # screenshots).
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]

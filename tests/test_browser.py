@@ -12,8 +12,7 @@ Screenshots and page sources of every page go to the test's tmp_path on failure.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, RoomParticipation, UserMessage
 from roomchat.server import ChatServer
-from tests.browser import ServerThread, new_driver, save_screenshots
+from tests.browser import ServerThread, new_driver
 
 WAIT = 10.0
 XSS = "<script>alert(1)</script> and <img src=x onerror=alert(1)>"
@@ -97,39 +96,6 @@ def sees_message(text: str) -> Callable[[WebDriver], bool]:
     return lambda d: text in texts(d, "#messages .msg .text")
 
 
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    thread = ServerThread()
-    try:
-        thread.start()
-        yield thread
-    finally:
-        thread.close()
-
-
-@pytest.fixture
-def drivers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, WebDriver]]:
-    started: dict[str, WebDriver] = {}
-    try:
-        yield started
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            saved = save_screenshots(started, tmp_path / "screenshots")
-            print("screenshots:", *saved)
-        for driver in started.values():
-            driver.quit()
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    # Let the drivers fixture know whether the test body failed (for screenshots).
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.when == "call":
-        item.rep_call = report  # type: ignore[attr-defined]
-
-
 async def _tcp_join(port: int) -> ChatClient:
     client = await connect("127.0.0.1", port, timeout=WAIT)
     await client.join("general")
@@ -163,25 +129,25 @@ async def _drop_and_send(chat: ChatServer, name: str, tcp: ChatClient, contents:
 
 
 def test_names_history_catch_up_and_restart(
-    server: ServerThread, drivers: dict[str, WebDriver]
+    web: ServerThread, drivers: dict[str, WebDriver]
 ) -> None:
     started = time.monotonic()
     drivers["ann"] = ann = new_driver()
     drivers["bob"] = bob = new_driver(width=390, height=844)  # a phone-sized screen
-    chat = server.server
+    chat = web.server
     assert chat is not None
-    tcp = server.call(_tcp_join(chat.port))
-    server.call(_tcp_send(tcp, ["early one", "early two"]))
+    tcp = web.call(_tcp_join(chat.port))
+    web.call(_tcp_send(tcp, ["early one", "early two"]))
     terminal = tcp.user_id
 
     # ann joins after two messages: the history shows them, oldest first.
-    open_chat(ann, server.url, "ann")
+    open_chat(ann, web.url, "ann")
     wait_for(ann, lambda d: messages(d)[:2] == [f"{terminal}: early one", f"{terminal}: early two"])
     say(ann, "hello from ann")
     wait_for(ann, sees_message("hello from ann"))
 
     # bob asks for ann's name (in other case): refused on the connect page; then "bob".
-    bob.get(server.url)
+    bob.get(web.url)
     connect_as(bob, "ANN")
     error = bob.find_element(By.ID, "connect-error")
     wait_for(bob, lambda d: "taken" in (error.get_attribute("textContent") or ""))
@@ -195,14 +161,14 @@ def test_names_history_catch_up_and_restart(
             == [f"{terminal}: early one", f"{terminal}: early two", "ann: hello from ann"]
         ),
     )
-    server.call(_tcp_until(tcp, lambda e: e == RoomParticipation("general", "bob", "joined")))
+    web.call(_tcp_until(tcp, lambda e: e == RoomParticipation("general", "bob", "joined")))
     wait_for(ann, lambda d: members(d) == {"ann", "bob", terminal})
     wait_for(bob, lambda d: members(d) == {"ann", "bob", terminal})
 
     # Names in messages, both ways, and to the TCP client.
     say(bob, "hi ann, bob here")
     wait_for(ann, lambda d: "bob: hi ann, bob here" in messages(d))
-    server.call(_tcp_until(tcp, lambda e: e == UserMessage("general", "bob", "hi ann, bob here")))
+    web.call(_tcp_until(tcp, lambda e: e == UserMessage("general", "bob", "hi ann, bob here")))
     own = ann.find_elements(By.CSS_SELECTOR, "#messages .msg.own .text")
     assert [e.get_attribute("textContent") for e in own] == ["hello from ann"]
 
@@ -214,7 +180,7 @@ def test_names_history_catch_up_and_restart(
         assert page.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
         with pytest.raises(NoAlertPresentException):
             page.switch_to.alert.text  # noqa: B018
-    server.call(_tcp_until(tcp, lambda e: e == UserMessage("general", "bob", XSS)))
+    web.call(_tcp_until(tcp, lambda e: e == UserMessage("general", "bob", XSS)))
 
     # An error from the server is shown (a v2 error event, here for an unknown room).
     ann.execute_script("window.roomchat.client._command({_ct: 'join_room', r: 'nowhere'})")
@@ -224,10 +190,10 @@ def test_names_history_catch_up_and_restart(
     # each once, in order, with no gap; bob, connected all along, saw them live.
     missed = ["missed one", "missed two", "missed three"]
     before = messages(ann)
-    server.call(_drop_and_send(chat, "ann", tcp, missed))
+    web.call(_drop_and_send(chat, "ann", tcp, missed))
     wait_for(ann, lambda d: chat_only(messages(d))[-3:] == [f"{terminal}: {m}" for m in missed])
-    server.call(_tcp_until(tcp, lambda e: e == RoomParticipation("general", "ann", "joined")))
-    server.call(tcp.send("general", "after the drop"))
+    web.call(_tcp_until(tcp, lambda e: e == RoomParticipation("general", "ann", "joined")))
+    web.call(tcp.send("general", "after the drop"))
     wait_for(ann, sees_message("after the drop"))
     after = messages(ann)
     assert after[: len(before)] == before
@@ -243,16 +209,16 @@ def test_names_history_catch_up_and_restart(
     # The server restarts on the same WebSocket port. The pages get the shutdown notice
     # ("restarting"), come back after reconnect_ms (2 s) with their names and re-join;
     # the new server has a new, empty history: the pages say messages were missed.
-    ws_port = server.ws_port
+    ws_port = web.ws_port
     tcp.close()
-    server.stop()
+    web.stop()
     for page in (ann, bob):
         wait_for(page, lambda d: "restarting" in d.find_element(By.ID, "banner").text)
         assert page.find_element(By.ID, "status").text != "Connected"
-    chat = server.start(ws_port)
-    tcp = server.call(_tcp_join(chat.port))
+    chat = web.start(ws_port)
+    tcp = web.call(_tcp_join(chat.port))
     terminal = tcp.user_id
-    server.call(_tcp_send(tcp, ["while you were away"]))  # before the pages are back
+    web.call(_tcp_send(tcp, ["while you were away"]))  # before the pages are back
     for page, name in ((ann, "ann"), (bob, "bob")):
         wait_for(page, lambda d: d.find_element(By.ID, "status").text == "Connected")
         assert user_id(page) == name
@@ -262,8 +228,8 @@ def test_names_history_catch_up_and_restart(
         gap = [i for i, m in enumerate(items) if m.startswith("* Some messages were missed")]
         assert len(gap) == 1, items
         assert items.index(f"{terminal}: while you were away") > gap[0]
-    server.call(_tcp_until(tcp, lambda e: e == RoomParticipation("general", "bob", "joined")))
-    server.call(tcp.send("general", "welcome back"))
+    web.call(_tcp_until(tcp, lambda e: e == RoomParticipation("general", "bob", "joined")))
+    web.call(tcp.send("general", "welcome back"))
     wait_for(ann, sees_message("welcome back"))
     wait_for(bob, sees_message("welcome back"))
     say(bob, "bob is back")

@@ -11,16 +11,14 @@ Screenshots and page sources go to the test's tmp_path on failure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
 from roomchat.client import ChatClient, connect
 from roomchat.protocol import Event, MessageDeleted, MessageEdited, Typing, UserMessage
-from tests.browser import ServerThread, new_driver, save_screenshots
+from tests.browser import ServerThread, new_driver
 from tests.test_browser import (
     WAIT,
     connect_as,
@@ -32,39 +30,6 @@ from tests.test_browser import (
     user_id,
     wait_for,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    thread = ServerThread()
-    try:
-        thread.start()
-        yield thread
-    finally:
-        thread.close()
-
-
-@pytest.fixture
-def drivers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, WebDriver]]:
-    started: dict[str, WebDriver] = {}
-    try:
-        yield started
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            saved = save_screenshots(started, tmp_path / "screenshots")
-            print("screenshots:", *saved)
-        for driver in started.values():
-            driver.quit()
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.when == "call":
-        item.rep_call = report  # type: ignore[attr-defined]
-
 
 # --- the library users, on the server's loop ----------------------------------------------
 
@@ -124,18 +89,18 @@ def message_meta(driver: WebDriver, q: int) -> str:
 
 
 def test_unread_scroll_back_edits_and_typing(
-    server: ServerThread, drivers: dict[str, WebDriver]
+    web: ServerThread, drivers: dict[str, WebDriver]
 ) -> None:
-    chat = server.server
+    chat = web.server
     assert chat is not None
-    bob = server.call(_user(chat.port, "bob"))
-    numbers = server.call(_post(bob, [f"m{n}" for n in range(1, 81)]))
+    bob = web.call(_user(chat.port, "bob"))
+    numbers = web.call(_post(bob, [f"m{n}" for n in range(1, 81)]))
     assert numbers == list(range(1, 81))
-    server.call(_ann_read_up_to(chat.port, 75))
+    web.call(_ann_read_up_to(chat.port, 75))
 
     # ann logs in: #general shows the 5 she has not read, before she opens it.
     drivers["ann"] = ann = new_driver()
-    ann.get(server.url)
+    ann.get(web.url)
     connect_as(ann, "ann")
     wait_for(ann, lambda d: user_id(d) == "ann")
     badge = '#room-list button[data-room="general"] .badge'
@@ -149,7 +114,7 @@ def test_unread_scroll_back_edits_and_typing(
     assert items.index("* Unread") == items.index("bob: m76") - 1
     # Shown: the page marks #general read up to its last message.
     token = ann.execute_script("return window.roomchat.client.token")
-    wait_for(ann, lambda d: server.call(_marker(chat.port, token)) == 80)
+    wait_for(ann, lambda d: web.call(_marker(chat.port, token)) == 80)
 
     # Scrolled to the top, the older ones come, the view staying where it was.
     assert ann.find_element(By.ID, "older-button").is_displayed()
@@ -169,25 +134,23 @@ def test_unread_scroll_back_edits_and_typing(
     say(ann, "helo")
     wait_for(ann, lambda d: chat_texts(d)[-1:] == ["helo"])
     say(ann, "/edit hello  there")
-    edited = server.call(_until(bob, lambda e: isinstance(e, MessageEdited)))
+    edited = web.call(_until(bob, lambda e: isinstance(e, MessageEdited)))
     assert isinstance(edited, MessageEdited)
     assert (edited.seq, edited.user_id, edited.content) == (81, "ann", "hello  there")
     wait_for(ann, lambda d: chat_texts(d)[-1:] == ["hello  there"])
     assert "(edited)" in message_meta(ann, 81)
     # Others' edits and deletions, in place (m79 and m80 are older than the edit).
-    server.call(bob.edit_message("general", 80, "m80, fixed"))
+    web.call(bob.edit_message("general", 80, "m80, fixed"))
     wait_for(ann, lambda d: "m80, fixed" in chat_texts(d))
     assert "(edited)" in message_meta(ann, 80)
-    server.call(bob.delete_message("general", 79))
+    web.call(bob.delete_message("general", 79))
     wait_for(ann, lambda d: "m79" not in chat_texts(d))
     assert "message deleted" in message_meta(ann, 79)
     # /edit Q TEXT of bob's: refused by the server, said in a notice
     say(ann, "/edit 78 not yours")
     wait_for(ann, lambda d: "not_authorised" in notice(d))
     say(ann, "/delete")
-    deleted = server.call(
-        _until(bob, lambda e: isinstance(e, MessageDeleted) and e.user_id == "ann")
-    )
+    deleted = web.call(_until(bob, lambda e: isinstance(e, MessageDeleted) and e.user_id == "ann"))
     assert isinstance(deleted, MessageDeleted) and deleted.seq == 81
     wait_for(ann, lambda d: "message deleted" in message_meta(d, 81))
     # with nothing of hers left, /delete says so and sends nothing
@@ -195,16 +158,16 @@ def test_unread_scroll_back_edits_and_typing(
     wait_for(ann, lambda d: "No message of yours" in notice(d))
 
     # Typing, both ways: bob's shows for a few seconds; ann's keys reach bob.
-    server.call(bob.typing("general"))
+    web.call(bob.typing("general"))
     wait_for(ann, lambda d: d.find_element(By.ID, "typing").text == "bob is typing…")
     wait_for(ann, lambda d: d.find_element(By.ID, "typing").text == "", timeout=WAIT)
     box = ann.find_element(By.ID, "message-input")
     assert box.get_attribute("value") == "/delete"  # (refused: kept in the box)
     box.clear()
     box.send_keys("typing away")
-    server.call(_until(bob, lambda e: e == Typing("general", "ann")))
-    server.call(bob.send("general", "the end"))
+    web.call(_until(bob, lambda e: e == Typing("general", "ann")))
+    web.call(bob.send("general", "the end"))
     wait_for(ann, lambda d: "the end" in chat_texts(d))
     errors = [e for e in ann.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
-    server.call(bob.aclose())
+    web.call(bob.aclose())
