@@ -15,6 +15,7 @@ import pytest
 
 from roomchat.server import ChatServer, ServerConfig
 from tests.helpers import until
+from tests.redis_servers import RedisServer
 from tests.server.test_community import Peer, peer
 
 
@@ -314,5 +315,22 @@ async def test_an_online_backup_of_the_sqlite_store_starts_a_server_with_the_his
         sent = await say_all(bob, "general", ["next"])
         assert sent[0]["q"] == 6
         bob.close()
+    finally:
+        await srv.close()
+
+
+async def test_sqlite_with_a_shared_bus_says_what_it_holds(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each machine's SQLite file holds only its own instances' messages: said at the
+    start, with what to use instead; nothing is said on the in-process bus."""
+    store = f"sqlite:///{tmp_path}/chat.sqlite3"
+    srv = await ChatServer.start(config(store=store))
+    await srv.close()
+    assert "holds only what is posted" not in caplog.text
+    srv = await ChatServer.start(config(redis_server.url, store=store))
+    try:
+        assert "chat.sqlite3 holds only what is posted through this machine" in caplog.text
+        assert "--store postgresql://" in caplog.text
     finally:
         await srv.close()

@@ -30,6 +30,7 @@ from roomchat.server.shells.shell import Shell, ShellConnection
 from roomchat.server.shells.tcp import TcpConnection
 from roomchat.server.shells.ws import WebServer
 from roomchat.server.store import Archive, StoreError, open_store
+from roomchat.server.store.sqlite import SQLiteStore
 from roomchat.system import open_files_limit
 
 __all__ = [
@@ -179,6 +180,14 @@ class ChatServer:
         except StoreError as exc:
             await server.archive.store.close()
             raise StoreError(f"cannot open the message store: {exc}") from None
+        if isinstance(server.archive.store, SQLiteStore) and not server.bus.numbers_here:
+            log.warning(
+                "message store: %s holds only what is posted through this machine's "
+                "instances; instances on other machines sharing these rooms over the bus "
+                "need one PostgreSQL (--store postgresql://...) for every page to hold "
+                "every message (docs/history.md)",
+                server.archive.store.path,
+            )
         server.rooms.keep_with(server.archive)
         server.bus.keep_with(server.archive)
         try:
