@@ -85,7 +85,11 @@ class ChatServer:
         self.stats = stats = ServerStats()
         self.outbox = Outbox(loop.call_soon, stats, config.coalesce_window)
         self.bus: Bus = open_bus(
-            config.bus_url, wakeups=self.outbox, lease=config.bus_lease, history=config.history
+            config.bus_url,
+            wakeups=self.outbox,
+            lease=config.bus_lease,
+            history=config.history,
+            outage_queue=config.bus_outage_queue,
         )
         self.rooms = Directory(rooms, self.bus, self.outbox, stats, history=config.history)
         #: Where messages last (server/store/): started before the server listens.
@@ -180,14 +184,6 @@ class ChatServer:
         except StoreError as exc:
             await server.archive.store.close()
             raise StoreError(f"cannot open the message store: {exc}") from None
-        if isinstance(server.archive.store, SQLiteStore) and not server.bus.numbers_here:
-            log.warning(
-                "message store: %s holds only what is posted through this machine's "
-                "instances; instances on other machines sharing these rooms over the bus "
-                "need one PostgreSQL (--store postgresql://...) for every page to hold "
-                "every message (docs/history.md)",
-                server.archive.store.path,
-            )
         server.rooms.keep_with(server.archive)
         server.bus.keep_with(server.archive)
         try:
@@ -217,6 +213,14 @@ class ChatServer:
                 f"cannot listen on {config.host}:{config.port}: {reason}"
             ) from None
         server._watch(sock.fileno() for sock in server._server.sockets)
+        if isinstance(server.archive.store, SQLiteStore) and not server.bus.numbers_here:
+            log.warning(
+                "message store: %s holds only what is posted through this machine's "
+                "instances; instances on other machines sharing these rooms over the bus "
+                "need one PostgreSQL (--store postgresql://...) for every page to hold "
+                "every message (docs/history.md)",
+                server.archive.store.path,
+            )
         if config.metrics is not None:
             await server._start_metrics(*config.metrics)
         if config.ws:

@@ -15,6 +15,7 @@ from roomchat.server.bus import BusError, shared
 from roomchat.server.config import (
     DEFAULT_BUS,
     DEFAULT_BUS_LEASE,
+    DEFAULT_BUS_OUTAGE_QUEUE,
     DEFAULT_COALESCE_WINDOW,
     DEFAULT_FLOOD_BURST,
     DEFAULT_FLOOD_RATE,
@@ -130,6 +131,17 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     type=click.FloatRange(1.0, 3600.0),
     help="With Redis: seconds after which an instance that stopped renewing its lease "
     "(killed, machine lost) is removed by the others and its users announced as left.",
+)
+@click.option(
+    "--bus-outage-queue",
+    envvar="ROOMCHAT_BUS_OUTAGE_QUEUE",
+    default=DEFAULT_BUS_OUTAGE_QUEUE,
+    show_default=True,
+    show_envvar=True,
+    type=click.IntRange(0),
+    metavar="BYTES",
+    help="With Redis: bytes of messages posted while Redis is away, kept to share once "
+    "it is back (they are delivered on this instance at once); beyond, counted and logged.",
 )
 @click.option(
     "--workers",
@@ -422,6 +434,7 @@ def command(
     coalesce_us: int,
     bus_url: str,
     bus_lease: float,
+    bus_outage_queue: int,
     workers: int,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -479,6 +492,7 @@ def command(
         coalesce_window=coalesce_us / 1e6,
         bus_url=bus_url,
         bus_lease=bus_lease,
+        bus_outage_queue=bus_outage_queue,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_handshake_timeout=tls_handshake_timeout,

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_BUS",
     "DEFAULT_BUS_LEASE",
+    "DEFAULT_BUS_OUTAGE_QUEUE",
     "DEFAULT_COALESCE_WINDOW",
     "DEFAULT_FLOOD_BURST",
     "DEFAULT_FLOOD_RATE",
@@ -54,6 +55,8 @@ DEFAULT_HOST = "0.0.0.0"
 DEFAULT_BUS = "memory://"
 #: With Redis: seconds an instance stays registered without renewing its lease.
 DEFAULT_BUS_LEASE = 10.0
+#: Bytes of messages posted during a Redis outage kept to post once it is back.
+DEFAULT_BUS_OUTAGE_QUEUE = 32 * 1024 * 1024
 #: Seconds shutdown waits for sessions to flush before dropping them.
 DEFAULT_SHUTDOWN_GRACE = 2.0
 DEFAULT_BACKLOG = 4096
@@ -115,6 +118,7 @@ class ServerConfig:
     #: With Redis: seconds an instance stays registered without renewing its lease (it
     #: renews every third of it). An instance that dies is purged within about this.
     bus_lease: float = DEFAULT_BUS_LEASE
+    bus_outage_queue: int = DEFAULT_BUS_OUTAGE_QUEUE
     #: How long shutdown waits for sessions to flush before dropping them.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     backlog: int = DEFAULT_BACKLOG

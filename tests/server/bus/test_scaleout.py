@@ -586,3 +586,54 @@ async def test_a_history_refused_by_redis_is_counted_and_logged_not_swallowed(
         client.close()
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize("fault", ["restarted", "stalled"])
+async def test_messages_posted_during_an_outage_reach_the_other_instances_afterwards(
+    redis_server: RedisServer, fault: str
+) -> None:
+    """Redis restarted (empty) or stalled (SIGSTOP past the stall timeout): what alice
+    posts meanwhile reaches carol on her instance at once, and bob on the other instance
+    once Redis is back, in alice's order; carol does not get it a second time."""
+    args = ("--bus", redis_server.url, "--bus-lease", "1")
+    async with instances(2, *args) as (one, two):
+        alice, carol, bob = await one.client(), await one.client(), await two.client()
+        for client in (alice, carol, bob):
+            await join(client)
+        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+        await wait_event(carol, RoomParticipation(ROOM, bob.user_id, "joined"))
+        mark = len(one.lines), len(two.lines)
+        assert redis_server.process is not None
+        if fault == "restarted":
+            await asyncio.to_thread(redis_server.stop)
+        else:
+            redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            await one.wait_for_log(r"redis bus: .*rooms are local", after=mark[0])
+            during = [f"during {n}" for n in range(5)]
+            for text in during:
+                await alice.send(ROOM, text)
+            for client in (alice, carol):  # local members: at once
+                for text in during:
+                    await wait_event(client, UserMessage(ROOM, alice.user_id, text))
+        finally:
+            if fault == "restarted":
+                await asyncio.to_thread(redis_server.start)
+            else:
+                redis_server.process.send_signal(signal.SIGCONT)
+        await one.wait_for_log(r"5 messages posted during the outage are shared now", after=mark[0])
+        seen = []
+        async with asyncio.timeout(TIMEOUT):
+            while len(seen) < len(during):
+                event = await bob.next_event()
+                if isinstance(event, UserMessage) and event.content.startswith("during"):
+                    seen.append(event.content)
+        assert seen == during  # late, not never, and in alice's order
+        await crosses(alice, bob)
+        await alice.send(ROOM, "after")
+        for client in (alice, carol):  # nothing of the outage again before "after"
+            before = await wait_event(client, UserMessage(ROOM, alice.user_id, "after"))
+            again = [e for e in before if isinstance(e, UserMessage) and "during" in e.content]
+            assert again == [], again
+        for client in (alice, carol, bob):
+            client.close()

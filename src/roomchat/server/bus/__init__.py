@@ -38,7 +38,9 @@ def shared(url: str) -> bool:
     return scheme_of(url) in REDIS_SCHEMES
 
 
-def open_bus(url: str, *, wakeups: Wakeups, lease: float, history: int) -> Bus:
+def open_bus(
+    url: str, *, wakeups: Wakeups, lease: float, history: int, outage_queue: int = 32 << 20
+) -> Bus:
     """The bus for ``url`` (not started yet). Raises BusError for a URL it cannot use."""
     scheme = scheme_of(url)
     if scheme in ("", "memory"):
@@ -46,5 +48,7 @@ def open_bus(url: str, *, wakeups: Wakeups, lease: float, history: int) -> Bus:
     if scheme in REDIS_SCHEMES:
         from roomchat.server.bus.redis import RedisBus
 
-        return RedisBus(url, wakeups=wakeups, lease=lease, history=history)
+        return RedisBus(
+            url, wakeups=wakeups, lease=lease, history=history, outage_queue=outage_queue
+        )
     raise BusError(f"unknown bus {url!r}: use memory:// or redis://HOST:PORT[/DB]")

@@ -102,6 +102,10 @@ class RoomLink(Protocol):
     def forget(self) -> None:
         """Drop the messages held for joins (an admin's purge of the room's history)."""
 
+    def replayed(self, event: bytes) -> None:
+        """The bus posts now a run this room fanned out during an outage: when it comes
+        back numbered (``deliver``), it is not fanned out again."""
+
     def join_reply(
         self, key: str, users: Iterable[str] | bytes, snapshot: Snapshot | None = None
     ) -> None:

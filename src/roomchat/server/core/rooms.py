@@ -167,6 +167,7 @@ class ChatRoom:
         "_members2",
         "_numbered_here",
         "_publish",
+        "_replayed",
         "_skip",
         "_stats",
         "_turn",
@@ -226,6 +227,9 @@ class ChatRoom:
         self._archive: Callable[[str, str, int, int, int, bytes], None] | None = None
         # Edits and deletions of the messages held in _history, by number.
         self._changes: dict[int, Change] = {}
+        # Runs posted during a bus outage (delivered here then) that the bus posts now:
+        # when they come back numbered, the local members must not get them again.
+        self._replayed: dict[bytes, int] = {}
         self._stats.rooms.append(self)
 
     def __repr__(self) -> str:
@@ -423,10 +427,23 @@ class ChatRoom:
         elif queued > FLUSH_AT:
             self._turns.flush_room(self)
 
+    def replayed(self, event: bytes) -> None:
+        """The bus posts ``event`` now, which this instance fanned out during an outage:
+        when it comes back numbered (deliver), it only moves the numbering on."""
+        self._replayed[event] = self._replayed.get(event, 0) + 1
+
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
         """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
-        self._turn.append(event)
         count = event.count(b"\n")
+        if self._replayed and event in self._replayed:  # seen here during an outage
+            left = self._replayed.pop(event) - 1
+            if left:
+                self._replayed[event] = left
+            due = self.seq - self._counted  # what this instance numbered, as deliver does
+            self._stats.delivered += (len(self._members) + len(self._members2)) * due
+            self.seq = self._counted = seq + count - 1
+            return
+        self._turn.append(event)
         # Redis's numbers may jump (events of the room while nobody here was in it; local
         # numbers during an outage): count what is due before, and this run, at once.
         due = self.seq - self._counted + count

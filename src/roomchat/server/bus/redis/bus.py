@@ -29,6 +29,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -66,6 +67,8 @@ _UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local
 #: Past this many unsent bytes to one Redis node (Redis slower than the chat), a room's
 #: events are delivered locally only: counted and logged, memory stays bounded.
 MAX_BACKLOG = 32 * 1024 * 1024
+#: Bytes of messages posted during an outage that wait for Redis (--bus-outage-queue).
+DEFAULT_OUTAGE_QUEUE = 32 * 1024 * 1024
 _LOGGED_EVERY = 1000  # overflow and error log lines: the first, then every 1000th
 
 # A channel payload's first byte (scripts.py), as ints: ``payload[0]`` is an int, and
@@ -106,8 +109,13 @@ class RedisBus:
         wakeups: Wakeups,
         lease: float,
         history: int,
+        outage_queue: int = DEFAULT_OUTAGE_QUEUE,
     ) -> None:
         self._target = parse_redis_url(url)
+        self.outage_queue = outage_queue
+        # Messages posted while Redis was away (or while these wait): (their room's post,
+        # the v1 lines), in the order they were posted; posted once Redis is back.
+        self._held: deque[tuple[Callable[[bytes, bool], bool], bytes]] = deque()
         self._wakeups = wakeups
         self._lease = lease
         self.history = history
@@ -188,7 +196,10 @@ class RedisBus:
     def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
         """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
         room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
-        message is numbered and delivered on this instance only (room.fan_out)."""
+        message is delivered on this instance at once (room.fan_out, numbered here) and
+        held (:meth:`_hold`): once Redis is back it is posted, behind what was held
+        before it, numbered then and delivered to the other instances' members (this
+        instance's skip it: room.replayed)."""
         keys = self.room_keys(room)
         fan_out = room.fan_out
         stats = self.stats
@@ -199,12 +210,28 @@ class RedisBus:
         head: bytes | None = None
 
         def publish(event: bytes) -> None:
+            post(event, False)
+
+        def post(event: bytes, replayed: bool) -> bool:
+            """Post ``event`` (held before, if ``replayed``); whether it went to Redis."""
             nonlocal head
             node = self._node_for(keys) if self._online else None
-            if node is None or node.cmd is None or node.cmd.write_buffer > MAX_BACKLOG:
-                self._local_only(node is not None)
-                fan_out(event)
-                return
+            if node is None or node.cmd is None:
+                if not replayed:  # what was held before stays first
+                    fan_out(event)
+                    self._hold(post, event)
+                return False
+            if not replayed:
+                if self._held:  # behind what waits from the outage, in order
+                    fan_out(event)
+                    self._hold(post, event)
+                    return False
+                if node.cmd.write_buffer > MAX_BACKLOG:
+                    self._local_only(True)
+                    fan_out(event)
+                    return False
+            elif self._subscribed.get(room) is True:  # its channel will bring it back
+                room.replayed(event)  # and its local members saw it when it was posted
             if head is None:
                 head = self._post_head(keys)
             if not node.parts:
@@ -224,12 +251,55 @@ class RedisBus:
                 def posted(reply: Any) -> None:
                     first = number(reply)
                     if first is not None:
-                        archive.run(room.name, room.epoch, first, count, now, event)
+                        # The numbering's epoch as Redis has it now (a Redis that lost
+                        # its data numbers again from 1, in a new epoch).
+                        epoch = reply[1].decode() if isinstance(reply[1], bytes) else room.epoch
+                        room.epoch = epoch
+                        archive.run(room.name, epoch, first, count, now, event)
 
                 node.handlers.append(posted)
             stats.published += 1
+            return True
 
         return publish
+
+    def _hold(self, post: Callable[[bytes, bool], bool], event: bytes) -> None:
+        """Keep a message posted during an outage for Redis, within --bus-outage-queue;
+        past it the message stays this instance's only (counted, logged)."""
+        stats = self.stats
+        self._local_only(False)
+        if stats.held_bytes + len(event) > self.outage_queue:
+            stats.held_lost += event.count(b"\n")
+            if stats.held_lost == 1 or stats.held_lost % _LOGGED_EVERY == 0:
+                log.error(
+                    "redis bus: %d MiB of messages wait for Redis (--bus-outage-queue); "
+                    "%d more delivered on this instance only so far",
+                    self.outage_queue >> 20,
+                    stats.held_lost,
+                )
+            return
+        self._held.append((post, event))
+        stats.held += event.count(b"\n")
+        stats.held_bytes += len(event)
+
+    def _post_held(self) -> None:
+        """Redis is back: post what was held, in order, while the connection lasts."""
+        held, stats = self._held, self.stats
+        if not held:
+            return
+        count = stats.held
+        while held:
+            post, event = held[0]
+            if not post(event, True):
+                break  # lost again: the rest waits for the next reconnection
+            held.popleft()
+            stats.held -= event.count(b"\n")
+            stats.held_bytes -= len(event)
+        log.warning(
+            "redis bus: %d messages posted during the outage are shared now (%d still wait)",
+            count - stats.held,
+            stats.held,
+        )
 
     def relay(self, room: RoomLink, event: bytes) -> None:
         """A v2-only event through the room's channel, behind its messages (V<event>);
@@ -313,6 +383,12 @@ class RedisBus:
                         await node.cmd.call("DEL", self.registry_key("lease:" + me))
                         await node.cmd.call("DEL", self._rooms_key)
                         await node.cmd.call("SREM", self._instances_key, me)
+        if self.stats.held:
+            log.error(
+                "redis bus: %d messages posted during an outage were never shared "
+                "(Redis did not come back before the shutdown)",
+                self.stats.held,
+            )
         self._online = False
         self._drop_connections()
 
@@ -682,6 +758,7 @@ class RedisBus:
                 time.monotonic() - self._offline_since,
                 attempts,
             )
+            self._post_held()
             return
 
     async def _restore(self) -> None:

@@ -18,6 +18,9 @@ class BusStats:
     __slots__ = (
         "connects",
         "errors",
+        "held",
+        "held_bytes",
+        "held_lost",
         "lease_repairs",
         "local_only",
         "outages",
@@ -39,6 +42,9 @@ class BusStats:
         self.reconnect_failures = 0  # attempts to reconnect that failed
         self.lease_repairs = 0  # times this instance found its lease lapsed and repaired
         self.purged_instances = 0  # dead instances cleaned up by this one
+        self.held = 0  # messages posted during an outage, waiting for Redis (now)
+        self.held_bytes = 0  # ... their bytes (bounded by --bus-outage-queue)
+        self.held_lost = 0  # messages past that bound: delivered here only, never shared
 
     def readings(self, *, connected: bool, queued_bytes: int) -> tuple[Reading, ...]:
         """The counters and the bus's two gauges, as /metrics shows them."""
@@ -85,6 +91,19 @@ class BusStats:
                 "counter",
                 "Dead instances cleaned up by this one.",
                 self.purged_instances,
+            ),
+            Reading(
+                "bus_held",
+                "gauge",
+                "Messages posted during an outage, waiting to be posted to Redis.",
+                self.held,
+            ),
+            Reading(
+                "bus_held_lost",
+                "counter",
+                "Messages posted during an outage past --bus-outage-queue: delivered on "
+                "this instance only.",
+                self.held_lost,
             ),
             Reading(
                 "bus_queue_bytes",
