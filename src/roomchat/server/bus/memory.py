@@ -32,7 +32,7 @@ class MemoryBus:
     def presence(self) -> Presence:
         return self._presence
 
-    def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
+    def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
         return room.fan_out
 
     def relay(self, room: RoomLink, event: bytes) -> None:

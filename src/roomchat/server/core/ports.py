@@ -202,9 +202,11 @@ class Bus(Protocol):
         """The user names of every instance on this bus (None: this process's only)."""
         ...
 
-    def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
+    def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
         """The function that posts one of ``room``'s runs of messages. Called once per
-        run: must not block (a remote bus queues and writes once per turn)."""
+        run: must not block (a remote bus queues and writes once per turn). It returns
+        False when the run reached this instance's members only and never will the
+        others' (Redis away and the outage queue full); anything else: it is posted."""
         ...
 
     def relay(self, room: RoomLink, event: bytes) -> None:

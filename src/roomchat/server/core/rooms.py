@@ -216,7 +216,7 @@ class ChatRoom:
         # The last messages, (seq, ts, v1 line); None: no history kept (seq still counts).
         self._history: deque[Entry] | None = deque(maxlen=history) if history > 0 else None
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
-        self._publish: Callable[[bytes], None] = self.fan_out  # set by the bus
+        self._publish: Callable[[bytes], bool | None] = self.fan_out  # set by the bus
         self._numbered_here = True  # the bus's publisher is fan_out (the in-process bus)
         #: Whether a message needs a check before it is posted (a mute, slow mode, a
         #: direct message not open on both sides): the Directory keeps it.
@@ -235,7 +235,7 @@ class ChatRoom:
     def __repr__(self) -> str:
         return f"<room {self.name!r}: {self.member_count} local members>"
 
-    def connect(self, publish: Callable[[bytes], None], numbered_here: bool) -> None:
+    def connect(self, publish: Callable[[bytes], bool | None], numbered_here: bool) -> None:
         """The bus says how this room posts (the Directory wires it). Messages numbered
         elsewhere (Redis) are counted as they are posted; the in-process bus's publisher
         is fan_out, and ``seq`` counts them."""
@@ -245,9 +245,9 @@ class ChatRoom:
             return
         stats = self._stats
 
-        def publish_counted(event: bytes) -> None:
+        def publish_counted(event: bytes) -> bool | None:
             stats.messages += event.count(b"\n")
-            publish(event)
+            return publish(event)
 
         self._publish = publish_counted
 
@@ -396,9 +396,10 @@ class ChatRoom:
         self._turns.room_active(self)  # v2 bytes only: turn_bytes (v1's) stays
 
     # -- posting and fanning out ---------------------------------------------------------
-    def post(self, event: bytes) -> None:
-        """Send an encoded event to every member of the room, on every instance."""
-        self._publish(event)
+    def post(self, event: bytes) -> bool | None:
+        """Send an encoded event to every member of the room, on every instance. False:
+        it reached this instance's members only, and never will the others (the bus)."""
+        return self._publish(event)
 
     def fan_out(self, event: bytes) -> None:
         """A run of messages (one or more v1 ``user_message`` lines, from one sender)
@@ -684,11 +685,12 @@ class UserSessionHandle:
         self._head = encode_head(UserMessage(room.name, member.user_id, ""))
         self._between = MESSAGE_TAIL + self._head  # from one content to the next
 
-    def send_message(self, content: str) -> None:
-        self.room.post(self._head + _encode_json(content) + MESSAGE_TAIL)
+    def send_message(self, content: str) -> bool | None:
+        """Post one message (False: it reached this instance's members only)."""
+        return self.room.post(self._head + _encode_json(content) + MESSAGE_TAIL)
 
-    def send_messages(self, messages: Sequence[SendMessage]) -> None:
+    def send_messages(self, messages: Sequence[SendMessage]) -> bool | None:
         """Several messages at once: their events, in order, posted as one piece (each
         still its own line), so that every member gets one append for all of them."""
         contents = map(_encode_json, map(_content, messages))
-        self.room.post(self._head + self._between.join(contents) + MESSAGE_TAIL)
+        return self.room.post(self._head + self._between.join(contents) + MESSAGE_TAIL)

@@ -47,7 +47,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from roomchat import tokens
@@ -496,9 +496,12 @@ class Session:
                     if handle.room.restricted:  # a mute, slow mode, a DM: checked first
                         self._send_restricted(handle, items[index - 1 : end])
                     elif end == index:
-                        handle.send_message(item.content)
+                        if handle.send_message(item.content) is False:
+                            self._unshared(items[index - 1 : end])
                     else:
-                        handle.send_messages(cast("list[SendMessage]", items[index - 1 : end]))
+                        sent = cast("list[SendMessage]", items[index - 1 : end])
+                        if handle.send_messages(sent) is False:
+                            self._unshared(sent)
                 else:  # refused: posted ones are counted by their room (ChatRoom.post)
                     self._stats.messages += end - index + 1
                     refusal: Refused = (
@@ -526,12 +529,27 @@ class Session:
         else:
             refusal = errors.SlowModeWait("slow mode: one message at a time")
         if allowed == 1:
-            handle.send_message(messages[0].content)
-        elif allowed:
-            handle.send_messages(messages[:allowed])
+            if handle.send_message(messages[0].content) is False:
+                self._unshared(messages[:1])
+        elif allowed and handle.send_messages(messages[:allowed]) is False:
+            self._unshared(messages[:allowed])
         self._stats.messages += len(messages) - allowed
         for refused_message in messages[allowed:]:
             self._refuse(refused_message, refusal)
+
+    def _unshared(self, run: Sequence[_Item]) -> None:
+        """Messages the bus delivered to this instance's members only (Redis away and
+        the outage queue full): a v2 sender is told, each by its id."""
+        if not self.v2:
+            return
+        for message in run:
+            self._error(
+                "unavailable",
+                "the bus is away and this server's outage queue is full: the message "
+                "reached the members on this server only",
+                "send_message",
+                cast(SendMessage, message).id,
+            )
 
     def _drain_backlog(self) -> None:
         backlog = self._backlog

@@ -67,6 +67,9 @@ _UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local
 #: Past this many unsent bytes to one Redis node (Redis slower than the chat), a room's
 #: events are delivered locally only: counted and logged, memory stays bounded.
 MAX_BACKLOG = 32 * 1024 * 1024
+#: What posting a run did (RedisBus.publisher): posted to Redis, held for it, or lost
+#: (delivered on this instance only, and never to the others).
+_POSTED, _HELD, _LOST = object(), object(), object()
 #: Bytes of messages posted during an outage that wait for Redis (--bus-outage-queue).
 DEFAULT_OUTAGE_QUEUE = 32 * 1024 * 1024
 _LOGGED_EVERY = 1000  # overflow and error log lines: the first, then every 1000th
@@ -115,7 +118,7 @@ class RedisBus:
         self.outage_queue = outage_queue
         # Messages posted while Redis was away (or while these wait): (their room's post,
         # the v1 lines), in the order they were posted; posted once Redis is back.
-        self._held: deque[tuple[Callable[[bytes, bool], bool], bytes]] = deque()
+        self._held: deque[tuple[Callable[[bytes, bool], object], bytes]] = deque()
         self._wakeups = wakeups
         self._lease = lease
         self.history = history
@@ -193,7 +196,7 @@ class RedisBus:
         (POST's reply): each is written once, by the instance it was posted on."""
         self._archive = archive
 
-    def publisher(self, room: RoomLink) -> Callable[[bytes], None]:
+    def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
         """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
         room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
         message is delivered on this instance at once (room.fan_out, numbered here) and
@@ -209,27 +212,27 @@ class RedisBus:
         # holds the script's SHA), then the same for good (the SHA is the source's).
         head: bytes | None = None
 
-        def publish(event: bytes) -> None:
-            post(event, False)
+        def publish(event: bytes) -> bool:
+            return post(event, False) is not _LOST
 
-        def post(event: bytes, replayed: bool) -> bool:
-            """Post ``event`` (held before, if ``replayed``); whether it went to Redis."""
+        def post(event: bytes, replayed: bool) -> object:
+            """Post ``event`` (held before, if ``replayed``): _POSTED to Redis, _HELD
+            for later, or _LOST (delivered here only)."""
             nonlocal head
             node = self._node_for(keys) if self._online else None
             if node is None or node.cmd is None:
-                if not replayed:  # what was held before stays first
-                    fan_out(event)
-                    self._hold(post, event)
-                return False
+                if replayed:  # it stays first of what is held
+                    return _HELD
+                fan_out(event)
+                return self._hold(post, event)
             if not replayed:
                 if self._held:  # behind what waits from the outage, in order
                     fan_out(event)
-                    self._hold(post, event)
-                    return False
+                    return self._hold(post, event)
                 if node.cmd.write_buffer > MAX_BACKLOG:
                     self._local_only(True)
                     fan_out(event)
-                    return False
+                    return _LOST
             elif self._subscribed.get(room) is True:  # its channel will bring it back
                 room.replayed(event)  # and its local members saw it when it was posted
             if head is None:
@@ -259,11 +262,11 @@ class RedisBus:
 
                 node.handlers.append(posted)
             stats.published += 1
-            return True
+            return _POSTED
 
         return publish
 
-    def _hold(self, post: Callable[[bytes, bool], bool], event: bytes) -> None:
+    def _hold(self, post: Callable[[bytes, bool], object], event: bytes) -> object:
         """Keep a message posted during an outage for Redis, within --bus-outage-queue;
         past it the message stays this instance's only (counted, logged)."""
         stats = self.stats
@@ -277,10 +280,11 @@ class RedisBus:
                     self.outage_queue >> 20,
                     stats.held_lost,
                 )
-            return
+            return _LOST
         self._held.append((post, event))
         stats.held += event.count(b"\n")
         stats.held_bytes += len(event)
+        return _HELD
 
     def _post_held(self) -> None:
         """Redis is back: post what was held, in order, while the connection lasts."""
@@ -290,7 +294,7 @@ class RedisBus:
         count = stats.held
         while held:
             post, event = held[0]
-            if not post(event, True):
+            if post(event, True) is not _POSTED:
                 break  # lost again: the rest waits for the next reconnection
             held.popleft()
             stats.held -= event.count(b"\n")
