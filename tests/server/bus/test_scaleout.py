@@ -21,7 +21,7 @@ from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMess
 from roomchat.server import ChatServer, ServerConfig, load_rooms
 from roomchat.server.bus.redis import RedisBus, RoomKeys
 from tests.helpers import until
-from tests.instances import TIMEOUT, instances
+from tests.instances import TIMEOUT, Instance, instances
 from tests.redis_servers import RedisCluster, RedisServer
 from tests.serve_cli import assert_one_clean_line, run_roomchat
 
@@ -637,3 +637,45 @@ async def test_messages_posted_during_an_outage_reach_the_other_instances_afterw
             assert again == [], again
         for client in (alice, carol, bob):
             client.close()
+
+
+async def test_an_instance_cut_off_catches_up_on_what_the_others_posted(
+    redis_server: RedisServer,
+) -> None:
+    """Instance two is cut off from Redis (its Redis user disabled and its connections
+    killed: it cannot reconnect) while alice on instance one goes on posting; once two
+    is let in again, bob on two gets alice's messages from the room's stream, each once
+    and in order, then the live ones."""
+    redis_server.command("ACL", "SETUSER", "two", "on", ">pw2", "~*", "&*", "+@all")
+    url_two = redis_server.url.replace("redis://", "redis://two:pw2@")
+    one = await Instance.start("--bus", redis_server.url)
+    two = await Instance.start("--bus", url_two)
+    try:
+        alice, bob = await one.client(), await two.client()
+        await join(alice)
+        await join(bob)
+        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+        mark = len(two.lines)
+        redis_server.command("ACL", "SETUSER", "two", "off")
+        redis_server.command("CLIENT", "KILL", "USER", "two")
+        await two.wait_for_log(r"redis bus: .*rooms are local", after=mark)
+        await two.wait_for_log(r"reconnecting \(attempt", after=mark)
+        missed = [f"missed {n}" for n in range(5)]
+        for text in missed:
+            await alice.send(ROOM, text)
+        await wait_event(alice, UserMessage(ROOM, alice.user_id, missed[-1]))
+        redis_server.command("ACL", "SETUSER", "two", "on")
+        await two.wait_for_log(BACK, after=mark)
+        await alice.send(ROOM, "live")
+        got = []
+        async with asyncio.timeout(TIMEOUT):
+            while not got or got[-1] != "live":
+                event = await bob.next_event()
+                if isinstance(event, UserMessage):
+                    got.append(event.content)
+        assert got == [*missed, "live"]
+        for client in (alice, bob):
+            client.close()
+    finally:
+        await one.stop(kill=True)
+        await two.stop(kill=True)

@@ -82,6 +82,8 @@ class RoomLink(Protocol):
 
     #: The epoch of the room's numbering, as this instance last heard it.
     epoch: str
+    #: The last number delivered from the bus (``deliver``); a catch-up goes on from it.
+    shared: int
 
     def holds(self, member: Participant) -> bool:
         """Whether ``member`` is in the room or joining it."""

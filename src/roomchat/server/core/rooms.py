@@ -180,6 +180,7 @@ class ChatRoom:
         "name",
         "restricted",
         "seq",
+        "shared",
         "turn_bytes",
     )
 
@@ -227,6 +228,9 @@ class ChatRoom:
         self._archive: Callable[[str, str, int, int, int, bytes], None] | None = None
         # Edits and deletions of the messages held in _history, by number.
         self._changes: dict[int, Change] = {}
+        #: The last number delivered from the bus (numbered elsewhere: Redis), which a
+        #: catch-up after an outage goes on from.
+        self.shared = 0
         # Runs posted during a bus outage (delivered here then) that the bus posts now:
         # when they come back numbered, the local members must not get them again.
         self._replayed: dict[bytes, int] = {}
@@ -442,14 +446,14 @@ class ChatRoom:
                 self._replayed[event] = left
             due = self.seq - self._counted  # what this instance numbered, as deliver does
             self._stats.delivered += (len(self._members) + len(self._members2)) * due
-            self.seq = self._counted = seq + count - 1
+            self.seq = self._counted = self.shared = seq + count - 1
             return
         self._turn.append(event)
         # Redis's numbers may jump (events of the room while nobody here was in it; local
         # numbers during an outage): count what is due before, and this run, at once.
         due = self.seq - self._counted + count
         self._stats.delivered += (len(self._members) + len(self._members2)) * due
-        self.seq = self._counted = seq + count - 1
+        self.seq = self._counted = self.shared = seq + count - 1
         if self._history is not None or self._members2:
             self._keep(seq, count, ts, event)
         self._queued(len(event))

@@ -119,6 +119,9 @@ class RedisBus:
         # Messages posted while Redis was away (or while these wait): (their room's post,
         # the v1 lines), in the order they were posted; posted once Redis is back.
         self._held: deque[tuple[Callable[[bytes, bool], object], bytes]] = deque()
+        # Rooms catching up after an outage -> the runs their channel brought meanwhile
+        # (seq, ts, lines), delivered after what the catch-up finds (_catch_up).
+        self._catching_up: dict[RoomLink, list[tuple[int, int, bytes]]] = {}
         self._wakeups = wakeups
         self._lease = lease
         self.history = history
@@ -619,7 +622,10 @@ class RedisBus:
                     if payload[0] == _MESSAGE:  # a run of messages numbered by POST
                         head, _, line = payload.partition(b"\n")
                         seq, _, ts = head[1:].partition(b" ")
-                        room.deliver(int(seq), int(ts), line)
+                        if self._catching_up and room in self._catching_up:
+                            self._catching_up[room].append((int(seq), int(ts), line))
+                        else:
+                            room.deliver(int(seq), int(ts), line)
                     elif payload[0] == _EVENT:  # an announcement for every member
                         room.announce(payload)
                     else:
@@ -766,20 +772,66 @@ class RedisBus:
             return
 
     async def _restore(self) -> None:
-        """After a reconnection: subscribe to every room with local sessions again and
-        re-assert their presence (Redis may have lost it), then renew the lease."""
-        rooms = [*self.presence.local_rooms(), *self._listeners]
+        """After a reconnection: subscribe to every room with local sessions again,
+        deliver what they missed (_catch_up), re-assert their presence (Redis may have
+        lost it), then renew the lease."""
+        local = list(self.presence.local_rooms())
+        for room in local:  # from the subscription on, the channel's runs wait for it
+            self._catching_up.setdefault(room, [])
+        try:
+            await self._resubscribe(local)
+        finally:  # a failed attempt: what the channels brought is delivered as it came
+            for room in local:
+                for seq, ts, lines in self._catching_up.pop(room, []):
+                    room.deliver(seq, ts, lines)
+        for restored in self._restored:
+            restored()
+
+    async def _resubscribe(self, local: list[RoomLink]) -> None:
+        rooms = [*local, *self._listeners]
         futures = [future for room in rooms if (future := self.interest(room)) is not None]
         async with asyncio.timeout(5.0):
             for outcome in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     raise ConnectionError(f"subscribing again failed: {outcome}")
+            await asyncio.gather(*(self._catch_up(room) for room in local))
             for room in self.presence.local_rooms():
                 await self.presence.reassert(room)
             await self.names.reassert()
             await self._renew_once()
-        for restored in self._restored:
-            restored()
+
+    async def _catch_up(self, room: RoomLink) -> None:
+        """Deliver the runs of ``room`` numbered while this instance was cut off (what
+        the other instances posted meanwhile, kept in the room's stream), then the runs
+        its channel brought since it subscribed again, each once and in order. A
+        numbering that restarted (a Redis that lost its data) is delivered from 1."""
+        base = last = room.shared
+        try:
+            keys = self.room_keys(room)
+            reply = await self.call(
+                room, self.script("catch_up", keys.script_keys, b"%d" % (base + 1), self.history)
+            )
+            if isinstance(reply, ReplyError):
+                self.report_error(reply, f"catching up room {room.name!r}")
+                return
+            epoch, entries = reply
+            if isinstance(epoch, bytes) and epoch.decode() != room.epoch:
+                if room.epoch:  # numbered again: what the stream holds is all new
+                    base = last = 0
+                    entries = await self.call(
+                        room, command("XRANGE", keys.stream, "-", "+", "COUNT", self.history)
+                    )
+                room.epoch = epoch.decode()
+            for ident, fields in entries:
+                first, lines = int(ident.partition(b"-")[0]), fields[3]
+                if first > base:
+                    room.deliver(first, int(fields[1]), lines)
+                    last = first + lines.count(b"\n") - 1
+                    self.stats.caught_up += lines.count(b"\n")
+        finally:  # the channel's runs since: those the stream had too went above
+            for seq, ts, lines in self._catching_up.pop(room, []):
+                if seq > last:
+                    room.deliver(seq, ts, lines)
 
     # -- leases ------------------------------------------------------------------------
     async def _renew_lease(self) -> None:

@@ -111,6 +111,14 @@ redis.call(ARGV[1], KEYS[6], 'P')
 return 1
 """
 
+# After an outage, what the instance missed of a room (CATCH_UP): the epoch of the
+# room's numbering (false: none) and the stream's runs from ARGV[1] on (at most ARGV[2]).
+# KEYS: the room's.
+CATCH_UP = """
+return {redis.call('GET', KEYS[9]),
+        redis.call('XRANGE', KEYS[8], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+
 CHANGE = """
 redis.call('HSET', KEYS[10], ARGV[2], ARGV[3])
 if redis.call('HLEN', KEYS[10]) > 1000 then
@@ -315,6 +323,7 @@ SCRIPTS = {
     "post": POST,
     "change": CHANGE,
     "forget": FORGET,
+    "catch_up": CATCH_UP,
     "name_claim": NAME_CLAIM,
     "name_release": NAME_RELEASE,
     "name_assert": NAME_ASSERT,

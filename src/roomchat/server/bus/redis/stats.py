@@ -16,6 +16,7 @@ class BusStats:
     """Counters of the bus (read by logs, tests and metrics)."""
 
     __slots__ = (
+        "caught_up",
         "connects",
         "errors",
         "held",
@@ -42,6 +43,7 @@ class BusStats:
         self.reconnect_failures = 0  # attempts to reconnect that failed
         self.lease_repairs = 0  # times this instance found its lease lapsed and repaired
         self.purged_instances = 0  # dead instances cleaned up by this one
+        self.caught_up = 0  # messages missed during an outage, delivered from the stream
         self.held = 0  # messages posted during an outage, waiting for Redis (now)
         self.held_bytes = 0  # ... their bytes (bounded by --bus-outage-queue)
         self.held_lost = 0  # messages past that bound: delivered here only, never shared
@@ -91,6 +93,13 @@ class BusStats:
                 "counter",
                 "Dead instances cleaned up by this one.",
                 self.purged_instances,
+            ),
+            Reading(
+                "bus_caught_up",
+                "counter",
+                "Messages posted elsewhere while this instance was cut off from Redis, "
+                "delivered from the room's stream once it was back.",
+                self.caught_up,
             ),
             Reading(
                 "bus_held",
