@@ -25,7 +25,7 @@ from roomchat.server.core.stats import ServerStats
 from roomchat.server.ops.api import ApiKeys, KeyFileError, api_routes, load_keys
 from roomchat.server.ops.http import OperatorServer
 from roomchat.server.ops.metrics import LagProbe, ServerCollector
-from roomchat.server.shells.net import listen, server_tls_context
+from roomchat.server.shells.net import Listener, listen, server_tls_context
 from roomchat.server.shells.shell import Shell, ShellConnection
 from roomchat.server.shells.tcp import TcpConnection
 from roomchat.server.shells.ws import WebServer
@@ -153,7 +153,7 @@ class ChatServer:
         #: The --metrics HTTP listener, when config.metrics asks for one.
         self.metrics: OperatorServer | None = None
         self._probe = LagProbe(stats.loop_lag)
-        self._server: asyncio.Server | None = None
+        self._server: Listener | asyncio.Server | None = None
         #: The web client and WebSocket sessions (``--ws``), or None.
         self.web: WebServer | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -203,6 +203,7 @@ class ChatServer:
                 config.port,
                 backlog=config.backlog,
                 reuse_port=config.reuse_port,
+                tls=tls is not None,
             )
         except OSError as exc:
             await server.bus.close()

@@ -48,7 +48,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from roomchat.server.shells.net import listen, listen_address
+from roomchat.server.shells.net import Listener, listen, listen_address
 from roomchat.server.shells.shell import Shell, ShellConnection
 
 try:  # websockets' C extension (its wheels ship it); the pure-Python one otherwise
@@ -471,7 +471,7 @@ class WebServer:
     """The HTTP/WebSocket listener of one ChatServer (``--ws``). Its connections are the
     shell's, with the TCP ones (admission, limits, shutdown: shell.py)."""
 
-    def __init__(self, server: asyncio.Server, scheme: str) -> None:
+    def __init__(self, server: Listener | asyncio.Server, scheme: str) -> None:
         self._server = server
         self._scheme = scheme
 
@@ -490,7 +490,12 @@ class WebServer:
         host, port = listen_address(address)
         site = WebSite(OriginPolicy(origins), load_assets())
         server = await listen(
-            lambda: WebConnection(shell, site), host, port, backlog=backlog, reuse_port=reuse_port
+            lambda: WebConnection(shell, site),
+            host,
+            port,
+            backlog=backlog,
+            reuse_port=reuse_port,
+            tls=shell.tls is not None,
         )
         self = cls(server, "https" if shell.tls is not None else "http")
         log.info("web client on %s (WebSocket origins: %r)", self.url, site.origins)
