@@ -24,6 +24,7 @@ import pytest
 
 from roomchat.client import tls_context
 from roomchat.server import ChatServer, ServerConfig
+from roomchat.server.shells import shell as shell_module
 from roomchat.server.shells.shell import ShellConnection
 from tests.conftest import Pki
 from tests.helpers import TIMEOUT, until
@@ -304,5 +305,59 @@ async def test_tls_on_both_ports_with_the_same_rules(
             lambda: sum("TLS handshake failed" in r.getMessage() for r in caplog.records) >= 2,
             "both failed handshakes are logged",
         )
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reader_that_takes_a_burst_late_but_takes_it_is_not_cut_off(
+    transport: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of ~6 MB while the reader is not reading yet (its socket takes 4 KB):
+    more than --max-pending-output (64 KiB) waits in the server, which used to cut it
+    off at once. Now what counts is what it does not take: it reads the burst within
+    the stall time, the unsent output shrinks, and it keeps its session and every
+    message (issue 20). The memory bound (STALL_BOUND times the limit) is lifted here
+    so that only the reading counts; a reader that never reads is still cut off (the
+    test above)."""
+    monkeypatch.setattr(shell_module, "STALL_BOUND", 1000)
+    caplog.set_level(logging.INFO, LOG)
+    server = await start(max_pending_output=64 * 1024, flood_rate=0)
+    try:
+        sender = await Raw.open(server, "tcp")
+        await sender.login()
+        sender.send(b'{"_ct":"join_room","r":"general"}')
+        assert (await sender.event())["_et"] == "user_joined_room"
+        await sender.event()  # its own joined
+        reader = await Raw.open(server, transport, rcvbuf=4096)
+        reader_user = await reader.login()
+        reader.send(b'{"_ct":"join_room","r":"general"}')
+        assert (await sender.event())["u"] == reader_user
+        payload = "z" * 1000
+        count = 6000
+        sender.writer.write(
+            b"".join(
+                json.dumps({"_ct": "send_message", "r": "general", "c": f"{n}:{payload}"}).encode()
+                + b"\n"
+                for n in range(count)
+            )
+        )
+        await sender.writer.drain()
+        stalled = [c for c in server.shell.connections if c.session is not None]
+        await until(
+            lambda: any(c._stall is not None for c in stalled),
+            "more than --max-pending-output waits for the reader",
+        )
+        got = 0
+        async with asyncio.timeout(TIMEOUT):
+            while got < count:
+                event = await reader.event()
+                if event["_et"] == "user_message":
+                    assert event["c"].startswith(f"{got}:"), event["c"][:20]
+                    got += 1
+        assert server.stats.slow_consumers == 0
+        assert not any("slow consumer" in r.getMessage() for r in caplog.records)
+        for conn in (sender, reader):
+            conn.close()
     finally:
         await server.close()

@@ -34,6 +34,7 @@ import abc
 import asyncio
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import ClassVar, cast
@@ -54,6 +55,13 @@ log = logging.getLogger("roomchat.server")
 #: own, log files): a connection whose descriptor is this close to the open-files limit
 #: is refused, so that accept() itself does not run out (see docs/architecture.md).
 FD_RESERVE = 16
+
+#: A session whose transport holds more than --max-pending-output is cut off once it
+#: holds more than STALL_BOUND times that, or its unsent output has not shrunk for
+#: STALL_SECONDS; checked every STALL_CHECK seconds (ShellConnection.pause_writing).
+STALL_BOUND = 4
+STALL_SECONDS = 2.0
+STALL_CHECK = 0.1
 
 #: Why a connection may be refused (Shell.refused, /metrics).
 REFUSALS = ("max_connections", "max_connections_per_ip", "open_files")
@@ -247,6 +255,7 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
         "_ip",
         "_name",
         "_reason",
+        "_stall",
         "_tls",
         "session",
         "shell",
@@ -267,6 +276,9 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
         self._early: list[bytes] | None = []
         self._decrypted: list[bytes] = []
         self.session: Session | None = None
+        # While the transport holds more than max_pending_output: (when its buffer last
+        # shrank, its size then, the check's timer); see pause_writing.
+        self._stall: tuple[float, int, asyncio.TimerHandle] | None = None
 
     def __repr__(self) -> str:
         if self.session is not None:
@@ -391,23 +403,58 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
         )
 
     def pause_writing(self) -> None:
-        # More than max_pending_output is waiting in the transport: a slow consumer.
-        session = self.session
-        if session is not None and not session.closed:
-            shell = self.shell
-            shell.stats.slow_consumers += 1
-            log.warning(
-                "%r: slow consumer, more than %d bytes pending, disconnecting",
-                session,
-                shell.max_pending_output,
-                extra={**session.log_fields, "reason": "slow consumer"},
+        """More than max_pending_output waits in the transport. That alone does not make
+        a slow consumer: a client that reads at once still sees a busy turn's output
+        arrive in one piece. It is cut off when it does not take it: when its unsent
+        output goes past STALL_BOUND times the limit (memory stays bounded), or stops
+        shrinking for STALL_SECONDS (it does not read). Checked every STALL_CHECK s
+        until the transport drains (resume_writing)."""
+        if self.session is None or self.session.closed or self.transport is None:
+            return
+        if self._stall is None:
+            self._stall = self._stall_check(
+                time.monotonic(), self.transport.get_write_buffer_size()
             )
-            session.mailbox.close()  # nothing more is queued for it from now on
-            asyncio.get_running_loop().call_soon(session.abort, "slow consumer")
-            shell.trimmer.soon()  # its unsent megabyte is freed: give it back (memory.py)
+
+    def _stall_check(self, since: float, size: int) -> tuple[float, int, asyncio.TimerHandle]:
+        return since, size, asyncio.get_running_loop().call_later(STALL_CHECK, self._stalled)
+
+    def _stalled(self) -> None:
+        session, transport, stall = self.session, self.transport, self._stall
+        if session is None or session.closed or transport is None or stall is None:
+            self._stall = None
+            return
+        since, before, _ = stall
+        now, size = time.monotonic(), transport.get_write_buffer_size()
+        limit = self.shell.max_pending_output
+        if size < before:  # it reads: the clock starts again
+            since = now
+        if size > STALL_BOUND * limit or now - since >= STALL_SECONDS:
+            self._stall = None
+            self._cut(size)
+            return
+        self._stall = self._stall_check(since, size)
+
+    def _cut(self, size: int) -> None:
+        session = self.session
+        assert session is not None
+        shell = self.shell
+        shell.stats.slow_consumers += 1
+        log.warning(
+            "%r: slow consumer, more than %d bytes pending (%d), disconnecting",
+            session,
+            shell.max_pending_output,
+            size,
+            extra={**session.log_fields, "reason": "slow consumer"},
+        )
+        session.mailbox.close()  # nothing more is queued for it from now on
+        session.abort("slow consumer")
+        shell.trimmer.soon()  # its unsent output is freed: give it back (memory.py)
 
     def resume_writing(self) -> None:
-        pass
+        stall, self._stall = self._stall, None
+        if stall is not None:
+            stall[2].cancel()
 
     def _release(self) -> None:
         ip, self._ip = self._ip, None
