@@ -679,22 +679,28 @@ class ChatRoom:
 class UserSessionHandle:
     """One session's membership of one room: post through it, hand it back to leave."""
 
-    __slots__ = ("_between", "_head", "member", "room")
+    __slots__ = ("_head", "member", "room")
 
     def __init__(self, room: ChatRoom, member: Member) -> None:
         self.room = room
         self.member = member
         # Everything of a user_message but its content is fixed for this handle: encoded
-        # once, by the protocol module (the wire format is written in one place).
-        self._head = encode_head(UserMessage(room.name, member.user_id, ""))
-        self._between = MESSAGE_TAIL + self._head  # from one content to the next
+        # once, by the protocol module (the wire format is written in one place), at the
+        # first message (most members of a room never post in it: 80 bytes each saved).
+        self._head: bytes | None = None
+
+    def _encode_head(self) -> bytes:
+        self._head = head = encode_head(UserMessage(self.room.name, self.member.user_id, ""))
+        return head
 
     def send_message(self, content: str) -> bool | None:
         """Post one message (False: it reached this instance's members only)."""
-        return self.room.post(self._head + _encode_json(content) + MESSAGE_TAIL)
+        head = self._head or self._encode_head()
+        return self.room.post(head + _encode_json(content) + MESSAGE_TAIL)
 
     def send_messages(self, messages: Sequence[SendMessage]) -> bool | None:
         """Several messages at once: their events, in order, posted as one piece (each
         still its own line), so that every member gets one append for all of them."""
         contents = map(_encode_json, map(_content, messages))
-        return self.room.post(self._head + self._between.join(contents) + MESSAGE_TAIL)
+        head = self._head or self._encode_head()  # then the tail and the head between two
+        return self.room.post(head + (MESSAGE_TAIL + head).join(contents) + MESSAGE_TAIL)

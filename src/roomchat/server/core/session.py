@@ -246,7 +246,9 @@ class Session:
         self._handles: dict[str, UserSessionHandle] = {}
         self._joining: str | None = None  # the room of the join in progress (WAITING)
         self._paused = False  # reading paused for a wait answered later
-        self._backlog: deque[_Item] = deque()  # commands that came during a wait
+        # Commands that came during a wait (made at the first: an empty deque is 600
+        # bytes, and most sessions never wait with commands behind).
+        self._backlog: deque[_Item] | None = None
         self._unread: list[bytes] = []  # what came while LOGGING_IN
         # Events told between welcome and the rooms listing (which ends the handshake).
         self._held: list[bytes] | None = None
@@ -456,7 +458,7 @@ class Session:
         """The connection is gone: leave every room (the others see "left")."""
         if self._phase is not _CLOSED:
             self._enter(_CLOSED)
-        self._backlog.clear()
+        self._backlog = None
         self.mailbox.close()  # first: the rooms then drop its share of the turn at once
         self._leave_all()
         self._release()
@@ -480,7 +482,7 @@ class Session:
         while index < count:
             if self._phase is not ready:  # a wait began, or the session ended
                 if self._phase is not _CLOSED:
-                    self._backlog.extend(items[index:])
+                    self._keep_back(items[index:])
                 return
             item = items[index]
             index += 1
@@ -551,10 +553,18 @@ class Session:
                 cast(SendMessage, message).id,
             )
 
+    def _keep_back(self, items: list[_Item]) -> None:
+        if self._backlog is None:
+            self._backlog = deque(items)
+        else:
+            self._backlog.extend(items)
+
     def _drain_backlog(self) -> None:
         backlog = self._backlog
         while backlog and self._phase is _READY:
             self._handle([backlog.popleft()])
+        if not self._backlog:  # emptied (or dropped at the close): give it back
+            self._backlog = None
 
     def _resume(self) -> None:
         """A wait answered later is over: carry on where it stopped, then read again."""
@@ -874,7 +884,7 @@ class Session:
         if self._phase is _READY:
             self._handle([join])
         else:
-            self._backlog.append(join)
+            self._keep_back([join])
 
     def disconnect(self, code: str, why: str) -> None:
         if self._phase is _CLOSED:
