@@ -52,7 +52,7 @@ import msgspec
 from roomchat.addresses import format_address
 from roomchat.server.app import ServerStartError, limits_summary
 from roomchat.server.config import ServerConfig, load_rooms
-from roomchat.server.shells.net import listen_address
+from roomchat.server.shells.net import bind_sockets, listen_address
 
 if TYPE_CHECKING:
     from roomchat.server.app import ChatServer
@@ -142,23 +142,10 @@ def _reserve_port(host: str, port: int) -> list[socket.socket]:
         )
     except socket.gaierror as exc:
         raise ServerStartError(f"{where}: {exc.strerror}") from None
-    sockets: list[socket.socket] = []
     try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:  # as asyncio's create_server does
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if len(sockets) > 1:  # port 0: the same port on every address
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
+        return bind_sockets(infos, reuse_port=True)
     except OSError as exc:
-        for sock in sockets:
-            sock.close()
         raise ServerStartError(f"{where}: {exc.strerror or exc}") from None
-    return sockets
 
 
 def _worker_env(config: ServerConfig, log_level: str, log_format: str) -> dict[str, str]:

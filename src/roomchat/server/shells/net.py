@@ -11,12 +11,14 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from roomchat.addresses import parse_address
 
 __all__ = [
     "KEEPALIVE",
     "Listener",
+    "bind_sockets",
     "keepalive",
     "listen",
     "listen_address",
@@ -211,6 +213,24 @@ async def listen(
     infos = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
+    sockets = bind_sockets(infos, reuse_port=reuse_port)
+    try:
+        for sock in sockets:
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Listener(factory, sockets)
+
+
+def bind_sockets(
+    infos: list[tuple[Any, Any, int, str, Any]], *, reuse_port: bool
+) -> list[socket.socket]:
+    """A TCP socket bound to each of ``getaddrinfo``'s addresses, as ``create_server``
+    binds them (SO_REUSEADDR, IPv6 sockets IPv6 only); with port 0, the port the first
+    one got on every address. Closes what it made and raises OSError if one fails."""
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
@@ -221,11 +241,11 @@ async def listen(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if len(sockets) > 1:  # port 0: the same port on every address
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
     except OSError:
         for sock in sockets:
             sock.close()
         raise
-    return Listener(factory, sockets)
+    return sockets
