@@ -415,14 +415,13 @@ class ChatRoom:
         count = event.count(b"\n")
         first = self.seq + 1
         self.seq += count
-        archive = self._archive
-        if archive is not None:
+        archive, keep = self._archive, self._history is not None or self._members2
+        if archive is not None or keep:
             ts = _time_ns() // 1_000_000
-            archive(self.name, self.epoch, first, count, ts, event)
-            if self._history is not None or self._members2:
+            if archive is not None:
+                archive(self.name, self.epoch, first, count, ts, event)
+            if keep:
                 self._keep(first, count, ts, event)
-        elif self._history is not None or self._members2:
-            self._keep(first, count, _time_ns() // 1_000_000, event)
         # _queued, written out: this runs once per message in process.
         size = len(event)
         queued = self.turn_bytes + size

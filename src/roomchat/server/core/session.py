@@ -831,23 +831,26 @@ class Session:
             _nothing,
         )
 
-    def _mark_read(self, item: MarkRead) -> None:
+    def _carry_out(self, item: Command, action: Callable[[], None]) -> None:
+        """A command answered at once: done, or refused."""
         try:
-            self._context.keeper.mark(self.user_id, item.room, item.room in self._handles, item.seq)
+            action()
         except Refused as refused:
             self._refuse(item, refused)
+
+    def _mark_read(self, item: MarkRead) -> None:
+        keeper, joined = self._context.keeper, item.room in self._handles
+        self._carry_out(item, lambda: keeper.mark(self.user_id, item.room, joined, item.seq))
 
     def _typing(self, item: StartTyping) -> None:
-        try:
-            self._context.keeper.typing(self.user_id, item.room, item.room in self._handles)
-        except Refused as refused:
-            self._refuse(item, refused)
+        keeper, joined = self._context.keeper, item.room in self._handles
+        self._carry_out(item, lambda: keeper.typing(self.user_id, item.room, joined))
 
     def _set_retention(self, item: SetRetention) -> None:
-        try:
-            self._context.keeper.set_retention(self.actor, item.room, item.messages, item.days)
-        except Refused as refused:
-            self._refuse(item, refused)
+        keeper = self._context.keeper
+        self._carry_out(
+            item, lambda: keeper.set_retention(self.actor, item.room, item.messages, item.days)
+        )
 
     # -- what the community service asks (community.Occupant) --------------------------
     @property
@@ -972,21 +975,12 @@ class Session:
         # The unread counts come from the store: commands wait for the listing, which
         # ends the handshake (as a join's answer does), and so does what the community
         # tells the session meanwhile.
-        self._wait(None)
         self._held = []
-
-        def listed(result: object) -> None:
-            if self._phase is _CLOSED:
-                return
-            paused = self._waited()
-            self._listed(cast("tuple[RoomListing, ...]", result))
-            if paused:
-                self._resume()
-            else:
-                self._drain_backlog()
-
-        keeper.with_unread(user, listing, listed)
-        self._pause_if_waiting()
+        self._ask(
+            hello,
+            lambda done: keeper.with_unread(user, listing, done),
+            lambda result: self._listed(cast("tuple[RoomListing, ...]", result)),
+        )
 
     def _listed(self, listing: tuple[RoomListing, ...]) -> None:
         """The end of the v2 handshake: the rooms, then the direct messages re-joined."""

@@ -161,12 +161,9 @@ class Archive:
     def retention(self, room: str) -> tuple[int, int]:
         """Messages and days ``room`` keeps (0: no limit)."""
         record = self.records.get(room)
-        messages = record.keep_messages if record and record.keep_messages else None
-        days = record.keep_days if record and record.keep_days else None
-        return (
-            messages if messages is not None else self.keep_messages,
-            days if days is not None else self.keep_days,
-        )
+        if record is None:
+            return self.keep_messages, self.keep_days
+        return record.keep_messages or self.keep_messages, record.keep_days or self.keep_days
 
     # -- handing over (never blocks, never fails) ----------------------------------------
     def run(self, room: str, epoch: str, first: int, count: int, ts: int, event: bytes) -> None:
@@ -237,9 +234,8 @@ class Archive:
                     cut = index + 1
                     break
             chosen, self._runs = runs[:cut], runs[cut:]
-            count = sum(run[3] for run in chosen)
-            self._pending -= count
-            messages += count
+            self._pending -= taken
+            messages += taken
             batch.messages += _rows(chosen)
         if len(self._other):
             batch.extend(self._other)

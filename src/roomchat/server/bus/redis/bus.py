@@ -67,9 +67,6 @@ _UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local
 #: Past this many unsent bytes to one Redis node (Redis slower than the chat), a room's
 #: events are delivered locally only: counted and logged, memory stays bounded.
 MAX_BACKLOG = 32 * 1024 * 1024
-#: What posting a run did (RedisBus.publisher): posted to Redis, held for it, or lost
-#: (delivered on this instance only, and never to the others).
-_POSTED, _HELD, _LOST = object(), object(), object()
 #: Bytes of messages posted during an outage that wait for Redis (--bus-outage-queue).
 DEFAULT_OUTAGE_QUEUE = 32 * 1024 * 1024
 _LOGGED_EVERY = 1000  # overflow and error log lines: the first, then every 1000th
@@ -118,7 +115,7 @@ class RedisBus:
         self.outage_queue = outage_queue
         # Messages posted while Redis was away (or while these wait): (their room's post,
         # the v1 lines), in the order they were posted; posted once Redis is back.
-        self._held: deque[tuple[Callable[[bytes, bool], object], bytes]] = deque()
+        self._held: deque[tuple[Callable[[bytes, bool], bool | None], bytes]] = deque()
         # Rooms catching up after an outage -> the runs their channel brought meanwhile
         # (seq, ts, lines), delivered after what the catch-up finds (_catch_up).
         self._catching_up: dict[RoomLink, list[tuple[int, int, bytes]]] = {}
@@ -215,17 +212,14 @@ class RedisBus:
         # holds the script's SHA), then the same for good (the SHA is the source's).
         head: bytes | None = None
 
-        def publish(event: bytes) -> bool:
-            return post(event, False) is not _LOST
-
-        def post(event: bytes, replayed: bool) -> object:
-            """Post ``event`` (held before, if ``replayed``): _POSTED to Redis, _HELD
-            for later, or _LOST (delivered here only)."""
+        def post(event: bytes, replayed: bool = False) -> bool | None:
+            """Post ``event`` (held before, if ``replayed``): True, posted to Redis;
+            None, held for later; False, delivered on this instance only."""
             nonlocal head
             node = self._node_for(keys) if self._online else None
             if node is None or node.cmd is None:
                 if replayed:  # it stays first of what is held
-                    return _HELD
+                    return None
                 fan_out(event)
                 return self._hold(post, event)
             if not replayed:
@@ -235,7 +229,7 @@ class RedisBus:
                 if node.cmd.write_buffer > MAX_BACKLOG:
                     self._local_only(True)
                     fan_out(event)
-                    return _LOST
+                    return False
             elif self._subscribed.get(room) is True:  # its channel will bring it back
                 room.replayed(event)  # and its local members saw it when it was posted
             if head is None:
@@ -265,11 +259,11 @@ class RedisBus:
 
                 node.handlers.append(posted)
             stats.published += 1
-            return _POSTED
+            return True
 
-        return publish
+        return post
 
-    def _hold(self, post: Callable[[bytes, bool], object], event: bytes) -> object:
+    def _hold(self, post: Callable[[bytes, bool], bool | None], event: bytes) -> bool | None:
         """Keep a message posted during an outage for Redis, within --bus-outage-queue;
         past it the message stays this instance's only (counted, logged)."""
         stats = self.stats
@@ -283,11 +277,11 @@ class RedisBus:
                     self.outage_queue >> 20,
                     stats.held_lost,
                 )
-            return _LOST
+            return False
         self._held.append((post, event))
         stats.held += event.count(b"\n")
         stats.held_bytes += len(event)
-        return _HELD
+        return None
 
     def _post_held(self) -> None:
         """Redis is back: post what was held, in order, while the connection lasts."""
@@ -297,7 +291,7 @@ class RedisBus:
         count = stats.held
         while held:
             post, event = held[0]
-            if post(event, True) is not _POSTED:
+            if post(event, True) is not True:
                 break  # lost again: the rest waits for the next reconnection
             held.popleft()
             stats.held -= event.count(b"\n")
