@@ -100,8 +100,9 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     show_default=True,
     type=click.IntRange(min=1024),
     show_envvar=True,
-    help="Unsent bytes past which a session is watched: cut off as a slow consumer when "
-    "its unsent output stops shrinking for 2 s, or passes 4 times this.",
+    help="Unsent bytes past which a session is behind: the sessions posting into its rooms "
+    "are not read until it drains (5 s at a time at most); it is cut off as a slow consumer "
+    "when its unsent output stops shrinking for 2 s, or passes 4 times this.",
 )
 @click.option(
     "--coalesce-us",

@@ -81,15 +81,19 @@ class Raw:
         return user
 
     def send(self, line: bytes) -> None:
+        self.writer.write(self.framed(line))
+
+    def framed(self, line: bytes) -> bytes:
+        """One command as this transport sends it (a line; a masked text frame)."""
         if self.transport == "tcp":
-            self.writer.write(line + b"\r\n")
-        else:
-            mask = os.urandom(4)
-            size = len(line)
-            head = (
-                bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0xFE)) + size.to_bytes(2)
-            )
-            self.writer.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(line)))
+            return line + b"\r\n"
+        mask = os.urandom(4)
+        size = len(line)
+        head = bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0xFE)) + size.to_bytes(2)
+        # XOR with the mask repeated, as one big integer (a flood is framed quickly).
+        key = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(line) ^ int.from_bytes(key)).to_bytes(size)
+        return head + mask + masked
 
     async def event(self) -> dict[str, Any]:
         async with asyncio.timeout(TIMEOUT):
@@ -359,5 +363,158 @@ async def test_a_reader_that_takes_a_burst_late_but_takes_it_is_not_cut_off(
         assert not any("slow consumer" in r.getMessage() for r in caplog.records)
         for conn in (sender, reader):
             conn.close()
+    finally:
+        await server.close()
+
+
+class FloodedRoom:
+    """Members of "general" that all flood it at once and read at once (``clients``, of
+    one transport, with 16 KiB socket buffers on both sides: the kernel's share is
+    small), and one more member that never reads (``silent``: a plain socket, which
+    reads its login and nothing more; a stream reader would read for it)."""
+
+    def __init__(self, server: ChatServer, clients: list[Raw], silent: socket.socket) -> None:
+        self.server, self.clients, self.silent = server, clients, silent
+        self.users: list[str] = []
+        self.silent_user = ""
+
+    @classmethod
+    async def open(cls, server: ChatServer, transport: str, members: int) -> FloodedRoom:
+        clients = [await Raw.open(server, transport, rcvbuf=16 * 1024) for _ in range(members)]
+        silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        silent.setblocking(False)
+        room = cls(server, clients, silent)
+        room.users = [await client.login() for client in clients]
+        for client in clients:  # one after the other: each reply comes before any event
+            client.send(b'{"_ct":"join_room","r":"general"}')
+            assert (await client.event())["_et"] == "user_joined_room"
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(silent, ("127.0.0.1", server.port))
+        login = b""
+        async with asyncio.timeout(TIMEOUT):
+            while not login.endswith(b"\n"):
+                login += await loop.sock_recv(silent, 1)
+        room.silent_user = json.loads(login)["u"]
+        await loop.sock_sendall(silent, b'{"_ct":"join_room","r":"general"}\r\n')
+        general = server.rooms.rooms["general"]
+        await until(lambda: general.member_count == members + 1, "the non-reader is in")
+        for user in (*room.users, room.silent_user):  # the server's side takes 4 MB else
+            transport = connection_of(server, user).transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        return room
+
+    def flood(self, count: int) -> None:
+        """Each client sends ``count`` messages at once ("sender:n:payload")."""
+        payload = "z" * 200
+        for index, client in enumerate(self.clients):
+            client.writer.write(
+                b"".join(
+                    client.framed(
+                        json.dumps(
+                            {"_ct": "send_message", "r": "general", "c": f"{index}:{n}:{payload}"}
+                        ).encode()
+                    )
+                    for n in range(count)
+                )
+            )
+
+    async def read_everything(self, count: int) -> None:
+        """Every client reads, at once, every client's ``count`` messages, in order."""
+
+        async def read(client: Raw) -> None:
+            expected = [0] * len(self.clients)  # each sender's next message
+            while sum(expected) < len(self.clients) * count:
+                event = await client.event()
+                if event["_et"] == "user_message":
+                    sender, n, _ = event["c"].split(":", 2)
+                    assert int(n) == expected[int(sender)], (sender, n, expected)
+                    expected[int(sender)] += 1
+                else:  # those who joined after it, the non-reader leaving when cut off
+                    assert event["_et"] == "room_participation", event
+                    assert event["s"] == "joined" or event["u"] == self.silent_user, event
+
+        await asyncio.gather(*(read(client) for client in self.clients))
+
+    def readers_are_in(self) -> bool:
+        for user in self.users:
+            session = connection_of(self.server, user).session
+            if session is None or session.closed:
+                return False
+        return True
+
+    def silent_is_gone(self) -> bool:
+        return all(
+            c.session is None or c.session.user_id != self.silent_user
+            for c in self.server.connections
+        )
+
+    def close(self) -> None:
+        self.silent.close()
+        for client in self.clients:
+            client.close()
+
+
+def cut_off(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """(user, message) of each slow-consumer cut logged."""
+    return [
+        (r.user, r.getMessage())
+        for r in caplog.records
+        if "slow consumer" in r.getMessage() and r.getMessage().endswith("disconnecting")
+    ]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_flooding_senders_are_slowed_to_the_readers_pace_and_only_a_non_reader_is_cut(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 20: flood control off, every member of a room floods it at once, far more
+    than the others' sockets take, and reads at once; one more member never reads. Each
+    reader's unsent output passes --max-pending-output again and again, and each time
+    the room holds its senders back (does not read them) until it has drained, instead
+    of letting it grow until the cut (before, the readers were cut off with the
+    non-reader). Nobody who reads is cut off, each gets every message in order; the
+    non-reader still is (its output stops shrinking), and holds the room back no more."""
+    caplog.set_level(logging.INFO, LOG)
+    server = await start(max_pending_output=256 * 1024, flood_rate=0)
+    try:
+        room = await FloodedRoom.open(server, transport, members=4)
+        room.flood(2000)
+        await room.read_everything(2000)
+        assert server.stats.held > 0  # the senders were held back
+        assert server.stats.slow_consumers == 1
+        assert [user for user, _ in cut_off(caplog)] == [room.silent_user]
+        assert room.readers_are_in()
+        await until(room.silent_is_gone, "the non-reader is gone")
+        room.close()
+    finally:
+        await server.close()
+
+
+async def test_a_member_holds_its_room_back_for_a_bounded_time(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member that is behind holds its room's senders back for HOLD_SECONDS at most
+    (made short here), however long before it would be cut for not reading (made long):
+    then the room goes on without waiting for it, its output grows, and it is cut off
+    at STALL_BOUND times the limit. The readers get everything and stay."""
+    monkeypatch.setattr(shell_module, "HOLD_SECONDS", 0.2)
+    monkeypatch.setattr(shell_module, "STALL_SECONDS", 3600.0)
+    caplog.set_level(logging.INFO, LOG)
+    limit = 256 * 1024
+    server = await start(max_pending_output=limit, flood_rate=0)
+    try:
+        room = await FloodedRoom.open(server, "tcp", members=2)
+        room.flood(4000)
+        await room.read_everything(4000)
+        await until(room.silent_is_gone, "the non-reader is cut off")
+        [(user, line)] = cut_off(caplog)
+        assert user == room.silent_user
+        pending = int(re.findall(r"\((\d+)\)", line)[-1])
+        assert pending > shell_module.STALL_BOUND * limit  # by the bound, not the time
+        assert room.readers_are_in()
+        room.close()
     finally:
         await server.close()

@@ -19,6 +19,11 @@ At the end of the turn :meth:`Outbox.flush` then joins each mailbox's list and h
 to the connection's ``write`` in one call, visiting each mailbox once: at high rates this
 is what saves the server from one syscall per event.
 
+Backpressure (docs/architecture.md, "Bounds"): when a session's connection holds more
+than ``--max-pending-output`` unsent, the shell tells the outbox (:meth:`Outbox.fall_behind`)
+and the outbox tells the mailbox's rooms, which then stop reading the sessions that post
+into them until it has caught up (:meth:`Outbox.catch_up`; rooms.py ``ChatRoom.hold``).
+
 Counting (``/metrics``, docs/operating.md) costs nothing per write: bytes out are counted
 where they are queued (a room's fan-outs by the room, from the bytes per member it keeps
 for the turn; a session's own events in :meth:`Mailbox.send`) less what a closed mailbox
@@ -67,6 +72,12 @@ class FanOutRoom(Protocol):
     def hand_over(self, member: Mailbox) -> None:
         """Queue for one member now what the turn has for it so far."""
 
+    def fall_behind(self, member: Mailbox) -> None:
+        """The member's connection is behind: hold back the room's senders."""
+
+    def catch_up(self, member: Mailbox) -> None:
+        """The member no longer holds back the room's senders."""
+
 
 class Mailbox:
     """One session's outbound queue. The session and the rooms only append to it."""
@@ -77,6 +88,7 @@ class Mailbox:
         "_pending",
         "_stats",
         "_write",
+        "behind",
         "enqueue",
         "key",
         "rooms",
@@ -98,6 +110,9 @@ class Mailbox:
         #: own ``append``, so a fan-out runs no Python code per recipient.
         self.enqueue: Callable[[bytes], None] = self._pending.append
         self._own = 0  # bytes queued through send() since the last flush
+        #: Its connection holds more than --max-pending-output and holds back the
+        #: senders of its rooms (Outbox.fall_behind, Outbox.catch_up).
+        self.behind = False
         self._write: Writer | None = write
         self._stats = outbox.stats
 
@@ -278,6 +293,24 @@ class Outbox:
         of its own does not overtake them."""
         for room in mailbox.rooms:
             room.hand_over(mailbox)
+
+    # -- backpressure ------------------------------------------------------------------
+    def fall_behind(self, mailbox: Mailbox) -> None:
+        """``mailbox``'s connection holds more than --max-pending-output unsent (the
+        shell's ``pause_writing``): its rooms hold back the sessions that post into them
+        (stop reading them) until it catches up, rather than queue more for it."""
+        if not mailbox.behind and not mailbox.closed:
+            mailbox.behind = True
+            for room in mailbox.rooms:
+                room.fall_behind(mailbox)
+
+    def catch_up(self, mailbox: Mailbox) -> None:
+        """``mailbox`` no longer holds back its rooms' senders: it has drained (the
+        shell's ``resume_writing``), held them for as long as it may, or is cut off."""
+        if mailbox.behind:
+            mailbox.behind = False
+            for room in mailbox.rooms:
+                room.catch_up(mailbox)
 
     def flush_now(self, mailbox: Mailbox) -> None:
         """Write ``mailbox`` now: what its rooms hold for it, then what it has pending."""

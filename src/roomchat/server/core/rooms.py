@@ -27,6 +27,18 @@ connections): the *reply* (the room's users at the moment of the join, for
 Events of the room fanned out between the two are kept for the joiner and handed over
 after its ``user_joined_room``, so it sees exactly the events after its join, in order.
 
+Backpressure (docs/architecture.md, "Bounds"): a member whose connection holds more than
+``--max-pending-output`` unsent is *behind* (:meth:`ChatRoom.fall_behind`, from the
+shell through the outbox). While a room has a member behind, a session about to post
+into it is *held* instead (:meth:`ChatRoom.hold`, :class:`Sender`): it keeps that run
+and what follows (nothing is dropped) and stops reading, so senders that produce faster
+than a reader takes slow down to its pace instead of growing its output until it is cut
+off, and a member's output grows past the mark by at most what was posted before.
+When the last member behind catches up (drains to the low-water mark), leaves, is cut
+off or has held the room for as long as it may (the shell's ``HOLD_SECONDS``), the room
+lets its held senders read again. The hot path pays one attribute test per run posted.
+This is per instance: with a shared bus, a room here holds only the senders here.
+
 Version 2 (docs/protocol.md): a room keeps two member dicts, v1 sessions and v2 sessions.
 A message goes to the v1 ones exactly as before (the v1 line); only when the room has v2
 members are the v2 bytes built, once per event (the v1 line with ``,"q":N,"ts":T`` for a
@@ -85,6 +97,7 @@ __all__ = [
     "Member",
     "NotJoined",
     "RoomError",
+    "Sender",
     "Turns",
     "UnknownRoom",
     "UserSessionHandle",
@@ -121,6 +134,14 @@ class Turns(Protocol):
     def flush_room(self, room: ChatRoom) -> None:
         """The room's turn has grown past FLUSH_AT: distribute it and write its members
         now, so that one turn's burst cannot pile up before the slow-consumer check."""
+
+
+class Sender(Protocol):
+    """A session that posts into rooms, as a room holding it back sees it (Session)."""
+
+    def released(self) -> None:
+        """The room that held it (:meth:`ChatRoom.hold`) has no member behind any more:
+        it posts what it kept and reads again."""
 
 
 #: How a join ends: the handle, or the reason it failed.
@@ -161,6 +182,7 @@ class ChatRoom:
         "_bytes_counted",
         "_changes",
         "_counted",
+        "_held",
         "_history",
         "_joining",
         "_members",
@@ -173,6 +195,7 @@ class ChatRoom:
         "_turn",
         "_turn2",
         "_turns",
+        "behind",
         "description",
         "epoch",
         "fanned_bytes",
@@ -234,6 +257,11 @@ class ChatRoom:
         # Runs posted during a bus outage (delivered here then) that the bus posts now:
         # when they come back numbered, the local members must not get them again.
         self._replayed: dict[bytes, int] = {}
+        #: The members behind (see the module docstring), None when there are none: a
+        #: session tests it before each run it posts here (Session._handle).
+        self.behind: set[Member] | None = None
+        # The sessions held while members are behind (a dict: each once, in order).
+        self._held: dict[Sender, None] | None = None
         self._stats.rooms.append(self)
 
     def __repr__(self) -> str:
@@ -557,6 +585,8 @@ class ChatRoom:
         if turn:
             self._skip[member] = len(turn)
         member.attach(self)
+        if member.behind:  # already behind: it holds back this room's senders too
+            self.fall_behind(member)
 
     def _discard(self, member: Member) -> bool:
         """Stop fanning out to ``member``, once it has what the turn queued for it so
@@ -576,7 +606,39 @@ class ChatRoom:
                 whole = start == 0 and turn is self._turn and self.turn_bytes
                 self._stats.sent -= whole or sum(map(len, turn[start:]))
         member.detach(self)
+        if self.behind is not None:
+            self.catch_up(member)
         return True
+
+    # -- backpressure (see the module docstring) -----------------------------------------
+    def fall_behind(self, member: Member) -> None:
+        """``member``'s connection holds more than --max-pending-output: hold back the
+        sessions that post here until it catches up."""
+        if member in self._members or member in self._members2:
+            if self.behind is None:
+                self.behind = set()
+            self.behind.add(member)
+
+    def catch_up(self, member: Member) -> None:
+        """``member`` holds the room back no more (drained, gone, or held it long
+        enough); once no member is behind, the held senders are read again."""
+        behind = self.behind
+        if behind is None or member not in behind:
+            return
+        behind.discard(member)
+        if not behind:
+            self.behind = None
+            held, self._held = self._held, None
+            for sender in held or ():
+                sender.released()
+
+    def hold(self, sender: Sender) -> None:
+        """A session is about to post here while a member is behind: it waits (keeps
+        what it read, reads nothing more) until no member is, and is then told
+        :meth:`Sender.released`."""
+        if self._held is None:
+            self._held = {}
+        self._held[sender] = None
 
     # -- joining -------------------------------------------------------------------------
     def begin_join(

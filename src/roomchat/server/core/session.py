@@ -14,6 +14,7 @@ keeps its rules in ``_state.py``)::
     LOGGING_IN --(the random id is the session's)--> NEW
     NEW ------(a first command)--> READY       (a first v2 hello may make it WAITING)
     READY <---(a join or a name claim answered)--> WAITING
+    READY <---(the room let it go)--> HELD      (it posts into a room with a member behind)
     any ------(quit, end of input, a refused hello, a lost connection)--> CLOSED
 
 - LOGGING_IN: with several instances, the session's random user id is confirmed with the
@@ -25,6 +26,12 @@ keeps its rules in ``_state.py``)::
 - WAITING: a join, or a claim of a name, is answered after a round trip (presence or
   names in Redis). The session keeps what follows, in order, and stops reading, so that
   a ``send_message`` right after a ``join_room`` goes to the room it joined.
+- HELD (backpressure, rooms.py): it was about to post into a room that has a member
+  behind (a connection holding more than ``--max-pending-output`` unsent). As in
+  WAITING, the session keeps that run and what follows, in order, and stops reading,
+  until the room lets it go (:meth:`Session.released`): then it posts them and reads
+  again. So senders slow down to the pace of the readers that read, instead of growing
+  their output until the slow-consumer cut (shells/shell.py). Flood control on or off.
 
 Commands are dispatched through one table (:data:`COMMANDS`, as Ergo's
 ``irc/commands.go``): each command's handler and whether v1 knows it. ``send_message``,
@@ -113,7 +120,7 @@ from roomchat.server.core.flood import Bucket, UserBucket
 from roomchat.server.core.history import HistoryRequest
 from roomchat.server.core.outbox import Mailbox
 from roomchat.server.core.policy import Action, Actor, Outcome, refused_join
-from roomchat.server.core.rooms import UserSessionHandle
+from roomchat.server.core.rooms import ChatRoom, UserSessionHandle
 
 __all__ = ["COMMANDS", "TRANSITIONS", "Connection", "Phase", "Session", "new_session_id"]
 
@@ -137,6 +144,7 @@ class Phase(enum.Enum):
     NEW = "new"
     READY = "ready"
     WAITING = "waiting"
+    HELD = "held"
     CLOSED = "closed"
 
 
@@ -144,13 +152,15 @@ class Phase(enum.Enum):
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.LOGGING_IN: frozenset({Phase.NEW, Phase.CLOSED}),
     Phase.NEW: frozenset({Phase.READY, Phase.WAITING, Phase.CLOSED}),
-    Phase.READY: frozenset({Phase.WAITING, Phase.CLOSED}),
+    Phase.READY: frozenset({Phase.WAITING, Phase.HELD, Phase.CLOSED}),
     Phase.WAITING: frozenset({Phase.READY, Phase.CLOSED}),
+    Phase.HELD: frozenset({Phase.READY, Phase.CLOSED}),
     Phase.CLOSED: frozenset(),
 }
 
 _READY = Phase.READY
 _WAITING = Phase.WAITING
+_HELD = Phase.HELD
 _CLOSED = Phase.CLOSED
 
 
@@ -495,6 +505,9 @@ class Session:
                     end += 1
                 handle = self._handles.get(room)
                 if handle is not None and not self._shutting_down:
+                    if handle.room.behind is not None:  # a member is behind: wait for it
+                        self._hold(handle.room, items[index - 1 :])
+                        return
                     if handle.room.restricted:  # a mute, slow mode, a DM: checked first
                         self._send_restricted(handle, items[index - 1 : end])
                     elif end == index:
@@ -519,6 +532,31 @@ class Session:
                 self._ignore(f"{type(item).__name__} in a v1 session")
             else:
                 rule.handler(self, item)
+
+    # -- backpressure (HELD) -----------------------------------------------------------
+    def _hold(self, room: ChatRoom, items: list[_Item]) -> None:
+        """``items`` begin with a run for ``room``, which has a member behind: keep them
+        (first: the backlog being drained is what came before them) and read nothing
+        more until the room lets the session go."""
+        self._enter(_HELD)
+        self._stats.held += 1
+        room.hold(self)
+        self._connection.pause_reading()
+        if self._backlog is None:
+            self._backlog = deque(items)
+        else:
+            self._backlog.extendleft(reversed(items))
+
+    def released(self) -> None:
+        """The room that held this session lets it go (rooms.Sender): it carries on
+        from a fresh turn of the loop (not from inside the room's or a shell's call)."""
+        if self._phase is _HELD:
+            self._context.call_later(0, self._go_on)
+
+    def _go_on(self) -> None:
+        if self._phase is _HELD:
+            self._enter(_READY)
+            self._resume()  # post what was kept (it may be held again), then read
 
     def _send_restricted(self, handle: UserSessionHandle, run: list[_Item]) -> None:
         """Messages to a restricted room (see _handle): those the community allows are
@@ -562,7 +600,14 @@ class Session:
     def _drain_backlog(self) -> None:
         backlog = self._backlog
         while backlog and self._phase is _READY:
-            self._handle([backlog.popleft()])
+            item = backlog.popleft()
+            run = [item]
+            if type(item) is SendMessage:  # a run of them to one room: posted as one
+                while backlog and type(next_ := backlog[0]) is SendMessage:
+                    if next_.room != item.room:
+                        break
+                    run.append(backlog.popleft())
+            self._handle(run)
         if not self._backlog:  # emptied (or dropped at the close): give it back
             self._backlog = None
 
@@ -570,7 +615,7 @@ class Session:
         """A wait answered later is over: carry on where it stopped, then read again."""
         self._drain_backlog()
         if self._phase is not _READY and self._phase is not Phase.NEW:
-            return  # waiting again, or closed
+            return  # waiting or held again, or closed
         if self._eof:
             self.close("client closed its side")
         elif not self._throttled:

@@ -93,6 +93,7 @@ class ServerStats:
         "bytes_in",
         "connections_accepted",
         "delivered",
+        "held",
         "hellos",
         "hellos_refused",
         "idle_timeouts",
@@ -128,6 +129,9 @@ class ServerStats:
         self.rooms: list[Counting] = []
         self.writes = 0  # transport.write calls (one per session per turn at most)
         self.slow_consumers = 0  # sessions cut off for not reading
+        #: Backpressure: times a session was held (not read) because a room it posts
+        #: into had a member behind (its connection over --max-pending-output).
+        self.held = 0
         self.throttled = 0  # flood-control episodes: a session not read for a while
         self.idle_timeouts = 0  # v2 sessions closed for saying nothing (idle_timeout)
         self.hellos = 0  # v2 hellos received
@@ -176,8 +180,14 @@ class ServerStats:
             ),
             (
                 "slow_consumer_disconnects",
-                "Sessions cut off for having more than --max-pending-output unsent.",
+                "Sessions cut off as slow consumers (they did not take their output).",
                 self.slow_consumers,
+            ),
+            (
+                "backpressure_holds",
+                "Times a session was not read because a room it posts into had a member "
+                "with more than --max-pending-output unsent.",
+                self.held,
             ),
             (
                 "lines_too_long",

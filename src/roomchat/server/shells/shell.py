@@ -14,10 +14,14 @@ on, and :class:`Shell` is what all connections of one server share. They own:
   handshake (a plain-text client on the TLS port) is logged with the peer's address:
   asyncio and uvloop both drop those silently when ``create_server`` does it.
 - **Keepalive** on every accepted socket (net.py).
-- **Slow consumers** (docs/protocol.md): the transport's high-water mark is
-  ``max_pending_output``; passing it calls ``pause_writing``, the session is counted,
-  logged and aborted on the next turn (not from inside a fan-out that is iterating over
-  room members), and the memory its output held is given back (memory.py).
+- **Backpressure and slow consumers** (docs/protocol.md, docs/architecture.md "Bounds"):
+  the transport's high-water mark is ``max_pending_output``; passing it calls
+  ``pause_writing``. The session is then *behind*: its rooms stop reading the sessions
+  that post into them until it drains (``resume_writing``), for at most HOLD_SECONDS at
+  a time. It is cut off as a slow consumer only when it does not take its output (its
+  unsent output stops shrinking for STALL_SECONDS, or passes STALL_BOUND times the
+  limit): counted, logged, aborted from a timer (not from inside a fan-out), and the
+  memory its output held is given back (memory.py).
 - **Read pausing, close and abort** as the session asks them (session.Connection).
 - **Counting and the log lines** of connect and disconnect, the same for both.
 - **Shutdown**: :meth:`Shell.close_all` closes every connection of both transports.
@@ -62,6 +66,10 @@ FD_RESERVE = 16
 STALL_BOUND = 4
 STALL_SECONDS = 2.0
 STALL_CHECK = 0.1
+#: Meanwhile its rooms hold back their senders (stop reading them) for at most this long
+#: at a time: a member that reads, but too slowly to drain in that time, stops holding
+#: a room back and is left to the rule above (ShellConnection._stalled).
+HOLD_SECONDS = 5.0
 
 #: Why a connection may be refused (Shell.refused, /metrics).
 REFUSALS = ("max_connections", "max_connections_per_ip", "open_files")
@@ -276,9 +284,10 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
         self._early: list[bytes] | None = []
         self._decrypted: list[bytes] = []
         self.session: Session | None = None
-        # While the transport holds more than max_pending_output: (when its buffer last
-        # shrank, its size then, the check's timer); see pause_writing.
-        self._stall: tuple[float, int, asyncio.TimerHandle] | None = None
+        # While the transport holds more than max_pending_output: (when it passed the
+        # limit, when its buffer last shrank, its size then, the check's timer); see
+        # pause_writing.
+        self._stall: tuple[float, float, int, asyncio.TimerHandle] | None = None
 
     def __repr__(self) -> str:
         if self.session is not None:
@@ -404,27 +413,33 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
 
     def pause_writing(self) -> None:
         """More than max_pending_output waits in the transport. That alone does not make
-        a slow consumer: a client that reads at once still sees a busy turn's output
-        arrive in one piece. It is cut off when it does not take it: when its unsent
-        output goes past STALL_BOUND times the limit (memory stays bounded), or stops
-        shrinking for STALL_SECONDS (it does not read). Checked every STALL_CHECK s
-        until the transport drains (resume_writing)."""
-        if self.session is None or self.session.closed or self.transport is None:
+        a slow consumer: a client that reads at once still falls behind senders that
+        produce faster than it (or the kernel) takes their output. So first the session
+        is *behind*: its rooms stop reading the sessions that post into them until it
+        drains (resume_writing), for at most HOLD_SECONDS at a time (Outbox.fall_behind).
+        It is cut off when it does not take its output: when its unsent output goes past
+        STALL_BOUND times the limit (memory stays bounded), or stops shrinking for
+        STALL_SECONDS (it does not read). Checked every STALL_CHECK s until it drains."""
+        session, transport = self.session, self.transport
+        if session is None or session.closed or transport is None:
             return
         if self._stall is None:
-            self._stall = self._stall_check(
-                time.monotonic(), self.transport.get_write_buffer_size()
-            )
+            now = time.monotonic()
+            self._stall = self._stall_check(now, now, transport.get_write_buffer_size())
+            self.shell.outbox.fall_behind(session.mailbox)
 
-    def _stall_check(self, since: float, size: int) -> tuple[float, int, asyncio.TimerHandle]:
-        return since, size, asyncio.get_running_loop().call_later(STALL_CHECK, self._stalled)
+    def _stall_check(
+        self, began: float, since: float, size: int
+    ) -> tuple[float, float, int, asyncio.TimerHandle]:
+        timer = asyncio.get_running_loop().call_later(STALL_CHECK, self._stalled)
+        return began, since, size, timer
 
     def _stalled(self) -> None:
         session, transport, stall = self.session, self.transport, self._stall
         if session is None or session.closed or transport is None or stall is None:
             self._stall = None
             return
-        since, before, _ = stall
+        began, since, before, _ = stall
         now, size = time.monotonic(), transport.get_write_buffer_size()
         limit = self.shell.max_pending_output
         if size < before:  # it reads: the clock starts again
@@ -433,7 +448,9 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
             self._stall = None
             self._cut(size)
             return
-        self._stall = self._stall_check(since, size)
+        if now - began >= HOLD_SECONDS:  # held its rooms long enough: they go on
+            self.shell.outbox.catch_up(session.mailbox)
+        self._stall = self._stall_check(began, since, size)
 
     def _cut(self, size: int) -> None:
         session = self.session
@@ -447,14 +464,18 @@ class ShellConnection(asyncio.Protocol, abc.ABC):
             size,
             extra={**session.log_fields, "reason": "slow consumer"},
         )
+        shell.outbox.catch_up(session.mailbox)  # its rooms' senders go on
         session.mailbox.close()  # nothing more is queued for it from now on
         session.abort("slow consumer")
         shell.trimmer.soon()  # its unsent output is freed: give it back (memory.py)
 
     def resume_writing(self) -> None:
+        """Drained to the low-water mark: no longer behind, the watch ends."""
         stall, self._stall = self._stall, None
         if stall is not None:
-            stall[2].cancel()
+            stall[3].cancel()
+        if self.session is not None:
+            self.shell.outbox.catch_up(self.session.mailbox)
 
     def _release(self) -> None:
         ip, self._ip = self._ip, None
