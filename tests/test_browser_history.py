@@ -84,8 +84,13 @@ def chat_texts(driver: WebDriver) -> list[str]:
 
 
 def message_meta(driver: WebDriver, q: int) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, f'#messages li[data-q="{q}"]')
-    return (found[0].get_attribute("textContent") or "") if found else ""
+    # Found and read in one script: the list may be re-rendered between a find and a
+    # read (a StaleElementReferenceException, seen once in a full run).
+    text = driver.execute_script(
+        "const item = document.querySelector(arguments[0]);return item ? item.textContent : '';",
+        f'#messages li[data-q="{q}"]',
+    )
+    return str(text or "")
 
 
 def test_unread_scroll_back_edits_and_typing(
