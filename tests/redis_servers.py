@@ -510,3 +510,99 @@ class RedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------- RedisSentinelSet
+
+
+class RedisSentinel(RedisServer):
+    """A redis-server in sentinel mode (``--sentinel``), watching one master as
+    ``service``. Its configuration file is its own (sentinels rewrite theirs)."""
+
+    def __init__(self, service: str, master: RedisServer, down_after_ms: int) -> None:
+        super().__init__()
+        self.service = service
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\n"
+            f"bind {HOST}\n"
+            f"dir {self.dir}\n"
+            "protected-mode no\n"
+            f"sentinel monitor {service} {HOST} {master.port} 1\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        self.conf = conf
+
+    def _command(self) -> list[str]:
+        return [redis_server_binary(), str(self.conf), "--sentinel"]
+
+    def master_port(self) -> int | None:
+        """The master's port as this sentinel names it now (None: it knows none)."""
+        reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(reply[1]) if reply else None
+
+
+class RedisSentinelSet:
+    """A master, one replica of it and one sentinel (quorum 1) watching them: the
+    smallest high-availability setup that fails over. ``url`` is the bus URL."""
+
+    def __init__(self, master: RedisServer, replica: RedisServer, sentinel: RedisSentinel):
+        self.master, self.replica, self.sentinel = master, replica, sentinel
+
+    @classmethod
+    def launch(cls, service: str = "chat", down_after_ms: int = 1000) -> RedisSentinelSet:
+        master = RedisServer.launch()
+        servers: list[RedisServer] = [master]
+        try:
+            replica = RedisServer.launch("--replicaof", HOST, str(master.port))
+            servers.append(replica)
+            wait_for(
+                lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
+                START_TIMEOUT,
+                "the replica to be in sync",
+            )
+            sentinel = RedisSentinel(service, master, down_after_ms)
+            servers.append(sentinel)
+            sentinel.start()
+
+            def replica_known() -> bool:
+                # redis-py parses each replica into a dict (is_sdown, port, ...).
+                replicas = sentinel.command("SENTINEL", "REPLICAS", service)
+                return any(
+                    int(entry["port"]) == replica.port and not entry.get("is_sdown")
+                    for entry in replicas
+                )
+
+            wait_for(replica_known, CLUSTER_TIMEOUT, "the sentinel to know the replica")
+        except BaseException:
+            for server in servers:
+                server.close(kill=True)
+            raise
+        return cls(master, replica, sentinel)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://{self.sentinel.address}/{self.sentinel.service}"
+
+    def wait_failover(self, timeout: float = CLUSTER_TIMEOUT) -> None:
+        """Wait until the sentinel names the replica as the master, and it is one."""
+        wait_for(
+            lambda: (
+                self.sentinel.master_port() == self.replica.port
+                and "role:master" in self.replica.cli("INFO", "replication")
+            ),
+            timeout,
+            "the sentinel to promote the replica",
+        )
+
+    def close(self) -> None:
+        for server in (self.sentinel, self.replica, self.master):
+            server.close(kill=True)
+
+    def __enter__(self) -> RedisSentinelSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -121,8 +121,9 @@ _LOG_LEVELS = ["debug", "info", "warning", "error"]
     default=DEFAULT_BUS,
     show_default=True,
     show_envvar=True,
-    help="Where rooms meet: memory:// (this process only), redis://HOST:PORT[/DB] or "
-    "redis+cluster://HOST:PORT[,HOST:PORT...] (instances share rooms through Redis).",
+    help="Where rooms meet: memory:// (this process only), redis://HOST:PORT[/DB], "
+    "redis+cluster://HOST:PORT[,HOST:PORT...] or redis+sentinel://HOST:PORT[,...]/SERVICE "
+    "(instances share rooms through Redis).",
 )
 @click.option(
     "--bus-lease",

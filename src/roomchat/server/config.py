@@ -113,7 +113,8 @@ class ServerConfig:
     #: wait ends early for new connections and bus traffic.
     coalesce_window: float = DEFAULT_COALESCE_WINDOW
     #: Where rooms meet: "memory://" (this process) or "redis://HOST:PORT[/DB]" /
-    #: "redis+cluster://HOST:PORT[,HOST:PORT...]" (instances share rooms).
+    #: "redis+cluster://HOST:PORT[,HOST:PORT...]" / "redis+sentinel://HOST:PORT/SERVICE"
+    #: (instances share rooms).
     bus_url: str = DEFAULT_BUS
     #: With Redis: seconds an instance stays registered without renewing its lease (it
     #: renews every third of it). An instance that dies is purged within about this.

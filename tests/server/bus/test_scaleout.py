@@ -472,8 +472,9 @@ async def test_a_stray_payload_on_a_room_channel_is_logged_not_fatal(
 
 async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer) -> None:
     """SCRIPT FLUSH (as after a failover to a replica) no longer ends cross-instance
-    delivery: the first NOSCRIPT makes the instance reconnect, which loads the scripts
-    again and re-asserts presence; messages cross again both ways."""
+    delivery: messages need no script (posting is a transaction), and the first
+    NOSCRIPT (here a join's) makes the instance reconnect, which loads the scripts again
+    and re-asserts presence; messages cross again both ways, and the join is answered."""
     async with instances(2, "--bus", redis_server.url) as (one, two):
         alice, bob = await one.client(), await two.client()
         await join(alice)
@@ -482,14 +483,16 @@ async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer)
         await crosses(alice, bob)
         mark = len(one.lines), len(two.lines)
         await asyncio.to_thread(redis_server.command, "SCRIPT", "FLUSH")
-        await alice.send(ROOM, "after the flush")  # its POST meets NOSCRIPT
+        await crosses(alice, bob)
+        carol = await one.client()
+        await join(carol)  # its JOIN meets NOSCRIPT (answered locally meanwhile)
         await one.wait_for_log(r"NOSCRIPT\), loading them again", after=mark[0])
         await one.wait_for_log(BACK, after=mark[0])
         await crosses(alice, bob)
         await crosses(bob, alice)
         assert not any("Traceback" in line for line in one.lines + two.lines)
-        alice.close()
-        bob.close()
+        for client in (alice, bob, carol):
+            client.close()
 
 
 async def test_each_new_reason_a_reconnect_fails_is_logged(redis_server: RedisServer) -> None:
@@ -569,7 +572,7 @@ async def test_credentials_refused_at_start_up_are_one_clear_line(
 async def test_a_history_refused_by_redis_is_counted_and_logged_not_swallowed(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The room's stream key holds something else (WRONGTYPE): the message is still
+    """The room's recent runs' key holds something else (WRONGTYPE): the message is still
     delivered, and the refusal is counted and logged (it was dropped silently)."""
     server = await ChatServer.start(
         ServerConfig(host="127.0.0.1", port=0, bus_url=redis_server.url)
@@ -577,7 +580,7 @@ async def test_a_history_refused_by_redis_is_counted_and_logged_not_swallowed(
     try:
         client = await connect("127.0.0.1", server.port, timeout=TIMEOUT)
         await join(client)
-        redis_server.command("SET", RoomKeys(ROOM).stream, "not a stream")
+        redis_server.command("SET", RoomKeys(ROOM).recent, "not a list")
         await client.send(ROOM, "still delivered")
         assert await next_event(client) == UserMessage(ROOM, client.user_id, "still delivered")
         bus = cast(RedisBus, server.bus)

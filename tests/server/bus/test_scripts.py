@@ -1,5 +1,6 @@
-"""scripts.py: each Lua script run with EVALSHA on a real redis-server, checking the
-keys it writes and what it publishes on the room's channel (read on another connection).
+"""scripts.py: each Lua script run with EVALSHA on a real redis-server, and posting's
+transaction (commands.py ``Posting``, as the bus sends it), checking the keys they
+write and what they publish on the room's channel (read on another connection).
 
 "Nothing published" is checked deterministically: the test publishes a sentinel on the
 same channel after the script's reply, and the next message must be that sentinel
@@ -15,7 +16,13 @@ from typing import Any
 import pytest
 
 from roomchat.protocol import joined_event, left_event, name_key
-from roomchat.server.bus.redis.commands import REGISTRY_PREFIX, RoomKeys
+from roomchat.server.bus.redis.commands import (
+    MULTI,
+    REGISTRY_PREFIX,
+    Posting,
+    RoomKeys,
+    numbered_runs,
+)
 from roomchat.server.bus.redis.nodes import load_scripts
 from roomchat.server.bus.redis.resp import RespConnection, command, open_connection
 from tests.helpers import TIMEOUT
@@ -59,16 +66,28 @@ class Redis:
         """A presence script (JOIN, LEAVE, ASSERT) on the room's keys."""
         return await self.run(name, self.keys.script_keys, *args)
 
-    async def post_reply(self, history: int, count: int, ts: int, lines: bytes) -> Any:
-        """POST's whole reply: [first number, epoch] or [first, epoch, the stream's error]."""
-        return await self.run(
-            "post", self.keys.post_keys, history, "PUBLISH", "i1-", count, ts, lines
-        )
+    async def post_reply(self, history: int, *runs: tuple[int, int, bytes]) -> Any:
+        """EXEC's reply to posting ``runs`` ((count, ts, lines) each) in one transaction,
+        as the bus does: per run INCRBY's and (with history) RPUSH's and PUBLISH's."""
+        posting = Posting(self.keys, b"PUBLISH", history)
+        body = b"".join(posting.run(count, ts, lines) for count, ts, lines in runs)
+        self.cmd.send_many(MULTI + body, [lambda reply: None] * (1 + posting.size * len(runs)))
+        return await self.cmd.call("EXEC")
 
     async def post(self, history: int, count: int, ts: int, lines: bytes) -> Any:
-        """POST's number (and the stream's error, if any), without the epoch."""
-        reply = await self.post_reply(history, count, ts, lines)
-        return reply[0] if len(reply) == 2 else [reply[0], reply[2]]
+        """The number of the run's first message (and RPUSH's error, if any)."""
+        last, *rest = await self.post_reply(history, (count, ts, lines))
+        first = last - count + 1
+        return [first, rest[0]] if rest and isinstance(rest[0], Exception) else first
+
+    async def recent(self) -> list[tuple[int, int, bytes]]:
+        """The room's recent runs, numbered as JOIN's and CATCH_UP's readers do."""
+        entries = await self.cmd.call("LRANGE", self.keys.recent, 0, -1)
+        return numbered_runs(int(await self.get(self.keys.counter) or 0), entries)
+
+    async def marker(self, seq: int, session: str) -> bytes:
+        """A join's marker (a sync point): J<seq> <epoch> <session key>\\n."""
+        return b"J%d %s %s\n" % (seq, await self.get(self.keys.epoch), session.encode())
 
     async def published(self) -> bytes:
         """The next message on the room's channel."""
@@ -155,7 +174,7 @@ async def join(
 
 async def test_join_first_session_announces(r: Redis) -> None:
     assert await join(r, "s1", "alice") == [[b"alice"], 0, []]
-    assert await r.published() == b"Js1\n" + JOINED["alice"]
+    assert await r.published() == await r.marker(0, "s1") + JOINED["alice"]
     assert await r.hash(r.keys.sessions) == {b"s1": b"i1\nalice"}
     assert await r.hash(r.keys.users) == {b"alice": b"1"}
     assert await r.cmd.call("ZRANGE", r.keys.order, 0, -1, "WITHSCORES") == [b"alice", b"1"]
@@ -169,7 +188,7 @@ async def test_join_second_session_does_not_announce(r: Redis) -> None:
     await r.published()
     # Another session of the same user, on another instance: a marker, no "joined".
     assert await join(r, "s2", "alice", instance="i2") == [[b"alice"], 0, []]
-    assert await r.published() == b"Js2\n"
+    assert await r.published() == await r.marker(0, "s2")
     assert await r.hash(r.keys.sessions) == {b"s1": b"i1\nalice", b"s2": b"i2\nalice"}
     assert await r.hash(r.keys.users) == {b"alice": b"2"}
     assert await r.get(r.keys.arrivals) == b"1"
@@ -182,10 +201,10 @@ async def test_join_lists_users_in_arrival_order(r: Redis) -> None:
     await join(r, "s3", "bob")
     assert await join(r, "s4", "carol") == [[b"bob", b"alice", b"carol"], 0, []]
     assert [await r.published() for _ in range(4)] == [
-        b"Js1\n" + JOINED["bob"],
-        b"Js2\n" + JOINED["alice"],
-        b"Js3\n",
-        b"Js4\n" + JOINED["carol"],
+        await r.marker(0, "s1") + JOINED["bob"],
+        await r.marker(0, "s2") + JOINED["alice"],
+        await r.marker(0, "s3"),
+        await r.marker(0, "s4") + JOINED["carol"],
     ]
     assert await r.get(r.keys.arrivals) == b"3"
 
@@ -194,7 +213,7 @@ async def test_join_of_a_session_already_there_counts_nothing(r: Redis) -> None:
     await join(r, "s1", "alice")
     await r.published()
     assert await join(r, "s1", "alice") == [[b"alice"], 0, []]
-    assert await r.published() == b"Js1\n"
+    assert await r.published() == await r.marker(0, "s1")
     assert await r.hash(r.keys.users) == {b"alice": b"1"}
 
 
@@ -209,19 +228,17 @@ async def test_join_history_modes(r: Redis) -> None:
     await posted(r, [b"a\r\n", b"b\r\nc\r\n", b"d\r\n"])  # messages 1, 2-3, 4
     # No history asked: the latest number only.
     assert await join(r, "s1", "alice") == [[b"alice"], 4, []]
-    # The last N entries (runs), newest first, with their fields.
+    # The last N runs, oldest first, as they were published (numbered from the counter).
     users, seq, entries = await join(r, "s2", "bob", mode=b"h", count=2)
     assert (users, seq) == ([b"alice", b"bob"], 4)
-    assert entries == [
-        [b"4-0", [b"t", b"1002", b"m", b"d\r\n"]],
-        [b"2-0", [b"t", b"1001", b"m", b"b\r\nc\r\n"]],
-    ]
-    # "After a number": the same read (N entries, newest first); the room keeps those
-    # after the number, since an entry holding it may start before it.
+    assert entries == [b"M1001\nb\r\nc\r\n", b"M1002\nd\r\n"]
+    assert numbered_runs(seq, entries) == [(2, 1001, b"b\r\nc\r\n"), (4, 1002, b"d\r\n")]
+    # "After a number": the same read (N runs); the room keeps those after the number,
+    # since a run holding it may start before it.
     _, _, after = await join(r, "s3", "carol", mode=b"a", count=2, after=2)
     assert after == entries
     _, _, everything = await join(r, "s4", "carol", mode=b"h", count=100)
-    assert [entry[0] for entry in everything] == [b"4-0", b"2-0", b"1-0"]
+    assert [first for first, _, _ in numbered_runs(4, everything)] == [1, 2, 4]
 
 
 # -- LEAVE -------------------------------------------------------------------------------
@@ -258,68 +275,99 @@ async def test_leave_announces_the_last_session_only(r: Redis) -> None:
     await r.nothing_more()
 
 
-# -- POST --------------------------------------------------------------------------------
+# -- posting (a transaction, not a script) ----------------------------------------------
 
 
 async def test_post_numbers_runs_and_keeps_them(r: Redis) -> None:
     assert await r.post(100, 1, 1700, b"one\r\n") == 1
-    assert await r.published() == b"M1 1700\none\r\n"
+    assert await r.published() == b"M1700\none\r\n"
     assert await r.post(100, 3, 1701, b"a\r\nb\r\nc\r\n") == 2
-    assert await r.published() == b"M2 1701\na\r\nb\r\nc\r\n"
+    assert await r.published() == b"M1701\na\r\nb\r\nc\r\n"
     assert await r.post(100, 1, 1702, b"last\r\n") == 5
-    assert await r.published() == b"M5 1702\nlast\r\n"
+    assert await r.published() == b"M1702\nlast\r\n"
     assert await r.get(r.keys.counter) == b"5"
-    assert await r.cmd.call("XRANGE", r.keys.stream, "-", "+") == [
-        [b"1-0", [b"t", b"1700", b"m", b"one\r\n"]],
-        [b"2-0", [b"t", b"1701", b"m", b"a\r\nb\r\nc\r\n"]],
-        [b"5-0", [b"t", b"1702", b"m", b"last\r\n"]],
+    assert await r.recent() == [
+        (1, 1700, b"one\r\n"),
+        (2, 1701, b"a\r\nb\r\nc\r\n"),
+        (5, 1702, b"last\r\n"),
     ]
+
+
+async def test_runs_of_several_rooms_share_one_transaction(r: Redis) -> None:
+    # Two runs in one MULTI/EXEC: each INCRBY's result is its run's last number.
+    reply = await r.post_reply(100, (2, 10, b"a\r\nb\r\n"), (1, 11, b"c\r\n"))
+    assert reply == [2, 1, 1, 3, 2, 1]  # INCRBY, RPUSH, PUBLISH (1 subscriber), twice
+    assert [await r.published(), await r.published()] == [b"M10\na\r\nb\r\n", b"M11\nc\r\n"]
 
 
 async def test_post_without_history_keeps_nothing(r: Redis) -> None:
     assert await r.post(0, 2, 5, b"x\r\ny\r\n") == 1
-    assert await r.published() == b"M1 5\nx\r\ny\r\n"
+    assert await r.published() == b"M5\nx\r\ny\r\n"
     assert await r.get(r.keys.counter) == b"2"
-    assert await r.cmd.call("EXISTS", r.keys.stream) == 0
+    assert await r.cmd.call("EXISTS", r.keys.recent) == 0
 
 
-async def test_post_trims_the_stream(r: Redis) -> None:
-    for ts in range(500):
+async def test_trim_keeps_the_last_runs(r: Redis) -> None:
+    for ts in range(50):
         await r.post(10, 1, ts, b"m\r\n")
-    # MAXLEN ~: trimmed by whole stream nodes, so at least the last 10 are kept.
-    length = await r.cmd.call("XLEN", r.keys.stream)
-    assert 10 <= length < 500
-    newest = await r.cmd.call("XREVRANGE", r.keys.stream, "+", "-", "COUNT", 10)
-    assert [entry[0] for entry in newest] == [b"%d-0" % n for n in range(500, 490, -1)]
+    r.cmd.send(Posting(r.keys, b"PUBLISH", 10).trim)  # as the bus queues it now and then
+    assert [first for first, _, _ in await r.recent()] == list(range(41, 51))
 
 
-async def test_post_goes_on_when_the_stream_refuses_the_entry(r: Redis) -> None:
-    # The counter lost but the stream kept (an entry id ahead of it): XADD fails inside
-    # pcall, the message is still numbered and published, and the error is answered
+async def test_post_goes_on_when_the_history_refuses_the_run(r: Redis) -> None:
+    # The recent runs' key holds something else: RPUSH fails inside the transaction,
+    # the message is still numbered and published, and the error is in EXEC's reply
     # (the bus counts and logs it: never swallowed).
-    await r.cmd.call("XADD", r.keys.stream, "9-0", "t", "0", "m", "old\r\n")
-    number, _, error = await r.post_reply(100, 1, 7, b"new\r\n")
-    assert number == 1 and b"equal or smaller" in error
-    assert await r.published() == b"M1 7\nnew\r\n"
-    assert await r.cmd.call("XLEN", r.keys.stream) == 1
+    await r.cmd.call("SET", r.keys.recent, "not a list")
+    number, error = await r.post(100, 1, 7, b"new\r\n")
+    assert number == 1 and "WRONGTYPE" in str(error)
+    assert await r.published() == b"M7\nnew\r\n"
 
 
-# -- epochs and changes ------------------------------------------------------------------
+# -- epochs, catch-up and changes --------------------------------------------------------
 
 
-async def test_join_and_post_agree_on_the_epoch_and_a_lost_counter_makes_a_new_one(
+async def catch_up(r: Redis, last: int, epoch: bytes, count: int = 100) -> Any:
+    """CATCH_UP for instance i1 that delivered up to ``last`` in ``epoch``."""
+    return await r.room("catch_up", "i1", "PUBLISH", "i1-", count, last, epoch)
+
+
+async def test_join_and_catch_up_agree_on_the_epoch_and_a_lost_counter_makes_a_new_one(
     r: Redis,
 ) -> None:
-    first = await join_reply(r, "s1", "alice", instance="i1")
-    epoch = first[3]
+    epoch = (await join_reply(r, "s1", "alice", instance="i1"))[3]
     assert epoch.startswith(b"i1-")
-    assert (await r.post_reply(100, 1, 5, b"m\r\n"))[1] == epoch
+    await r.published()
+    await r.post(100, 1, 5, b"m\r\n")
+    await r.published()
     assert (await join_reply(r, "s2", "bob", instance="i2"))[3] == epoch  # not i2's
+    assert await r.published() == await r.marker(1, "s2") + JOINED["bob"]
+    # A catch-up in the same numbering: the epoch, the number, the runs, and a sync
+    # point in the channel at that place.
+    assert await catch_up(r, 0, epoch) == [epoch, 1, [b"M5\nm\r\n"]]
+    assert await r.published() == b"C1 %s i1" % epoch
     # Redis lost the room (a restart without persistence): the numbering restarts, and
     # so does the epoch, whoever comes first.
-    await r.cmd.call("DEL", r.keys.counter, r.keys.epoch, r.keys.stream)
-    number, again = await r.post_reply(100, 1, 6, b"m\r\n")
-    assert number == 1 and again != epoch and again.startswith(b"i1-")
+    await r.cmd.call("DEL", r.keys.counter, r.keys.epoch, r.keys.recent)
+    again, seq, entries = await catch_up(r, 1, epoch)
+    assert again != epoch and again.startswith(b"i1-") and (seq, entries) == (0, [])
+    assert await r.published() == b"C0 %s i1" % again
+
+
+async def test_a_counter_behind_what_was_delivered_starts_a_new_epoch(r: Redis) -> None:
+    # A failover to a replica that had not got the last writes: the counter is at 1
+    # where the instance delivered 3. Numbers must not repeat in one epoch: a new one,
+    # and the runs and changes numbered in the old one go.
+    epoch = (await join_reply(r, "s1", "alice"))[3]
+    await r.post(100, 1, 5, b"m\r\n")
+    await r.room("change", "PUBLISH", 1, b'{"_et":"message_deleted"}')
+    fresh, seq, entries = await catch_up(r, 3, epoch)
+    assert fresh != epoch and (seq, entries) == (1, [])
+    assert await r.get(r.keys.epoch) == fresh
+    assert await r.cmd.call("EXISTS", r.keys.recent, r.keys.changes) == 0
+    # An instance that was behind (delivered less than the counter) changes nothing.
+    await r.post(100, 1, 6, b"n\r\n")
+    assert await catch_up(r, 0, fresh) == [fresh, 2, [b"M6\nn\r\n"]]
 
 
 async def test_change_keeps_the_event_for_joins_and_relays_it(r: Redis) -> None:

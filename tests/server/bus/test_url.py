@@ -48,6 +48,16 @@ class _NoWakeups:
             "Redis+Cluster://u:pw@a:7001,b:7002/",
             RedisTarget(True, (("a", 7001), ("b", 7002)), 0, "u", "pw"),
         ),
+        # Sentinels: the master's name (and database) in the path, the credentials are
+        # the master's, the sentinels' own password an option; port 26379 by default.
+        (
+            "redis+sentinel://s1,s2:26380/chat",
+            RedisTarget(False, (("s1", 26379), ("s2", 26380)), 0, None, None, "chat"),
+        ),
+        (
+            "redis+sentinel://u:pw@s1/chat/2?sentinel_password=p%40ss",
+            RedisTarget(False, (("s1", 26379),), 2, "u", "pw", "chat", "p@ss"),
+        ),
     ],
 )
 def test_accepted_forms(url: str, target: RedisTarget) -> None:
@@ -61,19 +71,26 @@ def test_accepted_forms(url: str, target: RedisTarget) -> None:
         ("redis://:secret@h", "redis://h:6379"),
         ("redis://h:1/0", "redis://h:1"),
         ("redis+cluster://u:secret@a:1,b:2", "redis+cluster://a:1,b:2"),
+        (
+            "redis+sentinel://u:secret@a,b:2/chat/1?sentinel_password=x",
+            "redis+sentinel://a:26379,b:2/chat/1",
+        ),
     ],
 )
 def test_display_has_no_credentials(url: str, display: str) -> None:
     assert parse_redis_url(url).display == display
 
 
+EXPECTED = "expected redis://, redis+cluster:// or redis+sentinel://"
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://h:1", "expected redis:// or redis+cluster://"),
-        ("memory://", "expected redis:// or redis+cluster://"),
-        ("rediss://h:1", "expected redis:// or redis+cluster://"),
-        ("h:6379", "expected redis:// or redis+cluster://"),
+        ("http://h:1", EXPECTED),
+        ("memory://", EXPECTED),
+        ("rediss://h:1", EXPECTED),
+        ("h:6379", EXPECTED),
         ("redis://", "no host"),
         ("redis://:6379", "no host"),
         ("redis://u:pw@", "no host"),
@@ -88,6 +105,11 @@ def test_display_has_no_credentials(url: str, display: str) -> None:
         ("redis+cluster://a:1/0", "a Redis Cluster has no databases"),
         ("redis://h/x", "database 'x' is not a number"),
         ("redis://h/1/2", "database '1/2' is not a number"),
+        ("redis+sentinel://s1", "name the master: redis+sentinel://HOST/SERVICE"),
+        ("redis+sentinel://s1/", "name the master: redis+sentinel://HOST/SERVICE"),
+        ("redis+sentinel://s1/chat/x", "database 'x' is not a number"),
+        ("redis+sentinel://s1/chat?password=x", "unknown option 'password'"),
+        ("redis://h?sentinel_password=x", "options (?...) are for redis+sentinel:// only"),
     ],
 )
 def test_errors(url: str, message: str) -> None:

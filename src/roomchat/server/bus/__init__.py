@@ -7,10 +7,10 @@ backends, chosen by URL (:func:`open_bus`), behind the interface of
 
 - ``memory://`` (the default, :mod:`.memory`): one process; posting calls the room's
   fan-out directly, so the bus costs nothing.
-- ``redis://HOST:PORT[/DB]`` and ``redis+cluster://HOST:PORT[,HOST:PORT...]``
-  (:mod:`.redis`): every event goes round through the room's Redis channel (sharded
-  pub/sub on a cluster), so instances share rooms and every member everywhere sees one
-  order per room.
+- ``redis://HOST:PORT[/DB]``, ``redis+cluster://HOST:PORT[,HOST:PORT...]`` and
+  ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE`` (:mod:`.redis`): every event
+  goes round through the room's Redis channel (sharded pub/sub on a cluster), so
+  instances share rooms and every member everywhere sees one order per room.
 
 A backend comes with its presence (who is in which room), since the two must agree on
 the order of announcements, and with its name registry.
@@ -24,7 +24,7 @@ from roomchat.server.core.ports import Bus, BusError, Wakeups
 __all__ = ["REDIS_SCHEMES", "Bus", "BusError", "MemoryBus", "open_bus", "scheme_of", "shared"]
 
 #: The URL schemes of the Redis bus (instances and workers share rooms through it).
-REDIS_SCHEMES = ("redis", "redis+cluster")
+REDIS_SCHEMES = ("redis", "redis+cluster", "redis+sentinel")
 
 
 def scheme_of(url: str) -> str:

@@ -1,6 +1,7 @@
 """The Redis bus (docs/scaling.md), one module per job:
 
-- :mod:`.url`: the bus URL (``redis://``, ``redis+cluster://``) -> :class:`RedisTarget`;
+- :mod:`.url`: the bus URL (``redis://``, ``redis+cluster://``, ``redis+sentinel://``)
+  -> :class:`RedisTarget`;
 - :mod:`.resp`: one connection (RESP out, hiredis in, replies matched in order);
 - :mod:`.nodes`: a node's connections and a cluster's slot map;
 - :mod:`.bus`: :class:`RedisBus`, routing, the turn's writes, subscriptions, outages,

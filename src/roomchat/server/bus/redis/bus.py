@@ -38,16 +38,26 @@ from redis.crc import key_slot
 
 from roomchat.protocol import MessageDeleted, MessageEdited
 from roomchat.server.bus.redis import scripts
-from roomchat.server.bus.redis.commands import REGISTRY_PREFIX, ReplyHandler, RoomKeys
+from roomchat.server.bus.redis.commands import (
+    EXEC,
+    MULTI,
+    REGISTRY_PREFIX,
+    Posting,
+    ReplyHandler,
+    RoomKeys,
+    numbered_runs,
+)
 from roomchat.server.bus.redis.community import RedisCommunity
 from roomchat.server.bus.redis.names import RedisNames
 from roomchat.server.bus.redis.nodes import (
     Address,
     Node,
+    check_master,
     cluster_map,
     load_scripts,
     open_node,
     reason,
+    sentinel_master,
 )
 from roomchat.server.bus.redis.presence import RedisPresence
 from roomchat.server.bus.redis.resp import ReplyError, RespConnection, command, reply_future
@@ -77,6 +87,7 @@ _MESSAGE = scripts.MESSAGE[0]
 _EVENT = scripts.EVENT[0]
 #: The rarer kinds (control payloads), compared as bytes.
 _MARKER = scripts.MARKER
+_SYNCED = scripts.SYNCED
 _REASSERTED = scripts.REASSERTED
 _RELAYED = scripts.RELAYED
 _PURGED = scripts.PURGED
@@ -86,6 +97,62 @@ _NOT_CONNECTED = "not connected to Redis"
 
 
 _decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
+
+
+#: Each instance trims a room's recent runs every this many of its own posts there:
+#: the list holds about --history runs, plus this many per instance posting.
+_TRIM_EVERY = 32
+
+
+class CatchingUp:
+    """A room's catch-up after an outage (RedisBus._catch_up). CATCH_UP reads the
+    room's recent runs and puts a sync point (C) in its channel at that place: runs the
+    channel brings before the sync point are in what it read (dropped), runs after it
+    are new, delivered behind what it read (held here until its reply)."""
+
+    __slots__ = ("marked", "replied", "runs")
+
+    def __init__(self) -> None:
+        self.marked = False  # its sync point came through the channel
+        self.replied = False  # its reply came (and was delivered)
+        self.runs: list[tuple[int, bytes]] = []  # (time, lines) after the sync point
+
+
+class PostBatch:
+    """One transaction of runs on one node (MULTI ... EXEC), and what each run's
+    replies mean: every queued command answers QUEUED, then EXEC gives their results
+    in order, a run's INCRBY first (its last number)."""
+
+    __slots__ = ("bus", "error", "runs", "size", "slot")
+
+    def __init__(self, slot: int, bus: RedisBus) -> None:
+        self.slot = slot
+        self.bus = bus
+        #: (index of its INCRBY in EXEC's reply, count, time, lines, the room's last
+        #: number when posted, the room), one per run.
+        self.runs: list[tuple[int, int, int, bytes, int, RoomLink]] = []
+        self.size = 0  # commands queued so far
+        self.error: ReplyError | None = None  # the first refused at queueing (EXECABORT)
+
+    def queued(self, reply: Any) -> None:
+        if type(reply) is ReplyError and self.error is None:
+            self.error = reply
+
+    def executed(self, reply: Any) -> None:
+        bus = self.bus
+        if not isinstance(reply, list):  # EXECABORT, or the connection lost
+            if isinstance(reply, ReplyError):
+                bus.report_error(self.error or reply, "posting messages")
+            return
+        for index, count, ts, event, known, room in self.runs:
+            last = reply[index]
+            if type(last) is not int:
+                bus.report_error(ReplyError(str(last)), f"numbering room {room.name!r}")
+                continue
+            kept = reply[index + 1]
+            if type(kept) is ReplyError:  # published, but not kept in the history
+                bus.report_error(kept, "keeping a message in the room's history")
+            bus.posted(room, last - count + 1, count, ts, event, known)
 
 
 def _changed_seq(event: bytes) -> int | None:
@@ -116,9 +183,8 @@ class RedisBus:
         # Messages posted while Redis was away (or while these wait): (their room's post,
         # the v1 lines), in the order they were posted; posted once Redis is back.
         self._held: deque[tuple[Callable[[bytes, bool], bool | None], bytes]] = deque()
-        # Rooms catching up after an outage -> the runs their channel brought meanwhile
-        # (seq, ts, lines), delivered after what the catch-up finds (_catch_up).
-        self._catching_up: dict[RoomLink, list[tuple[int, int, bytes]]] = {}
+        # Rooms catching up after an outage (_catch_up).
+        self._catching_up: dict[RoomLink, CatchingUp] = {}
         self._wakeups = wakeups
         self._lease = lease
         self.history = history
@@ -149,10 +215,18 @@ class RedisBus:
         self._restored: list[Callable[[], None]] = []
         self._shas: dict[str, bytes] = {}
         self._online = False
+        # Whether posts go to Redis: online, and not catching up after an outage (what
+        # is posted meanwhile is held, and posted behind what the catch-up delivers).
+        self._posting = False
+        # Rooms subscribed to whose count is not known yet: their runs are dropped
+        # until a sync point (a J or C marker) says where the numbering stands.
+        self._unsynced: set[RoomLink] = set()
         self._closing = False
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
+        # The sentinel connection subscribed to +switch-master (redis+sentinel://).
+        self._sentinel: RespConnection | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._offline_since = 0.0
         self._registry = REGISTRY_PREFIX.encode()
@@ -197,26 +271,26 @@ class RedisBus:
         self._archive = archive
 
     def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
-        """Posting a message runs POST (scripts.py): Redis numbers it, keeps it in the
-        room's stream and publishes ``M<seq> <ts>\\n<line>``. During an outage the
-        message is delivered on this instance at once (room.fan_out, numbered here) and
-        held (:meth:`_hold`): once Redis is back it is posted, behind what was held
-        before it, numbered then and delivered to the other instances' members (this
-        instance's skip it: room.replayed)."""
+        """Posting a run of messages is one step of a transaction (scripts.py): INCRBY
+        of the room's counter, RPUSH to its recent runs and PUBLISH of ``M<ts>\\n<lines>``
+        (every instance numbers it by counting: _on_push). During an outage (or while
+        the instance catches up after one) the message is delivered on this instance at
+        once (room.fan_out, numbered here) and held (:meth:`_hold`): once Redis is back
+        it is posted, behind what was held before it, numbered then and delivered to
+        the other instances' members (this instance's skip it: room.replayed)."""
         keys = self.room_keys(room)
         fan_out = room.fan_out
         stats = self.stats
-        on_reply = self._on_publish_reply
-        number = self._post_number
-        # The EVALSHA of POST up to its per-post arguments: built once connected (it
-        # holds the script's SHA), then the same for good (the SHA is the source's).
-        head: bytes | None = None
+        slot = keys.slot if self._target.cluster else 0
+        posting = Posting(keys, self.publish_verb, self.history)
+        build, size, trim = posting.run, posting.size, posting.trim if self.history else b""
+        posts = 0  # runs posted here, for the LTRIM every _TRIM_EVERY
 
         def post(event: bytes, replayed: bool = False) -> bool | None:
             """Post ``event`` (held before, if ``replayed``): True, posted to Redis;
             None, held for later; False, delivered on this instance only."""
-            nonlocal head
-            node = self._node_for(keys) if self._online else None
+            nonlocal posts
+            node = self._node_for(keys) if self._posting or replayed else None
             if node is None or node.cmd is None:
                 if replayed:  # it stays first of what is held
                     return None
@@ -232,36 +306,60 @@ class RedisBus:
                     return False
             elif self._subscribed.get(room) is True:  # its channel will bring it back
                 room.replayed(event)  # and its local members saw it when it was posted
-            if head is None:
-                head = self._post_head(keys)
-            if not node.parts:
-                self._schedule_flush()
+            batch = node.batch
+            if batch is None or batch.slot != slot:
+                batch = self._open_batch(node, slot)
             count = event.count(b"\n")  # a run of messages is one post
             now = now_ms()
-            counted, ts = b"%d" % count, b"%d" % now
-            node.parts.append(
-                b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-                % (head, len(counted), counted, len(ts), ts, len(event), event)
-            )
-            archive = self._archive
-            if archive is None:
-                node.handlers.append(on_reply)
-            else:
-
-                def posted(reply: Any) -> None:
-                    first = number(reply)
-                    if first is not None:
-                        # The numbering's epoch as Redis has it now (a Redis that lost
-                        # its data numbers again from 1, in a new epoch).
-                        epoch = reply[1].decode() if isinstance(reply[1], bytes) else room.epoch
-                        room.epoch = epoch
-                        archive.run(room.name, epoch, first, count, now, event)
-
-                node.handlers.append(posted)
+            node.parts.append(build(count, now, event))
+            queued = batch.queued
+            node.handlers += (queued,) * size
+            index = batch.size
+            batch.size += size
+            posts += 1
+            if trim and posts % _TRIM_EVERY == 0:
+                node.parts.append(trim)
+                node.handlers.append(queued)
+                batch.size += 1
+            batch.runs.append((index, count, now, event, room.shared, room))
             stats.published += 1
             return True
 
         return post
+
+    def _open_batch(self, node: Node, slot: int) -> PostBatch:
+        """Start the transaction of the turn's next runs on ``node`` (MULTI): after
+        whatever the turn queued there before them, so they keep their place."""
+        self._close_batch(node)
+        if not node.parts:
+            self._schedule_flush()
+        batch = node.batch = PostBatch(slot, self)
+        node.parts.append(MULTI)
+        node.handlers.append(batch.queued)
+        return batch
+
+    def _close_batch(self, node: Node) -> None:
+        """End the open transaction on ``node`` (EXEC), before anything else is queued."""
+        batch = node.batch
+        if batch is not None:
+            node.batch = None
+            node.parts.append(EXEC)
+            node.handlers.append(batch.executed)
+
+    def posted(
+        self, room: RoomLink, first: int, count: int, ts: int, event: bytes, known: int
+    ) -> None:
+        """A run's number, from EXEC's reply: kept in the message store, under the
+        room's epoch. A counter that starts again at 1 where this instance had numbers
+        (Redis flushed, evicted or restarted empty without the connection breaking)
+        ends cross-instance numbering until it is resynchronised: handled as an outage
+        (the reconnection's catch-up starts a new epoch)."""
+        if first == 1 and known > 0:
+            self._lost(f"Redis lost room {room.name!r}'s numbering (flushed or evicted)")
+            return
+        archive = self._archive
+        if archive is not None:
+            archive.run(room.name, room.epoch, first, count, ts, event)
 
     def _hold(self, post: Callable[[bytes, bool], bool | None], event: bytes) -> bool | None:
         """Keep a message posted during an outage for Redis, within --bus-outage-queue;
@@ -318,7 +416,7 @@ class RedisBus:
         self._queue_on(node, data, self._on_relay_reply)
 
     def forget(self, room: RoomLink) -> None:
-        """The room's history purged: FORGET deletes its stream, every instance drops
+        """The room's history purged: FORGET deletes its recent runs, every instance drops
         what it holds (P); during an outage, this instance's only."""
         node = self._node_for(self.room_keys(room)) if self._online else None
         if node is None or node.cmd is None:
@@ -331,21 +429,6 @@ class RedisBus:
         if isinstance(reply, ReplyError):
             self.report_error(reply, "relaying an event")
 
-    def _post_head(self, keys: RoomKeys) -> bytes:
-        # EVALSHA sha 3 <counter> <stream> <channel> <history size> <verb> [count, time,
-        # lines]: RESP of every argument but the last three, built once per room.
-        whole = self.script(
-            "post",
-            keys.post_keys,
-            self.history,
-            self.publish_verb,
-            self.epoch_candidate,
-            b"",
-            b"",
-            b"",
-        )
-        return whole[: -3 * len(b"$0\r\n\r\n")]  # count, time and lines: per post
-
     async def start(self) -> None:
         try:
             await self._connect()
@@ -355,7 +438,7 @@ class RedisBus:
             raise BusError(
                 f"cannot use the Redis bus at {self._target.display}: {reason(exc)}"
             ) from None
-        self._online = True
+        self._online = self._posting = True
         self._lease_task = self._spawn(self._renew_lease())
         try:
             await self.community.start()
@@ -390,7 +473,7 @@ class RedisBus:
                 "(Redis did not come back before the shutdown)",
                 self.stats.held,
             )
-        self._online = False
+        self._online = self._posting = False
         self._drop_connections()
 
     # -- the command interface (commands.Commands) -------------------------------------
@@ -462,6 +545,11 @@ class RedisBus:
             # A slot moved (resharding): find the new owners, as after any outage.
             self._lost(f"{what}: {message}")
             return
+        if message.startswith("READONLY"):
+            # The node was demoted (a failover, or an operator's REPLICAOF): writes go
+            # to the new master, which reconnecting finds (the sentinels name it).
+            self._lost(f"{what}: {self._nodes_named()} is a replica now (READONLY)")
+            return
         if message.startswith("NOSCRIPT"):
             # Redis lost its scripts (SCRIPT FLUSH, a failover to a replica, a restart not
             # seen as one): every later EVALSHA would fail. Reconnecting loads them again
@@ -472,6 +560,9 @@ class RedisBus:
             self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
         ):
             log.warning("redis bus: %s failed (#%d): %s", what, self.stats.errors, message)
+
+    def _nodes_named(self) -> str:
+        return ", ".join(f"{host}:{port}" for host, port in self._nodes) or "Redis"
 
     # -- routing -----------------------------------------------------------------------
     def _node_for(self, keys: RoomKeys) -> Node | None:
@@ -514,6 +605,8 @@ class RedisBus:
         """Write each node's commands of this turn with one write."""
         self._flush_scheduled = False
         for node in self._nodes.values():
+            if node.batch is not None:
+                self._close_batch(node)
             if node.parts:
                 parts, node.parts = node.parts, []
                 handlers, node.handlers = node.handlers, []
@@ -529,27 +622,12 @@ class RedisBus:
         if node is None or not self._online:
             handler(ConnectionError(_NOT_CONNECTED))
             return
-        if not node.parts:
+        if node.batch is not None:
+            self._close_batch(node)
+        elif not node.parts:
             self._schedule_flush()
         node.parts.append(data)
         node.handlers.append(handler)
-
-    def _on_publish_reply(self, reply: Any) -> None:
-        self._post_number(reply)
-
-    def _post_number(self, reply: Any) -> int | None:
-        """POST's reply: {first number, epoch[, the stream's refusal]}; the number, or
-        None if the post failed."""
-        if isinstance(reply, ReplyError):
-            self.report_error(reply, "publish")
-            return None
-        if not isinstance(reply, list) or len(reply) < 2:
-            self.report_error(ReplyError(f"unexpected reply {reply!r}"), "publish")
-            return None
-        if len(reply) > 2:  # published, but the history refused it
-            refused = reply[2].decode(errors="replace")
-            self.report_error(ReplyError(refused), "keeping a message in the room's history")
-        return int(reply[0])
 
     def _local_only(self, overflow: bool) -> None:
         stats = self.stats
@@ -575,6 +653,7 @@ class RedisBus:
             return state
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._subscribed[room] = future
+        self._unsynced.add(room)
         self._send_subscribe(room)
         return future
 
@@ -613,13 +692,12 @@ class RedisBus:
             if room is not None:
                 payload: bytes = push[2]
                 try:
-                    if payload[0] == _MESSAGE:  # a run of messages numbered by POST
-                        head, _, line = payload.partition(b"\n")
-                        seq, _, ts = head[1:].partition(b" ")
-                        if self._catching_up and room in self._catching_up:
-                            self._catching_up[room].append((int(seq), int(ts), line))
+                    if payload[0] == _MESSAGE:  # M<ts>\n<lines>: numbered on from the last
+                        head, _, lines = payload.partition(b"\n")
+                        if self._unsynced or self._catching_up:
+                            self._run_aside(room, int(head[1:]), lines)
                         else:
-                            room.deliver(int(seq), int(ts), line)
+                            room.deliver(room.shared + 1, int(head[1:]), lines)
                     elif payload[0] == _EVENT:  # an announcement for every member
                         room.announce(payload)
                     else:
@@ -645,11 +723,54 @@ class RedisBus:
             # Redis dropped the subscription itself: the slot moved to another shard.
             self._lost(f"subscription to room {room.name!r} dropped by Redis (slot moved)")
 
+    def _run_aside(self, room: RoomLink, ts: int, lines: bytes) -> None:
+        """A run while some room is not counting on from a sync point (_on_push)."""
+        state = self._catching_up.get(room)
+        if state is not None:
+            if state.marked:  # new since the catch-up read the room: after what it read
+                state.runs.append((ts, lines))
+            return  # else the catch-up's read holds it
+        if room in self._unsynced:
+            return  # before the first sync point since subscribing: for nobody here
+        room.deliver(room.shared + 1, ts, lines)
+
+    def _sync(self, room: RoomLink, head: bytes) -> bytes:
+        """A sync point's ``<seq> <epoch> <rest>``: where the room's numbering stands
+        at this place of its channel. Returns the rest."""
+        seq_text, epoch_bytes, rest = head.split(b" ", 2)
+        seq, epoch = int(seq_text), epoch_bytes.decode()
+        if room in self._unsynced:
+            self._unsynced.discard(room)
+        elif seq != room.shared and room not in self._catching_up:
+            stats = self.stats
+            stats.resynced += 1
+            if stats.resynced == 1 or stats.resynced % _LOGGED_EVERY == 0:
+                log.warning(
+                    "redis bus: room %r's numbering was out of step here (%d, Redis %d): "
+                    "resynchronised (#%d)",
+                    room.name,
+                    room.shared,
+                    seq,
+                    stats.resynced,
+                )
+        room.shared = seq
+        if epoch != room.epoch:
+            room.epoch = epoch
+        return rest
+
     def _control(self, room: RoomLink, payload: bytes) -> None:
         kind = payload[:1]
-        if kind == _MARKER:  # a join's marker: J<session key>\n<"joined" event or nothing>
-            key, _, announcement = payload[1:].partition(b"\n")
+        if kind == _MARKER:  # J<seq> <epoch> <session key>\n<"joined" event or nothing>
+            head, _, announcement = payload[1:].partition(b"\n")
+            key = self._sync(room, head)
             room.join_marker(key.decode(), announcement or None)
+        elif kind == _SYNCED:  # C<seq> <epoch> <instance>: a catch-up's sync point
+            state = self._catching_up.get(room)
+            if self._sync(room, payload[1:]).decode() == self.instance_id and state:
+                if state.replied:
+                    del self._catching_up[room]
+                else:
+                    state.marked = True
         elif kind == _COMMUNITY:  # D<json>: a community change (community.py)
             listener = self._listeners.get(room)
             if listener is not None:
@@ -668,6 +789,11 @@ class RedisBus:
         target = self._target
         if target.cluster:
             addresses = await cluster_map(target)
+        elif target.service is not None:  # the master the sentinels name now
+            address, self._sentinel = await sentinel_master(
+                target, self._on_sentinel_lost, self._on_sentinel_push
+            )
+            addresses = [address]
         else:
             addresses = [target.hosts[0]]
         nodes: dict[Address, Node] = {}
@@ -680,10 +806,44 @@ class RedisBus:
             for connection in (node.cmd, node.sub):
                 # Bus traffic ends a coalescing wait (outbox.py): never held up by it.
                 self._wakeups.watch(connection.fileno)
+            if target.service is not None:
+                await check_master(node.cmd)
             self._shas.update(await load_scripts(node.cmd))
         self._nodes = nodes
         self._slots = [nodes[address] for address in addresses]
         self.stats.connects += 1
+
+    def _on_sentinel_push(self, push: list[Any]) -> None:
+        """``+switch-master <service> <old host> <old port> <new host> <new port>``: the
+        sentinels promoted a replica. Go to it now (as after an outage): the old master,
+        if it is alive, still takes writes until the sentinels demote it."""
+        if push[0] != b"message" or len(push) < 3:
+            return
+        fields = push[2].decode(errors="replace").split()
+        if len(fields) != 5 or fields[0] != self._target.service or not fields[4].isdigit():
+            return
+        if (fields[3], int(fields[4])) not in self._nodes:  # not where this instance is
+            self._lost(f"the sentinels moved the master to {fields[3]}:{fields[4]}")
+
+    def _on_sentinel_lost(self, connection: RespConnection, exc: Exception | None) -> None:
+        """The sentinel's connection ended: not an outage (the master is what counts).
+        The lease renewal asks the sentinels again (_watch_sentinel)."""
+        if connection is self._sentinel:
+            self._sentinel = None
+
+    async def _watch_sentinel(self) -> None:
+        """No sentinel connection (it was lost): ask the sentinels again where the
+        master is; somewhere else is a failover this instance missed."""
+        assert self._target.service is not None
+        address, sentinel = await sentinel_master(
+            self._target, self._on_sentinel_lost, self._on_sentinel_push
+        )
+        if not self._online or self._closing:
+            sentinel.abort()
+            return
+        self._sentinel = sentinel
+        if address not in self._nodes:
+            self._lost(f"the sentinels name another master now, {address[0]}:{address[1]}")
 
     def _on_connection_lost(self, connection: RespConnection, exc: Exception | None) -> None:
         if self._closing:
@@ -698,7 +858,7 @@ class RedisBus:
         """Redis is gone (or moved): go local, say so, and reconnect in the background."""
         if self._closing or not self._online:
             return
-        self._online = False
+        self._online = self._posting = False
         self._offline_since = time.monotonic()
         self.stats.outages += 1
         log.warning(
@@ -721,12 +881,15 @@ class RedisBus:
             self._lost(f"subscription refused: {reason}")
 
     def _drop_connections(self) -> None:
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            sentinel.abort()
         self._subscriptions_failed("Redis connection lost")
         nodes, self._nodes = self._nodes, {}
         self._slots = []
         error = ConnectionError("Redis connection lost")
         for node in nodes.values():
-            handlers, node.handlers, node.parts = node.handlers, [], []
+            handlers, node.handlers, node.parts, node.batch = node.handlers, [], [], None
             for handler in handlers:
                 handler(error)
             for connection in (node.cmd, node.sub):
@@ -746,7 +909,7 @@ class RedisBus:
                 self._online = True
                 await self._restore()
             except (OSError, TimeoutError, ReplyError, ConnectionError, BusError) as exc:
-                self._online = False
+                self._online = self._posting = False
                 self._drop_connections()
                 self.stats.reconnect_failures += 1
                 why = reason(exc)
@@ -762,6 +925,7 @@ class RedisBus:
                 time.monotonic() - self._offline_since,
                 attempts,
             )
+            self._posting = True
             self._post_held()
             return
 
@@ -771,13 +935,12 @@ class RedisBus:
         lost it), then renew the lease."""
         local = list(self.presence.local_rooms())
         for room in local:  # from the subscription on, the channel's runs wait for it
-            self._catching_up.setdefault(room, [])
+            self._catching_up[room] = CatchingUp()
         try:
             await self._resubscribe(local)
-        finally:  # a failed attempt: what the channels brought is delivered as it came
+        finally:  # a failed attempt: the next one catches up again
             for room in local:
-                for seq, ts, lines in self._catching_up.pop(room, []):
-                    room.deliver(seq, ts, lines)
+                self._catching_up.pop(room, None)
         for restored in self._restored:
             restored()
 
@@ -796,36 +959,48 @@ class RedisBus:
 
     async def _catch_up(self, room: RoomLink) -> None:
         """Deliver the runs of ``room`` numbered while this instance was cut off (what
-        the other instances posted meanwhile, kept in the room's stream), then the runs
-        its channel brought since it subscribed again, each once and in order. A
-        numbering that restarted (a Redis that lost its data) is delivered from 1."""
-        base = last = room.shared
-        try:
-            keys = self.room_keys(room)
-            reply = await self.call(
-                room, self.script("catch_up", keys.script_keys, b"%d" % (base + 1), self.history)
-            )
-            if isinstance(reply, ReplyError):
-                self.report_error(reply, f"catching up room {room.name!r}")
-                return
-            epoch, entries = reply
-            if isinstance(epoch, bytes) and epoch.decode() != room.epoch:
-                if room.epoch:  # numbered again: what the stream holds is all new
-                    base = last = 0
-                    entries = await self.call(
-                        room, command("XRANGE", keys.stream, "-", "+", "COUNT", self.history)
-                    )
-                room.epoch = epoch.decode()
-            for ident, fields in entries:
-                first, lines = int(ident.partition(b"-")[0]), fields[3]
-                if first > base:
-                    room.deliver(first, int(fields[1]), lines)
-                    last = first + lines.count(b"\n") - 1
-                    self.stats.caught_up += lines.count(b"\n")
-        finally:  # the channel's runs since: those the stream had too went above
-            for seq, ts, lines in self._catching_up.pop(room, []):
-                if seq > last:
-                    room.deliver(seq, ts, lines)
+        the other instances posted meanwhile, kept in the room's recent runs), then the
+        runs its channel brought since CATCH_UP's sync point, each once and in order. A
+        new epoch (a Redis that lost its data, or a failover that lost the latest
+        writes: scripts.py) is delivered from its start."""
+        base = room.shared
+        keys = self.room_keys(room)
+        reply = await self.call(
+            room,
+            self.script(
+                "catch_up",
+                keys.script_keys,
+                self.instance_id,
+                self.publish_verb,
+                self.epoch_candidate,
+                self.history,
+                base,
+                room.epoch,
+            ),
+        )
+        if isinstance(reply, ReplyError):
+            self.report_error(reply, f"catching up room {room.name!r}")
+            raise ConnectionError(f"catching up room {room.name!r} failed: {reply}")
+        epoch_bytes, seq, entries = reply
+        epoch = epoch_bytes.decode()
+        if epoch != room.epoch:
+            if room.epoch:  # a new numbering: every run kept is new here
+                base = 0
+            room.epoch = epoch
+        for first, ts, lines in numbered_runs(seq, entries):
+            if first > base:
+                room.deliver(first, ts, lines)
+                self.stats.caught_up += lines.count(b"\n")
+        room.shared = seq
+        state = self._catching_up.get(room)
+        if state is None:
+            return
+        state.replied = True
+        for ts, lines in state.runs:
+            room.deliver(room.shared + 1, ts, lines)
+        state.runs = []
+        if state.marked:
+            del self._catching_up[room]
 
     # -- leases ------------------------------------------------------------------------
     async def _renew_lease(self) -> None:
@@ -838,9 +1013,11 @@ class RedisBus:
                     if await self._renew_once():
                         await self._repair()
                     await self._purge_dead()
+                    if self._target.service is not None and self._sentinel is None:
+                        await self._watch_sentinel()
             except TimeoutError:
                 self._lost(f"no answer from Redis within {self._lease / 3:g} s")
-            except (ConnectionError, ReplyError) as exc:
+            except (ConnectionError, ReplyError, OSError, BusError) as exc:
                 if self._online:
                     log.warning("redis bus: lease renewal failed: %s", reason(exc))
 

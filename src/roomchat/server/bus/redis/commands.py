@@ -25,7 +25,21 @@ from redis.crc import key_slot
 from roomchat.server.bus.redis.resp import ReplyHandler
 from roomchat.server.core.ports import RoomLink
 
-__all__ = ["REGISTRY_PREFIX", "Commands", "ReplyHandler", "RoomKeys", "room_tag"]
+__all__ = [
+    "EXEC",
+    "MULTI",
+    "REGISTRY_PREFIX",
+    "Commands",
+    "Posting",
+    "ReplyHandler",
+    "RoomKeys",
+    "numbered_runs",
+    "room_tag",
+]
+
+#: Posting's transaction (scripts.py: a turn's consecutive runs on a node share one).
+MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 #: The instance registry and the names: one hash tag, so one slot (one node) for all.
 REGISTRY_PREFIX = "rc:{rc}:"
@@ -49,11 +63,10 @@ class RoomKeys:
         "epoch",
         "left",
         "order",
-        "post_keys",
+        "recent",
         "script_keys",
         "sessions",
         "slot",
-        "stream",
         "users",
     )
 
@@ -66,7 +79,7 @@ class RoomKeys:
         self.left = (prefix + "l").encode()  # user id -> its encoded "left" event
         self.channel = (prefix + "c").encode()  # every event of the room
         self.counter = (prefix + "q").encode()  # latest message sequence number
-        self.stream = (prefix + "h").encode()  # the last messages (v2 history)
+        self.recent = (prefix + "m").encode()  # the last runs of messages (a list)
         self.epoch = (prefix + "e").encode()  # the epoch of the counter's numbering
         self.changes = (prefix + "x").encode()  # q -> its message_edited/_deleted event
         #: KEYS of the room's presence scripts (JOIN, LEAVE, ASSERT; a new room action
@@ -79,13 +92,72 @@ class RoomKeys:
             self.left,
             self.channel,
             self.counter,
-            self.stream,
+            self.recent,
             self.epoch,
             self.changes,
         )
-        #: KEYS of POST: counter, stream, channel, epoch.
-        self.post_keys = (self.counter, self.stream, self.channel, self.epoch)
         self.slot = key_slot(self.channel)
+
+
+class Posting:
+    """The commands that post a run of messages to one room, inside a MULTI/EXEC
+    (scripts.py): INCRBY of the counter by the run's length, RPUSH of ``M<ts>\\n<lines>``
+    to the recent runs (unless ``history`` is 0) and PUBLISH of the same bytes. Their
+    RESP up to the per-run arguments is built once per room (this is the hot path)."""
+
+    __slots__ = ("_incrby", "_publish", "_rpush", "size", "trim")
+
+    def __init__(self, keys: RoomKeys, verb: bytes, history: int) -> None:
+        self._incrby = b"*3\r\n$6\r\nINCRBY\r\n$%d\r\n%s\r\n" % (
+            len(keys.counter),
+            keys.counter,
+        )
+        self._rpush = (
+            b"*3\r\n$5\r\nRPUSH\r\n$%d\r\n%s\r\n" % (len(keys.recent), keys.recent)
+            if history
+            else b""
+        )
+        self._publish = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(verb),
+            verb,
+            len(keys.channel),
+            keys.channel,
+        )
+        #: Replies per run (QUEUED each, then one result each in EXEC's): the INCRBY's
+        #: (the run's last number) first, then the RPUSH's, if any.
+        self.size = 3 if history else 2
+        #: LTRIM to the last ``history`` runs (queued every few runs: bus.py).
+        self.trim = b"*4\r\n$5\r\nLTRIM\r\n$%d\r\n%s\r\n$%d\r\n-%d\r\n$2\r\n-1\r\n" % (
+            len(keys.recent),
+            keys.recent,
+            len(str(history)) + 1,
+            history,
+        )
+
+    def run(self, count: int, ts: int, lines: bytes) -> bytes:
+        """The RESP of posting one run of ``count`` messages (``lines``) at ``ts`` ms."""
+        payload = b"M%d\n%s" % (ts, lines)
+        value = b"$%d\r\n%s\r\n" % (len(payload), payload)
+        counted = b"%d" % count
+        incrby = self._incrby + b"$%d\r\n%s\r\n" % (len(counted), counted)
+        if self._rpush:
+            return incrby + self._rpush + value + self._publish + value
+        return incrby + self._publish + value
+
+
+def numbered_runs(last: int, entries: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """The room's recent runs (a list's ``M<ts>\\n<lines>`` entries, oldest first, the
+    newest ending at message ``last``: the counter read with them), as (first number,
+    time, lines), oldest first. A run's messages are its lines, so the numbers are
+    counted back from the counter (posting increments it and pushes the run at once)."""
+    runs: list[tuple[int, int, bytes]] = []
+    for entry in reversed(entries):
+        head, _, lines = entry.partition(b"\n")
+        first = last - lines.count(b"\n") + 1
+        runs.append((first, int(head[1:]), lines))
+        last = first - 1
+    runs.reverse()
+    return runs
 
 
 class Commands(Protocol):
@@ -114,7 +186,7 @@ class Commands(Protocol):
 
     @property
     def history(self) -> int:
-        """Messages kept per room (the stream's MAXLEN; 0: none)."""
+        """Runs of messages kept per room in Redis (0: none)."""
         ...
 
     @property

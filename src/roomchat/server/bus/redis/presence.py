@@ -16,16 +16,13 @@ import msgspec
 
 from roomchat.protocol import MessageDeleted, MessageEdited, joined_event, left_event
 from roomchat.server.bus.redis import scripts
-from roomchat.server.bus.redis.commands import Commands
+from roomchat.server.bus.redis.commands import Commands, numbered_runs
 from roomchat.server.bus.redis.resp import ReplyError
 from roomchat.server.core.history import Change, Snapshot
 from roomchat.server.core.ports import Participant, RoomLink
 
 __all__ = ["RedisPresence"]
 
-#: A history stream entry (XREVRANGE) is [id, [b"t", time, b"m", lines]] (POST's XADD).
-_TIME = 1
-_LINES = 3
 #: A cap on the "after" a join passes to JOIN (it comes from the client, any size).
 _MAX_AFTER = 10**14
 
@@ -102,10 +99,9 @@ class RedisPresence:
             snapshot = None
             if v2:
                 held = [
-                    (first + n, int(fields[_TIME]), line)
-                    for ident, fields in reversed(entries)
-                    for first in (int(ident.partition(b"-")[0]),)
-                    for n, line in enumerate(fields[_LINES].split(b"\r\n")[:-1])
+                    (first + n, ts, line)
+                    for first, ts, lines in numbered_runs(int(seq), entries)
+                    for n, line in enumerate(lines.split(b"\r\n")[:-1])
                 ]
                 snapshot = Snapshot(int(seq), held, room.epoch, _changes(changed))
             room.join_reply(key, [u.decode() for u in users], snapshot)

@@ -5,7 +5,7 @@ the room and publishing the announcement is one step: no instance can see an
 announcement before the state, or two announcements in another order.
 
 A room's keys (``KEYS``), all under one hash tag (commands.py ``RoomKeys``, whose
-``script_keys`` are these in this order; POST takes ``post_keys``: 7, 8, 6):
+``script_keys`` are these in this order):
 
 1. ``sessions`` (``s`` hash): session key -> "<instance id>\\n<user id>"
 2. ``users`` (``u`` hash): user id -> number of its sessions in the room
@@ -16,24 +16,38 @@ A room's keys (``KEYS``), all under one hash tag (commands.py ``RoomKeys``, whos
    written by the protocol module, never here)
 6. ``channel``: the room's channel
 7. ``counter`` (``q``): the room's latest message sequence number (v2)
-8. ``stream`` (``h``): the room's last messages, entry id ``<seq>-0``, fields ``t``
-   (server ms) and ``m`` (the v1 lines), trimmed with ``MAXLEN ~`` (v2 history)
+8. ``recent`` (``m`` list): the room's last runs of messages, each the channel's
+   ``M<ts>\\n<lines>`` payload, newest last; the newest ends at the counter's number
+   (commands.py ``numbered_runs`` counts back from it). Trimmed to about ``--history``
+   runs by the posting instances (v2 history, and what a catch-up reads)
 9. ``epoch`` (``e``): the epoch of the counter's numbering, set by the first JOIN or
-   POST that finds it missing (a new room, or a Redis that lost its data): the
-   candidate the instance passes, with Redis's time, so it is new each time
+   CATCH_UP that finds it missing (a new room, or a Redis that lost its data), or that
+   finds the counter behind what the instance delivered (a failover that lost writes):
+   the candidate the instance passes, with Redis's time, so it is new each time
 10. ``changes`` (``x`` hash): q -> the ``message_edited`` / ``message_deleted`` event of
    a message edited or deleted (CHANGE), read by JOIN with the history; an admin's
-   purge (FORGET) deletes the stream and the changes
+   purge (FORGET) deletes the recent runs and the changes
+
+Posting a run of messages is no script: it is a transaction (MULTI/EXEC) of ``INCRBY``
+of the counter by the run's length, ``RPUSH`` of the run to ``recent`` and ``PUBLISH``
+of the same bytes, and every few runs an ``LTRIM`` (bus.py ``publisher``; all of a
+turn's consecutive runs on one node share one transaction). A script would cost Redis
+four times the instructions per message (redis.call's own cost: benchmarks/README.md),
+and the number need not travel: since the counter moves only in these transactions,
+each atomic with its publish, every instance numbers the runs it receives by counting
+on from the last *sync point* in the channel, a marker that carries the counter.
 
 What goes through the channel, told apart by its first byte (the constants below, which
 bus.py reads them with): an encoded event (:data:`EVENT`, ``{``) for every member;
-``J<session key>\\n<"joined" event or nothing>`` (:data:`MARKER`), a join's marker
-(rooms.py); ``O<instance id>\\n<event>`` (:data:`REASSERTED`), an announcement
-re-asserted after an outage, which the instance that made it skips (its own members
-saw it already); and ``M<seq> <ts>\\n<v1 user_message lines>`` (:data:`MESSAGE`), a run
-of messages numbered by POST: every instance builds the v2 bytes from it with the
-protocol module; ``V<event>`` (:data:`RELAYED`), an edit, a deletion or typing for the
-v2 members; ``P`` (:data:`PURGED`), the room's history purged (FORGET).
+``J<seq> <epoch> <session key>\\n<"joined" event or nothing>`` (:data:`MARKER`), a
+join's marker (rooms.py) and a sync point; ``C<seq> <epoch> <instance id>``
+(:data:`SYNCED`), a catch-up's sync point (CATCH_UP); ``O<instance id>\\n<event>``
+(:data:`REASSERTED`), an announcement re-asserted after an outage, which the instance
+that made it skips (its own members saw it already); ``M<ts>\\n<v1 user_message
+lines>`` (:data:`MESSAGE`), a run of messages, numbered on from the last sync point:
+every instance builds the v2 bytes from it with the protocol module; ``V<event>``
+(:data:`RELAYED`), an edit, a deletion or typing for the v2 members; ``P``
+(:data:`PURGED`), the room's history purged (FORGET).
 """
 
 from __future__ import annotations
@@ -47,13 +61,15 @@ __all__ = [
     "REASSERTED",
     "RELAYED",
     "SCRIPTS",
+    "SYNCED",
 ]
 
 #: The first byte of what a room's channel carries. The Lua below writes MARKER and
-#: MESSAGE itself; events come encoded from the protocol module, REASSERTED from ASSERT's
-#: caller (presence.py).
+#: SYNCED itself, bus.py MESSAGE; events come encoded from the protocol module,
+#: REASSERTED from ASSERT's caller (presence.py).
 EVENT = b"{"
 MARKER = b"J"
+SYNCED = b"C"
 REASSERTED = b"O"
 MESSAGE = b"M"
 #: A v2-only event for the room's v2 members (an edit, a deletion, typing): V<event>.
@@ -66,43 +82,39 @@ COMMUNITY = b"D"
 # ARGV: session key, instance id, user id, publish verb, "joined" event, "left" event,
 # then the history wanted (v2): mode ('' none, 'h' the last N, 'a' after a number), N
 # (at most the history size), after, then the instance's epoch candidate. Returns {users
-# in arrival order, the room's latest sequence number, history entries newest first, the
+# in arrival order, the room's latest sequence number, the recent runs oldest first, the
 # epoch, the changes (HGETALL) when history was asked for} - the history taken atomically
-# with the marker, so it ends exactly where the joiner's live messages begin.
+# with the marker, so it ends exactly where the joiner's live messages begin. The marker
+# carries the number and the epoch: a sync point for every instance's count.
 JOIN = """
-local marker = 'J' .. ARGV[1] .. '\\n'
+local marker = ''
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3]) == 1
    and redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then
   redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
   redis.call('HSET', KEYS[5], ARGV[3], ARGV[6])
-  marker = marker .. ARGV[5]
+  marker = ARGV[5]
 end
-redis.call(ARGV[4], KEYS[6], marker)
-local seq = tonumber(redis.call('GET', KEYS[7]) or '0')
-local entries = {}
-if ARGV[7] == 'h' then
-  entries = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', ARGV[8])
-elseif ARGV[7] == 'a' then
-  -- Entries are runs of messages: the one holding after + 1 may start before it.
-  entries = redis.call('XREVRANGE', KEYS[8], '+', '-', 'COUNT', ARGV[8])
-end
+local seq = redis.call('GET', KEYS[7]) or '0'
 local epoch = redis.call('GET', KEYS[9])
 if not epoch then
   local now = redis.call('TIME')
   epoch = (ARGV[10] or '') .. now[1] .. now[2]
   redis.call('SET', KEYS[9], epoch)
 end
+redis.call(ARGV[4], KEYS[6], 'J' .. seq .. ' ' .. epoch .. ' ' .. ARGV[1] .. '\\n' .. marker)
+local entries = {}
+if ARGV[7] ~= '' and tonumber(ARGV[8]) > 0 then
+  -- Runs of messages: the one holding after + 1 may start before it (the room picks).
+  entries = redis.call('LRANGE', KEYS[8], -tonumber(ARGV[8]), -1)
+end
 local changes = {}
 if ARGV[7] ~= '' then
   changes = redis.call('HGETALL', KEYS[10])
 end
-return {redis.call('ZRANGE', KEYS[3], 0, -1), seq, entries, epoch, changes}
+return {redis.call('ZRANGE', KEYS[3], 0, -1), tonumber(seq), entries, epoch, changes}
 """
 
-# An edit or a deletion of message ARGV[2] (v2): kept for joins' history, then relayed
-# to the room's v2 members behind its messages. KEYS: the room's script_keys. ARGV:
-# publish verb, q, the event. Changes of messages long past the history are dropped.
-# An admin's purge of the room's history (FORGET): the stream and the changes go, the
+# An admin's purge of the room's history (FORGET): the recent runs and the changes go, the
 # numbering and its epoch stay, and every instance hears P. KEYS: the room's; ARGV:
 # publish verb.
 FORGET = """
@@ -112,13 +124,37 @@ return 1
 """
 
 # After an outage, what the instance missed of a room (CATCH_UP): the epoch of the
-# room's numbering (false: none) and the stream's runs from ARGV[1] on (at most ARGV[2]).
-# KEYS: the room's.
+# room's numbering, its latest number and its recent runs (at most ARGV[4], oldest
+# first), with a sync point (C) in the channel at that place: what the channel brought
+# before it is in these runs. A missing epoch (a Redis that lost its data), or a counter
+# behind ARGV[5], the last number the instance delivered in epoch ARGV[6] (a failover to
+# a replica that had not got the latest writes), starts a new epoch: numbers already
+# given out are never given again in one epoch (in the second case the recent runs
+# and changes, numbered in the epoch that ends, go). KEYS: the room's. ARGV: instance id,
+# publish verb, epoch candidate, count, last delivered, its epoch.
 CATCH_UP = """
-return {redis.call('GET', KEYS[9]),
-        redis.call('XRANGE', KEYS[8], ARGV[1], '+', 'COUNT', ARGV[2])}
+local seq = tonumber(redis.call('GET', KEYS[7]) or '0')
+local epoch = redis.call('GET', KEYS[9])
+local behind = epoch and epoch == ARGV[6] and seq < tonumber(ARGV[5])
+if behind then  -- what it keeps was numbered in the epoch that ends here
+  redis.call('DEL', KEYS[8], KEYS[10])
+end
+if not epoch or behind then
+  local now = redis.call('TIME')
+  epoch = ARGV[3] .. now[1] .. now[2]
+  redis.call('SET', KEYS[9], epoch)
+end
+redis.call(ARGV[2], KEYS[6], 'C' .. seq .. ' ' .. epoch .. ' ' .. ARGV[1])
+local entries = {}
+if tonumber(ARGV[4]) > 0 then
+  entries = redis.call('LRANGE', KEYS[8], -tonumber(ARGV[4]), -1)
+end
+return {epoch, seq, entries}
 """
 
+# An edit or a deletion of message ARGV[2] (v2): kept for joins' history, then relayed
+# to the room's v2 members behind its messages. KEYS: the room's script_keys. ARGV:
+# publish verb, q, the event. Changes of messages long past the history are dropped.
 CHANGE = """
 redis.call('HSET', KEYS[10], ARGV[2], ARGV[3])
 if redis.call('HLEN', KEYS[10]) > 1000 then
@@ -131,38 +167,6 @@ if redis.call('HLEN', KEYS[10]) > 1000 then
 end
 redis.call(ARGV[1], KEYS[6], 'V' .. ARGV[3])
 return 1
-"""
-
-# A run of messages from one sender (one or more v1 user_message lines): number them,
-# keep them, publish them, in one step (so every instance sees the same numbers in the
-# same order). KEYS: counter, stream, channel, epoch. ARGV: history size (0: keep
-# nothing), publish verb, the instance's epoch candidate, how many messages, their time
-# (ms, the posting instance's clock), the lines. The run is one stream entry, its id the
-# first message's number. Returns {its number, the epoch}, and if the stream refused
-# the entry (the message is still numbered and published) the error, for the bus to
-# count and log.
-POST = """
-local epoch = redis.call('GET', KEYS[4])
-if not epoch then
-  local now = redis.call('TIME')
-  epoch = ARGV[3] .. now[1] .. now[2]
-  redis.call('SET', KEYS[4], epoch)
-end
-local count = tonumber(ARGV[4])
-local first = redis.call('INCRBY', KEYS[1], count) - count + 1
-local refused = nil
-if ARGV[1] ~= '0' then
-  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], first .. '-0',
-    't', ARGV[5], 'm', ARGV[6])
-  if type(added) == 'table' and added.err then
-    refused = added.err
-  end
-end
-redis.call(ARGV[2], KEYS[3], 'M' .. first .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
-if refused then
-  return {first, epoch, refused}
-end
-return {first, epoch}
 """
 
 # ARGV: session key, user id, publish verb. Returns 1 if the session was there.
@@ -320,7 +324,6 @@ SCRIPTS = {
     "join": JOIN,
     "leave": LEAVE,
     "assert": ASSERT,
-    "post": POST,
     "change": CHANGE,
     "forget": FORGET,
     "catch_up": CATCH_UP,

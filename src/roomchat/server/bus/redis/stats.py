@@ -30,6 +30,7 @@ class BusStats:
         "purged_instances",
         "received",
         "reconnect_failures",
+        "resynced",
     )
 
     def __init__(self) -> None:
@@ -43,7 +44,8 @@ class BusStats:
         self.reconnect_failures = 0  # attempts to reconnect that failed
         self.lease_repairs = 0  # times this instance found its lease lapsed and repaired
         self.purged_instances = 0  # dead instances cleaned up by this one
-        self.caught_up = 0  # messages missed during an outage, delivered from the stream
+        self.caught_up = 0  # messages missed during an outage, delivered from Redis
+        self.resynced = 0  # sync points that found this instance's count out of step
         self.held = 0  # messages posted during an outage, waiting for Redis (now)
         self.held_bytes = 0  # ... their bytes (bounded by --bus-outage-queue)
         self.held_lost = 0  # messages past that bound: delivered here only, never shared
@@ -98,8 +100,15 @@ class BusStats:
                 "bus_caught_up",
                 "counter",
                 "Messages posted elsewhere while this instance was cut off from Redis, "
-                "delivered from the room's stream once it was back.",
+                "delivered from the room's recent runs once it was back.",
                 self.caught_up,
+            ),
+            Reading(
+                "bus_resynced",
+                "counter",
+                "Sync points in a room's channel that found this instance's count of its "
+                "messages out of step (resynchronised).",
+                self.resynced,
             ),
             Reading(
                 "bus_held",
