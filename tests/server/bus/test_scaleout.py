@@ -17,7 +17,7 @@ import pytest
 
 from roomchat import tokens
 from roomchat.client import ChatClient, HelloRefused, connect
-from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage
+from roomchat.protocol import Event, RoomParticipation, UserJoinedRoom, UserMessage, encode
 from roomchat.server import ChatServer, ServerConfig, load_rooms
 from roomchat.server.bus.redis import RedisBus, RoomKeys
 from tests.helpers import until
@@ -682,3 +682,32 @@ async def test_an_instance_cut_off_catches_up_on_what_the_others_posted(
     finally:
         await one.stop(kill=True)
         await two.stop(kill=True)
+
+
+async def test_a_turn_s_runs_of_one_room_are_posted_as_one(redis_server: RedisServer) -> None:
+    """Runs posted into one room in the same turn (here two senders' and a third's,
+    posted back to back) go to Redis as one INCRBY, RPUSH and PUBLISH: the room's
+    recent runs hold one entry of three lines, every member gets the three in the order
+    they were posted, and the message store has each under its own number."""
+    server = await ChatServer.start(
+        ServerConfig(host="127.0.0.1", port=0, bus_url=redis_server.url, store="memory://")
+    )
+    try:
+        client = await connect("127.0.0.1", server.port, timeout=TIMEOUT)
+        await join(client)
+        room = server.rooms.rooms[ROOM]
+        lines = [encode(UserMessage(ROOM, user, f"m{n}")) for n, user in enumerate("aba")]
+        for line in lines:  # one turn: nothing is written before the loop goes on
+            room.post(line)
+        got = [await next_event(client) for _ in lines]
+        assert got == [UserMessage(ROOM, user, f"m{n}") for n, user in enumerate("aba")]
+        recent = redis_server.client(decode_responses=False).lrange(RoomKeys(ROOM).recent, 0, -1)
+        assert len(recent) == 1 and recent[0].endswith(b"".join(lines)), recent
+        assert redis_server.command("GET", RoomKeys(ROOM).counter) == "3"
+        archive = server.archive
+        await until(lambda: archive.written >= 3, "the three written to the store")
+        page = await archive.page(ROOM, room.epoch, before=None, after=0, limit=10)
+        assert [(m.seq, m.content) for m in page] == [(1, "m0"), (2, "m1"), (3, "m2")]
+        client.close()
+    finally:
+        await server.close()

@@ -118,21 +118,61 @@ class CatchingUp:
         self.runs: list[tuple[int, bytes]] = []  # (time, lines) after the sync point
 
 
-class PostBatch:
-    """One transaction of runs on one node (MULTI ... EXEC), and what each run's
-    replies mean: every queued command answers QUEUED, then EXEC gives their results
-    in order, a run's INCRBY first (its last number)."""
+class PostRun:
+    """One room's run of messages in a transaction: every run posted there in the turn
+    (by any of its senders here), sent as one INCRBY, RPUSH and PUBLISH. Their order is
+    the order they were posted in; they all carry the first one's time."""
 
-    __slots__ = ("bus", "error", "runs", "size", "slot")
+    __slots__ = ("count", "events", "known", "room", "trim", "ts")
+
+    def __init__(self, room: RoomLink, ts: int, known: int) -> None:
+        self.room = room
+        self.ts = ts
+        self.known = known  # the room's last number when the first was posted
+        self.count = 0
+        self.events: list[bytes] = []  # each a run as posted (for the message store)
+        self.trim = False  # an LTRIM after it (every _TRIM_EVERY runs of a room here)
+
+
+class PostBatch:
+    """One transaction of runs on one node (MULTI ... EXEC), built when it closes: a
+    run per room, and a run of its own for each message posted again after an outage
+    (its bytes must come back as they were: room.replayed). Every queued command
+    answers QUEUED, then EXEC gives their results in order, a run's INCRBY first (its
+    last number)."""
+
+    __slots__ = ("bus", "error", "open", "runs", "slot")
 
     def __init__(self, slot: int, bus: RedisBus) -> None:
         self.slot = slot
         self.bus = bus
-        #: (index of its INCRBY in EXEC's reply, count, time, lines, the room's last
-        #: number when posted, the room), one per run.
-        self.runs: list[tuple[int, int, int, bytes, int, RoomLink]] = []
-        self.size = 0  # commands queued so far
+        self.runs: list[tuple[PostRun, Posting]] = []
+        self.open: dict[RoomLink, PostRun] = {}  # the run each room adds to
         self.error: ReplyError | None = None  # the first refused at queueing (EXECABORT)
+
+    def add(self, posting: Posting, room: RoomLink, event: bytes, count: int, own: bool) -> PostRun:
+        """Add ``event`` to ``room``'s run (a run of its own if ``own``)."""
+        run = None if own else self.open.get(room)
+        if run is None:
+            run = PostRun(room, now_ms(), room.shared)
+            self.runs.append((run, posting))
+            if not own:
+                self.open[room] = run
+        run.events.append(event)
+        run.count += count
+        return run
+
+    def build(self) -> tuple[bytes, int]:
+        """The transaction's commands (MULTI already sent) and how many they are."""
+        parts, commands = [], 0
+        for run, posting in self.runs:
+            lines = run.events[0] if len(run.events) == 1 else b"".join(run.events)
+            parts.append(posting.run(run.count, run.ts, lines))
+            commands += posting.size
+            if run.trim:
+                parts.append(posting.trim)
+                commands += 1
+        return b"".join(parts), commands
 
     def queued(self, reply: Any) -> None:
         if type(reply) is ReplyError and self.error is None:
@@ -144,15 +184,16 @@ class PostBatch:
             if isinstance(reply, ReplyError):
                 bus.report_error(self.error or reply, "posting messages")
             return
-        for index, count, ts, event, known, room in self.runs:
-            last = reply[index]
+        index = 0
+        for run, posting in self.runs:
+            last, kept = reply[index], reply[index + 1]
+            index += posting.size + run.trim
             if type(last) is not int:
-                bus.report_error(ReplyError(str(last)), f"numbering room {room.name!r}")
+                bus.report_error(ReplyError(str(last)), f"numbering room {run.room.name!r}")
                 continue
-            kept = reply[index + 1]
             if type(kept) is ReplyError:  # published, but not kept in the history
                 bus.report_error(kept, "keeping a message in the room's history")
-            bus.posted(room, last - count + 1, count, ts, event, known)
+            bus.posted(run, last - run.count + 1)
 
 
 def _changed_seq(event: bytes) -> int | None:
@@ -283,7 +324,7 @@ class RedisBus:
         stats = self.stats
         slot = keys.slot if self._target.cluster else 0
         posting = Posting(keys, self.publish_verb, self.history)
-        build, size, trim = posting.run, posting.size, posting.trim if self.history else b""
+        trim = self.history > 0
         posts = 0  # runs posted here, for the LTRIM every _TRIM_EVERY
 
         def post(event: bytes, replayed: bool = False) -> bool | None:
@@ -309,19 +350,10 @@ class RedisBus:
             batch = node.batch
             if batch is None or batch.slot != slot:
                 batch = self._open_batch(node, slot)
-            count = event.count(b"\n")  # a run of messages is one post
-            now = now_ms()
-            node.parts.append(build(count, now, event))
-            queued = batch.queued
-            node.handlers += (queued,) * size
-            index = batch.size
-            batch.size += size
+            run = batch.add(posting, room, event, event.count(b"\n"), replayed)
             posts += 1
             if trim and posts % _TRIM_EVERY == 0:
-                node.parts.append(trim)
-                node.handlers.append(queued)
-                batch.size += 1
-            batch.runs.append((index, count, now, event, room.shared, room))
+                run.trim = True
             stats.published += 1
             return True
 
@@ -343,23 +375,27 @@ class RedisBus:
         batch = node.batch
         if batch is not None:
             node.batch = None
-            node.parts.append(EXEC)
+            data, commands = batch.build()
+            node.parts += (data, EXEC)
+            node.handlers += [batch.queued] * commands
             node.handlers.append(batch.executed)
 
-    def posted(
-        self, room: RoomLink, first: int, count: int, ts: int, event: bytes, known: int
-    ) -> None:
-        """A run's number, from EXEC's reply: kept in the message store, under the
-        room's epoch. A counter that starts again at 1 where this instance had numbers
-        (Redis flushed, evicted or restarted empty without the connection breaking)
-        ends cross-instance numbering until it is resynchronised: handled as an outage
-        (the reconnection's catch-up starts a new epoch)."""
-        if first == 1 and known > 0:
+    def posted(self, run: PostRun, first: int) -> None:
+        """A run's first number, from EXEC's reply: its messages are kept in the message
+        store, under the room's epoch. A counter that starts again at 1 where this
+        instance had numbers (Redis flushed, evicted or restarted empty without the
+        connection breaking) ends cross-instance numbering until it is resynchronised:
+        handled as an outage (the reconnection's catch-up starts a new epoch)."""
+        room = run.room
+        if first == 1 and run.known > 0:
             self._lost(f"Redis lost room {room.name!r}'s numbering (flushed or evicted)")
             return
         archive = self._archive
         if archive is not None:
-            archive.run(room.name, room.epoch, first, count, ts, event)
+            for event in run.events:
+                count = event.count(b"\n")
+                archive.run(room.name, room.epoch, first, count, run.ts, event)
+                first += count
 
     def _hold(self, post: Callable[[bytes, bool], bool | None], event: bytes) -> bool | None:
         """Keep a message posted during an outage for Redis, within --bus-outage-queue;

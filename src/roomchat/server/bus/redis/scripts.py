@@ -31,7 +31,8 @@ A room's keys (``KEYS``), all under one hash tag (commands.py ``RoomKeys``, whos
 Posting a run of messages is no script: it is a transaction (MULTI/EXEC) of ``INCRBY``
 of the counter by the run's length, ``RPUSH`` of the run to ``recent`` and ``PUBLISH``
 of the same bytes, and every few runs an ``LTRIM`` (bus.py ``publisher``; all of a
-turn's consecutive runs on one node share one transaction). A script would cost Redis
+turn's consecutive posts on one node share one transaction, a room's merged into one
+run). A script would cost Redis
 four times the instructions per message (redis.call's own cost: benchmarks/README.md),
 and the number need not travel: since the counter moves only in these transactions,
 each atomic with its publish, every instance numbers the runs it receives by counting
