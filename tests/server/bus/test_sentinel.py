@@ -160,7 +160,7 @@ async def test_a_failover_that_lost_writes_starts_a_new_epoch(
         await asyncio.to_thread(sentinels.wait_failover)
         dee = await peer(one, "dee")
         await until(
-            lambda: cast(RedisBus, one.bus).connected and cast(RedisBus, two.bus).connected,
+            lambda: cast(RedisBus, one.bus).sharing and cast(RedisBus, two.bus).sharing,
             "both instances on the new master",
         )
         after = await history_of(dee, ROOM)

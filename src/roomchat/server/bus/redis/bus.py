@@ -292,6 +292,11 @@ class RedisBus:
         return self._online
 
     @property
+    def sharing(self) -> bool:
+        """Connected and caught up after any outage: posts go to Redis again."""
+        return self._posting
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes not yet sent to Redis: this turn's commands and what the connections'
         transports still hold (/metrics: roomchat_bus_queue_bytes)."""
