@@ -162,6 +162,8 @@ class _Live:
         )
         if tally.errors_by_code:
             line += f", v2 errors {sum(tally.errors_by_code.values()):,}"
+        if tally.skipped:  # the tool cannot keep to its schedule: say so as it happens
+            line += f", BEHIND SCHEDULE: {tally.skipped:,} skipped"
         if self.live is not None:
             self.live.update(Text(line))
         elif now - self.printed >= 2:

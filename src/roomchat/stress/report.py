@@ -12,6 +12,7 @@ from roomchat.stress.stats import Tally, WorkerResult, merge_histograms
 __all__ = ["Latency", "Report", "build_report", "report_table"]
 
 _LAG_NOTE_US = 50_000  # a sender this far behind its schedule is saturated
+_STALL_NOTE_US = 50_000  # a loop stopped this long delayed its users' reads: saturated
 
 
 class Latency(msgspec.Struct, frozen=True):
@@ -54,8 +55,18 @@ class Report(msgspec.Struct, frozen=True):
     unexpected: int
     protocol_errors: int
     send_failed: int
-    skipped: int  # scheduled messages the tool could not send before the window ended
-    max_send_lag_ms: float
+    #: Scheduled messages the tool did not send (warm-up or window): it fell more than
+    #: 1 s behind them (schedule.BACKLOG_NS), or the window ended.
+    skipped: int
+    #: Messages due in the measured window, sent or not: messages_sent of them went out.
+    messages_scheduled: int
+    max_send_lag_ms: float  # how late the oldest overdue message was (sent or skipped)
+    #: The longest turn of the tool's event loop while the load ran and drained (beyond a
+    #: 10 ms timer): how long a delivery may have waited to be read.
+    max_loop_stall_ms: float
+    #: The tool did not keep to its schedule (it skipped messages or fell more than 50 ms
+    #: behind) or its loop stalled over 50 ms: the figures are the tool's limit.
+    load_tool_saturated: bool
     drained: bool
     latency_ms: Latency
     # Joining (every mode; the point of --connect-rate). A user is joined when its own
@@ -109,12 +120,35 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
         )
     if tally.delivered > expected:
         all_notes.append(f"{tally.delivered - expected} more deliveries than expected")
-    if tally.max_send_lag_us > _LAG_NOTE_US:
+    scheduled = tally.scheduled_measured
+    if tally.skipped:
+        share = 100 * tally.sent_measured / scheduled if scheduled else 0.0
+        all_notes.append(
+            f"the load tool could not keep to its schedule: it sent {tally.sent_measured:,}"
+            f" of the {scheduled:,} messages due in the window ({share:.1f} %),"
+            f" {tally.sent_measured / window:,.0f}/s of {scheduled / window:,.0f}/s asked;"
+            f" {tally.skipped:,} skipped in all (over 1 s overdue), up to"
+            f" {tally.max_send_lag_us / 1000:,.0f} ms behind: the rates are the tool's limit,"
+            " not the server's (add --processes, on more CPUs)"
+        )
+    elif tally.max_send_lag_us > _LAG_NOTE_US:
         all_notes.append(
             f"the load tool fell up to {tally.max_send_lag_us / 1000:,.0f} ms behind its schedule:"
             " it sent less than asked, so the rates are the tool's limit, not the server's"
             " (add --processes, on more CPUs)"
         )
+    if tally.max_loop_stall_us > _STALL_NOTE_US:
+        all_notes.append(
+            f"the load tool's event loop took up to {tally.max_loop_stall_us / 1000:,.0f} ms"
+            " over one turn while the load ran (reading or sending): a delivery could wait"
+            " that long to be read, so latency (and any session the server cut as a slow"
+            " consumer) includes the tool's own delay"
+        )
+    saturated = (
+        tally.skipped > 0
+        or tally.max_send_lag_us > _LAG_NOTE_US
+        or tally.max_loop_stall_us > _STALL_NOTE_US
+    )
     if not all(r.drained for r in results):
         all_notes.append(
             f"deliveries were still arriving when the {cfg.drain_timeout:g} s drain timeout"
@@ -182,7 +216,10 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
         protocol_errors=tally.protocol_errors,
         send_failed=tally.send_failed,
         skipped=tally.skipped,
+        messages_scheduled=scheduled,
         max_send_lag_ms=tally.max_send_lag_us / 1000,
+        max_loop_stall_ms=tally.max_loop_stall_us / 1000,
+        load_tool_saturated=saturated,
         drained=all(r.drained for r in results),
         latency_ms=_percentiles(histogram),
         connect_rate=float(cfg.connect_rate),
@@ -261,6 +298,7 @@ def report_table(report: Report) -> Table:
         ),
         ("measured window", f"{report.window_s:g} s (after {report.warmup_s:g} s warm-up)"),
         ("messages sent", f"{report.messages_sent:,} ({report.messages_per_s:,.0f}/s)"),
+        ("... of those due in the window", f"{report.messages_scheduled:,}"),
         ("behind schedule, not sent", f"{report.skipped:,}"),
         (
             "deliveries",
@@ -276,6 +314,11 @@ def report_table(report: Report) -> Table:
         ("latency p50 / p90 / p99", f"{lat.p50:g} / {lat.p90:g} / {lat.p99:g} ms"),
         ("latency p99.9 / max", f"{lat.p999:g} / {lat.max:g} ms"),
         ("load tool max send lag", f"{report.max_send_lag_ms:g} ms"),
+        ("load tool max loop stall", f"{report.max_loop_stall_ms:g} ms"),
+        (
+            "load tool kept up",
+            "no: the figures are the tool's limit" if report.load_tool_saturated else "yes",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)

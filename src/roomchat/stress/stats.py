@@ -39,7 +39,13 @@ def merge_histograms(encoded: list[str]) -> HdrHistogram:
 
 
 _MAX_FIELDS = frozenset(
-    ("max_send_lag_us", "last_delivery_ns", "max_connect_lag_us", "last_join_ns")
+    (
+        "max_send_lag_us",
+        "max_loop_stall_us",
+        "last_delivery_ns",
+        "max_connect_lag_us",
+        "last_join_ns",
+    )
 )
 
 
@@ -56,6 +62,8 @@ class Tally(msgspec.Struct):
     sent_measured: int = 0
     send_failed: int = 0  # a message that could not be written (session closed)
     skipped: int = 0  # messages not sent because the tool fell behind its schedule
+    skipped_measured: int = 0  # ... of which due in the measured window
+    scheduled_measured: int = 0  # messages due in the measured window, sent or not
     delivered: int = 0  # measured deliveries, each counted once
     delivered_all: int = 0  # every user_message received (warm-up, duplicates included)
     duplicated: int = 0
@@ -63,6 +71,9 @@ class Tally(msgspec.Struct):
     unexpected: int = 0  # a user_message for a room not joined, or not stamped by us
     protocol_errors: int = 0  # lines that were not valid v1 events
     max_send_lag_us: int = 0  # how far the sender fell behind its schedule
+    #: The longest the worker's event loop took over one turn while the load ran (a
+    #: delivery could wait that long to be read), beyond the monitor's own 10 ms timer.
+    max_loop_stall_us: int = 0
     last_delivery_ns: int = 0  # when the last measured delivery arrived (monotonic)
     users_joined: int = 0  # users whose every join was confirmed
     users_joined_late: int = 0  # ... later than the join bound after starting to connect

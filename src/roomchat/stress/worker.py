@@ -14,7 +14,7 @@ import gc
 import heapq
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from roomchat.client import (
@@ -36,6 +36,7 @@ from roomchat.protocol import (
     encode,
 )
 from roomchat.stress.config import Config, rooms_of_user
+from roomchat.stress.schedule import BACKLOG_NS, TURN_BATCH, SteadySchedule, Turn
 from roomchat.stress.stamp import (
     ERROR_MARK,
     JOINED_MARK,
@@ -67,6 +68,7 @@ PROGRESS_INTERVAL = 0.5  # seconds between Progress reports
 # The load tool's core is then always busy; its saturation shows as send lag, not CPU.
 _POLL_WITHIN = 0.002
 _SETTLE_QUIET = 0.3  # seconds without any join event: the join storm is over
+_STALL_TICK_NS = 10_000_000  # the loop monitor's timer: a turn later than this is a stall
 _LATE_LIMIT = 1_000_000_000  # ns past the window's end after which a sender gives up
 _MAX_GAP = 100_000  # a sequence jump larger than this is not tracked message by message
 _TAIL_KEEP = max(len(MESSAGE_MARK), len(PARTICIPATION_MARK), len(JOINED_MARK), len(PING_MARK)) - 1
@@ -140,7 +142,12 @@ class LoadWorker:
         self._expected = 0
         self._drained = False
         self._progress_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._arriving: asyncio.Task[None] | None = None
+        # The senders' clock (monotonic ns: the stamps' clock too) and sleep: a test drives
+        # the sending with fake ones.
+        self.clock: Callable[[], int] = time.monotonic_ns
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # -- phases ------------------------------------------------------------------------
     async def prepare(self, connect_from: int | None = None) -> None:
@@ -187,6 +194,8 @@ class LoadWorker:
     async def run(self, t0: int) -> SentLog:
         """Send the load (from monotonic time ``t0``, in ns); return what was measured."""
         self.phase = "running"
+        if self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._watch_loop())
         if self.cfg.arrives_while_sending:
             await self._run_arrivals(t0)
         else:
@@ -217,8 +226,9 @@ class LoadWorker:
     async def result(self) -> WorkerResult:
         """Close every session and return the counts."""
         self.phase = "done"
-        if self._progress_task is not None:
-            self._progress_task.cancel()
+        for task in (self._progress_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         self._count_protocol_errors()
         gc.unfreeze()
         clients = [u.client for u in self._users if u.client is not None]
@@ -442,7 +452,7 @@ class LoadWorker:
         if client is None or client.closed:
             self.tally.send_failed += count
             return
-        sent = time.monotonic_ns()
+        sent = self.clock()
         phase = MEASURED if measured else WARMUP
         rooms, seqs, heads, payload = user.rooms, user.seqs, self._heads, self.cfg.payload
         lines, targets = [], []
@@ -474,8 +484,10 @@ class LoadWorker:
 
     async def _run_schedule(self, t0: int) -> None:
         """Message k goes out at t0 + offset + k * period, to user k mod n, so the load is
-        spread evenly; each user sends to its rooms in turn. Sending stops 1 s after the
-        window's end even if the tool fell behind (the shortfall is counted as skipped)."""
+        spread evenly; each user sends to its rooms in turn. A turn writes at most a bounded
+        batch and yields to the loop (the readers read) before the next one; a message more
+        than a bound overdue is skipped and counted (see :mod:`roomchat.stress.schedule`).
+        Sending stops 1 s after the window's end in any case (the rest counts as skipped)."""
         cfg = self.cfg
         active = [u for u in self._users if u.client is not None]
         if not active:
@@ -486,26 +498,27 @@ class LoadWorker:
         measure_from = t0 + cfg.warmup * 1e9
         end = t0 + (cfg.warmup + cfg.duration) * 1e9
         total = max(0, math.ceil((end - t0 - offset) / period))
-        k = 0
-        while k < total:
-            now = time.monotonic_ns()
+        schedule = SteadySchedule(t0 + offset, period, total, n, measure_from)
+        self.tally.scheduled_measured += schedule.measured
+        while not schedule.done:
+            now = self.clock()
             if now >= end + _LATE_LIMIT:  # bounded: what the tool could not send is not sent
-                self.tally.skipped += total - k
+                self._skipped(schedule.give_up())
                 break
-            due = min(total, math.floor((now - t0 - offset) / period) + 1)
-            if due > k:  # how late the oldest message due is going out
-                self._lagged(int(now - (t0 + offset + k * period)))
-            # Messages due now, grouped per user and per phase: one write per group.
-            batches: dict[tuple[int, bool], int] = {}
-            while k < due:
-                key = (k % n, t0 + offset + k * period >= measure_from)
-                batches[key] = batches.get(key, 0) + 1
-                k += 1
-            for (user, measured), count in batches.items():
-                self._send(active[user], count, measured)
-            if k < total:
-                wait = (t0 + offset + k * period - time.monotonic_ns()) / 1e9
-                await asyncio.sleep(0 if wait < _POLL_WITHIN else wait - _POLL_WITHIN / 2)
+            turn = schedule.take(now)
+            if turn is not None:
+                self._lagged(turn.lag_ns)  # how late the oldest message due is
+                self._skipped(turn)
+                # Messages due now, grouped per user and per phase: one write per group.
+                for (user, measured), count in turn.batches.items():
+                    self._send(active[user], count, measured)
+            if not schedule.done:
+                wait = (schedule.due_at(schedule.next) - self.clock()) / 1e9
+                await self.sleep(0 if wait < _POLL_WITHIN else wait - _POLL_WITHIN / 2)
+
+    def _skipped(self, turn: Turn) -> None:
+        self.tally.skipped += turn.skipped
+        self.tally.skipped_measured += turn.skipped_measured
 
     async def _run_arrivals(self, t0: int) -> None:
         """Users arrive at their start times; each, once joined, sends every interval."""
@@ -518,17 +531,30 @@ class LoadWorker:
         delay = int(cfg.send_interval * 1e9)
         ready = self._ramp_ready
         try:
-            while (now := time.monotonic_ns()) < end:
+            while (now := self.clock()) < end:
                 if arriving.done() and (error := arriving.exception()) is not None:
                     raise error
-                while ready and ready[0][0] <= now:
-                    due, index, user = heapq.heappop(ready)
+                # As in steady mode: a bounded batch per turn, and what is more than the
+                # backlog bound overdue is skipped (each user's next sends move on).
+                taken = 0
+                while ready and ready[0][0] <= now and taken < TURN_BATCH:
+                    due, index, user = ready[0]
                     self._lagged(now - due)
-                    self._send(user, 1, True)
-                    heapq.heappush(ready, (due + delay, index, user))
+                    if now - due > BACKLOG_NS:
+                        missed = (now - BACKLOG_NS - due) // delay + 1
+                        self.tally.skipped += missed
+                        self.tally.skipped_measured += missed
+                        self.tally.scheduled_measured += missed
+                        due += missed * delay
+                    if due <= now:
+                        self._send(user, 1, True)
+                        self.tally.scheduled_measured += 1
+                        due += delay
+                        taken += 1
+                    heapq.heapreplace(ready, (due, index, user))
                 next_due = ready[0][0] if ready else end
-                wait = (min(next_due, end) - time.monotonic_ns()) / 1e9
-                await asyncio.sleep(min(0 if wait < _POLL_WITHIN else wait, 0.01))
+                wait = (min(next_due, end) - self.clock()) / 1e9
+                await self.sleep(min(0 if wait < _POLL_WITHIN else wait, 0.01))
         finally:
             arriving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -573,6 +599,20 @@ class LoadWorker:
         self.tally.protocol_errors = sum(
             u.client.protocol_errors for u in self._users if u.client is not None
         )
+
+    async def _watch_loop(self) -> None:
+        """While the load runs and drains: the longest the loop took to come back to this
+        timer (past its due time). A long turn, reading or sending, keeps every other
+        user's deliveries waiting to be read."""
+        tally, monotonic_ns = self.tally, time.monotonic_ns
+        last = monotonic_ns()
+        while True:
+            await asyncio.sleep(_STALL_TICK_NS / 1e9)
+            now = monotonic_ns()
+            stall = (now - last - _STALL_TICK_NS) // 1000
+            if stall > tally.max_loop_stall_us:
+                tally.max_loop_stall_us = stall
+            last = now
 
     async def _report_progress(self) -> None:
         while True:
