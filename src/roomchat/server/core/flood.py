@@ -130,7 +130,10 @@ class UserBuckets:
         report: Report | None = None,
     ) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock
-        self._call_later, self._wall = call_later, wall
+        self._call_later = call_later
+        #: The wall clock the shared windows are numbered by (every instance counts a
+        #: user's spending in the same WINDOW-long windows of it).
+        self.wall = wall
         self._report = report
         self._buckets: dict[str, UserBucket] = {}
 
@@ -164,7 +167,7 @@ class UserBuckets:
         spent, bucket.spent = bucket.spent, 0
         if spent and self._report is not None:
             self._report(
-                bucket.key, spent, int(self._wall() // WINDOW), lambda t: self._told(bucket, t)
+                bucket.key, spent, int(self.wall() // WINDOW), lambda t: self._told(bucket, t)
             )
         if bucket.sessions <= 0:
             self._buckets.pop(bucket.key, None)
