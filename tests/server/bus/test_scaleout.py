@@ -471,10 +471,11 @@ async def test_a_stray_payload_on_a_room_channel_is_logged_not_fatal(
 
 
 async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer) -> None:
-    """SCRIPT FLUSH (as after a failover to a replica) no longer ends cross-instance
-    delivery: messages need no script (posting is a transaction), and the first
-    NOSCRIPT (here a join's) makes the instance reconnect, which loads the scripts again
-    and re-asserts presence; messages cross again both ways, and the join is answered."""
+    """SCRIPT FLUSH (as after a failover to a replica) ends nothing: messages need no
+    script (posting is a transaction), and the first NOSCRIPT (here a join's) loads the
+    scripts again and sends again, in order, every script Redis refused meanwhile (the
+    join, the leave and the join behind it), with no outage: the other instance sees
+    them in order, and a newcomer there finds the user in the room."""
     async with instances(2, "--bus", redis_server.url) as (one, two):
         alice, bob = await one.client(), await two.client()
         await join(alice)
@@ -485,13 +486,21 @@ async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer)
         await asyncio.to_thread(redis_server.command, "SCRIPT", "FLUSH")
         await crosses(alice, bob)
         carol = await one.client()
-        await join(carol)  # its JOIN meets NOSCRIPT (answered locally meanwhile)
-        await one.wait_for_log(r"NOSCRIPT\), loading them again", after=mark[0])
-        await one.wait_for_log(BACK, after=mark[0])
+        await carol.join(ROOM)  # JOIN meets NOSCRIPT; LEAVE and JOIN follow it in flight
+        await carol.leave(ROOM)
+        await carol.join(ROOM)
+        for kind in ("joined", "left", "joined"):
+            await wait_event(bob, RoomParticipation(ROOM, carol.user_id, kind))
+        line = await one.wait_for_log(r"answered NOSCRIPT .*\(#(\d+)\)", after=mark[0])
+        assert line.group(1) == "1"
+        dave = await two.client()
+        assert carol.user_id in (await join(dave)).users
         await crosses(alice, bob)
         await crosses(bob, alice)
-        assert not any("Traceback" in line for line in one.lines + two.lines)
-        for client in (alice, bob, carol):
+        for instance, since in zip((one, two), mark, strict=True):
+            assert not any(re.search(LOST, text) for text in instance.lines[since:])
+            assert not any("Traceback" in text for text in instance.lines)
+        for client in (alice, bob, carol, dave):
             client.close()
 
 

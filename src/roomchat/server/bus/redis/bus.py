@@ -94,6 +94,8 @@ _PURGED = scripts.PURGED
 _COMMUNITY = scripts.COMMUNITY
 #: A handler's error when there is no connection to write to.
 _NOT_CONNECTED = "not connected to Redis"
+_EVALSHA = b"\r\nEVALSHA\r\n"  # in the first bytes of a script's command (RESP)
+_RELOADS = 3  # NOSCRIPT answers to one command that load the scripts again, at most
 
 
 _decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
@@ -592,10 +594,10 @@ class RedisBus:
             self._lost(f"{what}: {self._nodes_named()} is a replica now (READONLY)")
             return
         if message.startswith("NOSCRIPT"):
-            # Redis lost its scripts (SCRIPT FLUSH, a failover to a replica, a restart not
-            # seen as one): every later EVALSHA would fail. Reconnecting loads them again
-            # and re-asserts presence and names, as after an outage.
-            self._lost(f"{what}: Redis lost its scripts (NOSCRIPT), loading them again")
+            # Still refused after the scripts were loaded again _RELOADS times in a row
+            # (_reload): something flushes them as fast as they load. Reconnect, as after
+            # an outage (it loads them, re-asserts presence and names) rather than spin.
+            self._lost(f"{what}: Redis keeps losing its scripts (NOSCRIPT)")
             return
         if not isinstance(error, ConnectionError) and (
             self.stats.errors == 1 or self.stats.errors % _LOGGED_EVERY == 0
@@ -648,7 +650,7 @@ class RedisBus:
         for node in self._nodes.values():
             if node.batch is not None:
                 self._close_batch(node)
-            if node.parts:
+            if node.parts and node.reloading is None:  # (else held: _reloaded sends them)
                 parts, node.parts = node.parts, []
                 handlers, node.handlers = node.handlers, []
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -663,12 +665,85 @@ class RedisBus:
         if node is None or not self._online:
             handler(ConnectionError(_NOT_CONNECTED))
             return
+        if data.find(_EVALSHA, 0, 24) > 0:  # a script: sent again if Redis lost it
+            handler = self._scripted(node, data, handler)
         if node.batch is not None:
             self._close_batch(node)
         elif not node.parts:
             self._schedule_flush()
         node.parts.append(data)
         node.handlers.append(handler)
+
+    # -- scripts lost (NOSCRIPT) --------------------------------------------------------
+    def _scripted(self, node: Node, data: bytes, handler: ReplyHandler) -> ReplyHandler:
+        """The reply handler of the script ``data`` on ``node``: a NOSCRIPT reply (Redis
+        lost its scripts) is not the caller's to see; the scripts are loaded again and
+        ``data`` sent again (:meth:`_reload`), up to _RELOADS times in a row."""
+        tries = 0
+
+        def reply(answer: Any) -> None:
+            nonlocal tries
+            if (
+                type(answer) is ReplyError
+                and str(answer).startswith("NOSCRIPT")
+                and tries < _RELOADS
+                and self._nodes.get(node.address) is node
+            ):
+                tries += 1
+                self._reload(node, data, reply)
+            else:
+                handler(answer)
+
+        return reply
+
+    def _reload(self, node: Node, data: bytes, handler: ReplyHandler) -> None:
+        """``node`` refused the script ``data``: NOSCRIPT (SCRIPT FLUSH, a failover to a
+        replica, a restart not seen as one). The first refusal loads every script again
+        (SCRIPT LOAD, behind what is in flight); the scripts in flight behind it are
+        refused too and join the list, in order. Until the scripts are loaded, what is
+        queued on the node waits; then the refused scripts go first, in the order they
+        were sent, and what waited behind them (:meth:`_reloaded`). Commands that need no
+        script (messages: a transaction) and were in flight have gone on meanwhile."""
+        retry = node.reloading
+        if retry is None:
+            assert node.cmd is not None
+            retry = node.reloading = []
+            stats = self.stats
+            stats.script_reloads += 1
+            log.warning(
+                "redis bus: %s:%d answered NOSCRIPT (its scripts were flushed: SCRIPT"
+                " FLUSH, a failover or a restart); loading them again and sending again, in"
+                " order, what it refused (#%d)",
+                *node.address,
+                stats.script_reloads,
+            )
+            names, replies = list(scripts.SCRIPTS), []
+
+            def loaded(sha: Any) -> None:
+                replies.append(sha)
+                if len(replies) == len(names):
+                    self._reloaded(node, dict(zip(names, replies, strict=True)))
+
+            node.cmd.send_many(
+                b"".join(command(b"SCRIPT", b"LOAD", scripts.SCRIPTS[n]) for n in names),
+                [loaded] * len(names),
+            )
+        retry.append((data, handler))
+
+    def _reloaded(self, node: Node, shas: dict[str, Any]) -> None:
+        retry, node.reloading = node.reloading, None
+        if retry is None or self._nodes.get(node.address) is not node or node.cmd is None:
+            return  # the connection was lost meanwhile: failed as in any outage
+        if any(self._shas.get(name) != sha for name, sha in shas.items()):
+            failed = next(sha for name, sha in shas.items() if self._shas.get(name) != sha)
+            node.reloading = retry  # failed with the connection, as in any outage
+            self._lost(f"loading the scripts again on {node.address[0]} failed: {failed}")
+            return
+        if node.batch is not None:
+            self._close_batch(node)
+        parts, node.parts = [data for data, _ in retry] + node.parts, []
+        handlers, node.handlers = [handler for _, handler in retry] + node.handlers, []
+        node.cmd.send_many(b"".join(parts), handlers)
 
     def _local_only(self, overflow: bool) -> None:
         stats = self.stats
@@ -931,6 +1006,8 @@ class RedisBus:
         error = ConnectionError("Redis connection lost")
         for node in nodes.values():
             handlers, node.handlers, node.parts, node.batch = node.handlers, [], [], None
+            retry, node.reloading = node.reloading or [], None
+            handlers = [handler for _, handler in retry] + handlers
             for handler in handlers:
                 handler(error)
             for connection in (node.cmd, node.sub):

@@ -46,7 +46,7 @@ class Node:
     """One Redis server: a connection for commands and one for subscriptions, and the
     commands of this turn, written together at its end (bus.py ``_flush``)."""
 
-    __slots__ = ("address", "batch", "cmd", "handlers", "parts", "sub")
+    __slots__ = ("address", "batch", "cmd", "handlers", "parts", "reloading", "sub")
 
     def __init__(self, address: Address) -> None:
         self.address = address
@@ -56,6 +56,9 @@ class Node:
         self.handlers: list[ReplyHandler] = []
         #: The transaction of posts open at the end of ``parts`` (bus.py PostBatch).
         self.batch: Any = None
+        #: While the node loads its scripts again (it answered NOSCRIPT: bus.py
+        #: ``_reload``), the scripts it refused, in order, to send again; ``parts`` wait.
+        self.reloading: list[tuple[bytes, ReplyHandler]] | None = None
 
 
 def reason(exc: BaseException) -> str:

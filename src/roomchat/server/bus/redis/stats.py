@@ -31,6 +31,7 @@ class BusStats:
         "received",
         "reconnect_failures",
         "resynced",
+        "script_reloads",
     )
 
     def __init__(self) -> None:
@@ -46,6 +47,7 @@ class BusStats:
         self.purged_instances = 0  # dead instances cleaned up by this one
         self.caught_up = 0  # messages missed during an outage, delivered from Redis
         self.resynced = 0  # sync points that found this instance's count out of step
+        self.script_reloads = 0  # times a node had lost the scripts (NOSCRIPT): loaded again
         self.held = 0  # messages posted during an outage, waiting for Redis (now)
         self.held_bytes = 0  # ... their bytes (bounded by --bus-outage-queue)
         self.held_lost = 0  # messages past that bound: delivered here only, never shared
@@ -109,6 +111,13 @@ class BusStats:
                 "Sync points in a room's channel that found this instance's count of its "
                 "messages out of step (resynchronised).",
                 self.resynced,
+            ),
+            Reading(
+                "bus_script_reloads",
+                "counter",
+                "Times a Redis node answered NOSCRIPT (its scripts flushed): the scripts "
+                "were loaded again and what it refused sent again, in order.",
+                self.script_reloads,
             ),
             Reading(
                 "bus_held",
