@@ -504,6 +504,46 @@ async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer)
             client.close()
 
 
+async def arrive_in_order(client: ChatClient, sender: str, texts: list[str]) -> None:
+    """``texts`` from ``sender`` reach ``client`` in order, none before the first."""
+    before = await wait_event(client, UserMessage(ROOM, sender, texts[0]))
+    assert not any(isinstance(e, UserMessage) and e.content in texts for e in before)
+    rest = [await next_event(client) for _ in texts[1:]]
+    assert rest == [UserMessage(ROOM, sender, text) for text in texts[1:]]
+
+
+async def test_messages_redis_refuses_at_maxmemory_arrive_once_it_takes_them(
+    redis_server: RedisServer,
+) -> None:
+    """Redis at maxmemory (noeviction) refuses every post (OOM: EXECABORT). The sender
+    and its instance's members get the messages at once, and the instance holds them,
+    logs why and goes local; once Redis takes writes again they reach the other
+    instance's members, in order, once (they reached nobody before)."""
+    async with instances(2, "--bus", redis_server.url) as (one, two):
+        alice, carol, bob = await one.client(), await one.client(), await two.client()
+        for client in (alice, carol, bob):
+            await join(client)
+        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+        await wait_event(carol, RoomParticipation(ROOM, bob.user_id, "joined"))
+        await crosses(alice, bob)
+        mark = len(one.lines)
+        await asyncio.to_thread(redis_server.command, "CONFIG", "SET", "maxmemory", "1")
+        texts = [f"refused {i}" for i in range(3)]
+        for text in texts:
+            await alice.send(ROOM, text)
+        for client in (alice, carol):  # the sender's instance: at once, in order
+            await arrive_in_order(client, alice.user_id, texts)
+        await one.wait_for_log(r"Redis refused messages \(OOM", after=mark)
+        await asyncio.to_thread(redis_server.command, "CONFIG", "SET", "maxmemory", "0")
+        await one.wait_for_log(BACK, after=mark)
+        await arrive_in_order(bob, alice.user_id, texts)
+        await alice.send(ROOM, "after")  # and nothing twice on the sender's instance
+        for client in (alice, carol, bob):
+            assert await wait_event(client, UserMessage(ROOM, alice.user_id, "after")) == []
+        for client in (alice, carol, bob):
+            client.close()
+
+
 async def test_each_new_reason_a_reconnect_fails_is_logged(redis_server: RedisServer) -> None:
     """A password that Redis starts to require, then Redis gone: each reason gets its own
     line (not only the first attempt's), and the instance recovers once Redis is back."""

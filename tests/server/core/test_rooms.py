@@ -545,3 +545,22 @@ def test_fan_out_tells_the_outbox_once_per_turn_and_keeps_the_turns_bytes() -> N
     # Queued, not written: writing out is the outbox's job, at the end of the turn.
     assert [len(member._written) for member in members] == written
     assert all(member.received == [b"event\r\n", b"again\r\n"] for member in members)
+
+
+def test_a_run_posted_again_and_refused_is_not_skipped_twice() -> None:
+    # The Redis bus posts again a run this instance fanned out during an outage
+    # (replayed: when it comes back numbered, only the numbering moves on). A refused
+    # post (OOM) is held again (unreplayed) and posted again later (replayed): it is
+    # skipped once, and the same bytes posted anew after it are delivered.
+    room = make_room()
+    alice = FakeMember("alice")
+    room.join(alice)
+    alice.events()
+    event = encode(UserMessage(ROOM, "bob", "held"))
+    room.room.replayed(event)
+    room.room.unreplayed(event)
+    room.room.replayed(event)
+    room.room.deliver(1, 0, event)
+    assert alice.events() == []
+    room.room.deliver(2, 0, event)
+    assert alice.events() == [UserMessage(ROOM, "bob", "held")]

@@ -108,6 +108,9 @@ class RoomLink(Protocol):
         """The bus posts now a run this room fanned out during an outage: when it comes
         back numbered (``deliver``), it is not fanned out again."""
 
+    def unreplayed(self, event: bytes) -> None:
+        """Redis refused that post: it is held again (undoes one ``replayed``)."""
+
     def join_reply(
         self, key: str, users: Iterable[str] | bytes, snapshot: Snapshot | None = None
     ) -> None:

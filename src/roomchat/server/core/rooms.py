@@ -464,6 +464,13 @@ class ChatRoom:
         when it comes back numbered (deliver), it only moves the numbering on."""
         self._replayed[event] = self._replayed.get(event, 0) + 1
 
+    def unreplayed(self, event: bytes) -> None:
+        """Redis refused the post of ``event`` (:meth:`replayed`): it is not coming back
+        yet (it is held again, and posted again later)."""
+        left = self._replayed.pop(event, 0) - 1
+        if left > 0:
+            self._replayed[event] = left
+
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
         """A run of messages numbered elsewhere (the Redis bus: ``seq`` is its first's)."""
         count = event.count(b"\n")

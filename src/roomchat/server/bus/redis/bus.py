@@ -98,6 +98,9 @@ _EVALSHA = b"\r\nEVALSHA\r\n"  # in the first bytes of a script's command (RESP)
 _RELOADS = 3  # NOSCRIPT answers to one command that load the scripts again, at most
 
 
+#: A room's publisher (RedisBus.publisher): post a run, or post again one held.
+Post = Callable[[bytes, bool], bool | None]
+
 _decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
 
 
@@ -125,12 +128,14 @@ class PostRun:
     (by any of its senders here), sent as one INCRBY, RPUSH and PUBLISH. Their order is
     the order they were posted in; they all carry the first one's time."""
 
-    __slots__ = ("count", "events", "known", "room", "trim", "ts")
+    __slots__ = ("count", "events", "known", "post", "replayed", "room", "trim", "ts")
 
-    def __init__(self, room: RoomLink, ts: int, known: int) -> None:
+    def __init__(self, room: RoomLink, ts: int, known: int, post: Post, replayed: bool) -> None:
         self.room = room
         self.ts = ts
         self.known = known  # the room's last number when the first was posted
+        self.post = post  # the room's publisher (posts it again if Redis refuses it)
+        self.replayed = replayed  # held during an outage: the local members saw it
         self.count = 0
         self.events: list[bytes] = []  # each a run as posted (for the message store)
         self.trim = False  # an LTRIM after it (every _TRIM_EVERY runs of a room here)
@@ -152,11 +157,13 @@ class PostBatch:
         self.open: dict[RoomLink, PostRun] = {}  # the run each room adds to
         self.error: ReplyError | None = None  # the first refused at queueing (EXECABORT)
 
-    def add(self, posting: Posting, room: RoomLink, event: bytes, count: int, own: bool) -> PostRun:
-        """Add ``event`` to ``room``'s run (a run of its own if ``own``)."""
+    def add(
+        self, posting: Posting, post: Post, room: RoomLink, event: bytes, count: int, own: bool
+    ) -> PostRun:
+        """Add ``event`` to ``room``'s run (a run of its own if ``own``: replayed)."""
         run = None if own else self.open.get(room)
         if run is None:
-            run = PostRun(room, now_ms(), room.shared)
+            run = PostRun(room, now_ms(), room.shared, post, own)
             self.runs.append((run, posting))
             if not own:
                 self.open[room] = run
@@ -183,8 +190,8 @@ class PostBatch:
     def executed(self, reply: Any) -> None:
         bus = self.bus
         if not isinstance(reply, list):  # EXECABORT, or the connection lost
-            if isinstance(reply, ReplyError):
-                bus.report_error(self.error or reply, "posting messages")
+            if isinstance(reply, ReplyError):  # nothing in it was published
+                bus.refused(self, self.error or reply)
             return
         index = 0
         for run, posting in self.runs:
@@ -225,7 +232,10 @@ class RedisBus:
         self.outage_queue = outage_queue
         # Messages posted while Redis was away (or while these wait): (their room's post,
         # the v1 lines), in the order they were posted; posted once Redis is back.
-        self._held: deque[tuple[Callable[[bytes, bool], bool | None], bytes]] = deque()
+        self._held: deque[tuple[Post, bytes]] = deque()
+        #: Where the next run of a refused transaction goes back in _held (None: none
+        #: refused since the last outage): :meth:`refused`.
+        self._refused_at: int | None = None
         # Rooms catching up after an outage (_catch_up).
         self._catching_up: dict[RoomLink, CatchingUp] = {}
         self._wakeups = wakeups
@@ -357,7 +367,7 @@ class RedisBus:
             batch = node.batch
             if batch is None or batch.slot != slot:
                 batch = self._open_batch(node, slot)
-            run = batch.add(posting, room, event, event.count(b"\n"), replayed)
+            run = batch.add(posting, post, room, event, event.count(b"\n"), replayed)
             posts += 1
             if trim and posts % _TRIM_EVERY == 0:
                 run.trim = True
@@ -404,9 +414,42 @@ class RedisBus:
                 archive.run(room.name, room.epoch, first, count, run.ts, event)
                 first += count
 
-    def _hold(self, post: Callable[[bytes, bool], bool | None], event: bytes) -> bool | None:
-        """Keep a message posted during an outage for Redis, within --bus-outage-queue;
-        past it the message stays this instance's only (counted, logged)."""
+    def refused(self, batch: PostBatch, error: ReplyError) -> None:
+        """Redis refused a transaction of posts (EXECABORT: OOM at maxmemory, or another
+        refusal at queueing): nothing in it was published. As in an outage, its messages
+        reach this instance's members now (those posted again after an outage had) and
+        are held for Redis, ahead of what was held since and in the order they were
+        posted (transactions still in flight behind it are refused in turn, and join
+        them); once their replies are in, the instance goes local until Redis takes
+        writes again, and its reconnection posts them (:meth:`_post_held`)."""
+        self.report_error(error, "posting messages")
+        if self._refused_at is None:  # the first refusal: stop posting, go local soon
+            self._refused_at = 0
+            self._posting = False
+            node = self._node_for_slot(batch.slot)
+            why = f"Redis refused messages ({error}); holding them until it takes them"
+            if node is not None and node.cmd is not None:  # behind the replies in flight
+                node.cmd.send(command(b"PING"), lambda _: self._refusal_over(why))
+            else:
+                self._refusal_over(why)
+        for run, _ in batch.runs:
+            room = run.room
+            for event in run.events:
+                if run.replayed:  # its local members saw it when it was posted
+                    room.unreplayed(event)
+                else:
+                    room.fan_out(event)
+                if self._hold(run.post, event, self._refused_at) is None:
+                    self._refused_at += 1
+
+    def _refusal_over(self, why: str) -> None:
+        self._refused_at = None
+        self._lost(why)
+
+    def _hold(self, post: Post, event: bytes, at: int | None = None) -> bool | None:
+        """Keep a message posted during an outage for Redis (at the end of what is held,
+        or at index ``at``), within --bus-outage-queue; past it the message stays this
+        instance's only (counted, logged)."""
         stats = self.stats
         self._local_only(False)
         if stats.held_bytes + len(event) > self.outage_queue:
@@ -419,7 +462,10 @@ class RedisBus:
                     stats.held_lost,
                 )
             return False
-        self._held.append((post, event))
+        if at is None:
+            self._held.append((post, event))
+        else:
+            self._held.insert(at, (post, event))
         stats.held += event.count(b"\n")
         stats.held_bytes += len(event)
         return None
