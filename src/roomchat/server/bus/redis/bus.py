@@ -29,7 +29,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,11 +58,18 @@ from roomchat.server.bus.redis.nodes import (
     reason,
     sentinel_master,
 )
+from roomchat.server.bus.redis.posting import (
+    DEFAULT_OUTAGE_QUEUE,
+    TRIM_EVERY,
+    HeldPosts,
+    Post,
+    PostBatch,
+    PostRun,
+)
 from roomchat.server.bus.redis.presence import RedisPresence
 from roomchat.server.bus.redis.resp import ReplyError, RespConnection, command, reply_future
 from roomchat.server.bus.redis.stats import BusStats
 from roomchat.server.bus.redis.url import parse_redis_url
-from roomchat.server.core.clock import now_ms
 from roomchat.server.core.ports import Archiving, BusError, RoomLink, Wakeups
 from roomchat.server.core.stats import Reading
 
@@ -77,8 +83,6 @@ _UNSUBSCRIBE_AFTER = 1.0  # seconds a room stays subscribed after its last local
 #: Past this many unsent bytes to one Redis node (Redis slower than the chat), a room's
 #: events are delivered locally only: counted and logged, memory stays bounded.
 MAX_BACKLOG = 32 * 1024 * 1024
-#: Bytes of messages posted during an outage that wait for Redis (--bus-outage-queue).
-DEFAULT_OUTAGE_QUEUE = 32 * 1024 * 1024
 _LOGGED_EVERY = 1000  # overflow and error log lines: the first, then every 1000th
 
 # A channel payload's first byte (scripts.py), as ints: ``payload[0]`` is an int, and
@@ -98,15 +102,7 @@ _EVALSHA = b"\r\nEVALSHA\r\n"  # in the first bytes of a script's command (RESP)
 _RELOADS = 3  # NOSCRIPT answers to one command that load the scripts again, at most
 
 
-#: A room's publisher (RedisBus.publisher): post a run, or post again one held.
-Post = Callable[[bytes, bool], bool | None]
-
 _decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
-
-
-#: Each instance trims a room's recent runs every this many of its own posts there:
-#: the list holds about --history runs, plus this many per instance posting.
-_TRIM_EVERY = 32
 
 
 class CatchingUp:
@@ -121,88 +117,6 @@ class CatchingUp:
         self.marked = False  # its sync point came through the channel
         self.replied = False  # its reply came (and was delivered)
         self.runs: list[tuple[int, bytes]] = []  # (time, lines) after the sync point
-
-
-class PostRun:
-    """One room's run of messages in a transaction: every run posted there in the turn
-    (by any of its senders here), sent as one INCRBY, RPUSH and PUBLISH. Their order is
-    the order they were posted in; they all carry the first one's time."""
-
-    __slots__ = ("count", "events", "known", "post", "replayed", "room", "trim", "ts")
-
-    def __init__(self, room: RoomLink, ts: int, known: int, post: Post, replayed: bool) -> None:
-        self.room = room
-        self.ts = ts
-        self.known = known  # the room's last number when the first was posted
-        self.post = post  # the room's publisher (posts it again if Redis refuses it)
-        self.replayed = replayed  # held during an outage: the local members saw it
-        self.count = 0
-        self.events: list[bytes] = []  # each a run as posted (for the message store)
-        self.trim = False  # an LTRIM after it (every _TRIM_EVERY runs of a room here)
-
-
-class PostBatch:
-    """One transaction of runs on one node (MULTI ... EXEC), built when it closes: a
-    run per room, and a run of its own for each message posted again after an outage
-    (its bytes must come back as they were: room.replayed). Every queued command
-    answers QUEUED, then EXEC gives their results in order, a run's INCRBY first (its
-    last number)."""
-
-    __slots__ = ("bus", "error", "open", "runs", "slot")
-
-    def __init__(self, slot: int, bus: RedisBus) -> None:
-        self.slot = slot
-        self.bus = bus
-        self.runs: list[tuple[PostRun, Posting]] = []
-        self.open: dict[RoomLink, PostRun] = {}  # the run each room adds to
-        self.error: ReplyError | None = None  # the first refused at queueing (EXECABORT)
-
-    def add(
-        self, posting: Posting, post: Post, room: RoomLink, event: bytes, count: int, own: bool
-    ) -> PostRun:
-        """Add ``event`` to ``room``'s run (a run of its own if ``own``: replayed)."""
-        run = None if own else self.open.get(room)
-        if run is None:
-            run = PostRun(room, now_ms(), room.shared, post, own)
-            self.runs.append((run, posting))
-            if not own:
-                self.open[room] = run
-        run.events.append(event)
-        run.count += count
-        return run
-
-    def build(self) -> tuple[bytes, int]:
-        """The transaction's commands (MULTI already sent) and how many they are."""
-        parts, commands = [], 0
-        for run, posting in self.runs:
-            lines = run.events[0] if len(run.events) == 1 else b"".join(run.events)
-            parts.append(posting.run(run.count, run.ts, lines))
-            commands += posting.size
-            if run.trim:
-                parts.append(posting.trim)
-                commands += 1
-        return b"".join(parts), commands
-
-    def queued(self, reply: Any) -> None:
-        if type(reply) is ReplyError and self.error is None:
-            self.error = reply
-
-    def executed(self, reply: Any) -> None:
-        bus = self.bus
-        if not isinstance(reply, list):  # EXECABORT, or the connection lost
-            if isinstance(reply, ReplyError):  # nothing in it was published
-                bus.refused(self, self.error or reply)
-            return
-        index = 0
-        for run, posting in self.runs:
-            last, kept = reply[index], reply[index + 1]
-            index += posting.size + run.trim
-            if type(last) is not int:
-                bus.report_error(ReplyError(str(last)), f"numbering room {run.room.name!r}")
-                continue
-            if type(kept) is ReplyError:  # published, but not kept in the history
-                bus.report_error(kept, "keeping a message in the room's history")
-            bus.posted(run, last - run.count + 1)
 
 
 def _changed_seq(event: bytes) -> int | None:
@@ -230,12 +144,10 @@ class RedisBus:
     ) -> None:
         self._target = parse_redis_url(url)
         self.outage_queue = outage_queue
-        # Messages posted while Redis was away (or while these wait): (their room's post,
-        # the v1 lines), in the order they were posted; posted once Redis is back.
-        self._held: deque[tuple[Post, bytes]] = deque()
-        #: Where the next run of a refused transaction goes back in _held (None: none
-        #: refused since the last outage): :meth:`refused`.
-        self._refused_at: int | None = None
+        self.stats = BusStats()
+        # Messages posted while Redis was away (or while these wait), and those it
+        # refused: posted once Redis is back.
+        self._held = HeldPosts(outage_queue, self.stats)
         # Rooms catching up after an outage (_catch_up).
         self._catching_up: dict[RoomLink, CatchingUp] = {}
         self._wakeups = wakeups
@@ -247,7 +159,6 @@ class RedisBus:
         self.epoch_candidate = secrets.token_hex(3)
         #: Where the messages posted here are kept (keep_with), or None.
         self._archive: Archiving | None = None
-        self.stats = BusStats()
         cluster = self._target.cluster
         self._subscribe_verb, self._unsubscribe_verb, self.publish_verb = (
             (b"SSUBSCRIBE", b"SUNSUBSCRIBE", b"SPUBLISH")
@@ -292,7 +203,7 @@ class RedisBus:
         self.community = RedisCommunity(self)
 
     # -- Bus ---------------------------------------------------------------------------
-    #: Redis numbers the messages (the POST script), not the rooms.
+    #: Redis numbers the messages (the room's counter, posting.py), not the rooms.
     numbers_here = False
 
     @property
@@ -342,7 +253,7 @@ class RedisBus:
         slot = keys.slot if self._target.cluster else 0
         posting = Posting(keys, self.publish_verb, self.history)
         trim = self.history > 0
-        posts = 0  # runs posted here, for the LTRIM every _TRIM_EVERY
+        posts = 0  # runs posted here, for the LTRIM every TRIM_EVERY
 
         def post(event: bytes, replayed: bool = False) -> bool | None:
             """Post ``event`` (held before, if ``replayed``): True, posted to Redis;
@@ -369,7 +280,7 @@ class RedisBus:
                 batch = self._open_batch(node, slot)
             run = batch.add(posting, post, room, event, event.count(b"\n"), replayed)
             posts += 1
-            if trim and posts % _TRIM_EVERY == 0:
+            if trim and posts % TRIM_EVERY == 0:
                 run.trim = True
             stats.published += 1
             return True
@@ -421,10 +332,11 @@ class RedisBus:
         are held for Redis, ahead of what was held since and in the order they were
         posted (transactions still in flight behind it are refused in turn, and join
         them); once their replies are in, the instance goes local until Redis takes
-        writes again, and its reconnection posts them (:meth:`_post_held`)."""
+        writes again, and its reconnection posts them (HeldPosts.post_all)."""
         self.report_error(error, "posting messages")
-        if self._refused_at is None:  # the first refusal: stop posting, go local soon
-            self._refused_at = 0
+        held = self._held
+        if held.refused_at is None:  # the first refusal: stop posting, go local soon
+            held.refused_at = 0
             self._posting = False
             node = self._node_for_slot(batch.slot)
             why = f"Redis refused messages ({error}); holding them until it takes them"
@@ -439,55 +351,16 @@ class RedisBus:
                     room.unreplayed(event)
                 else:
                     room.fan_out(event)
-                if self._hold(run.post, event, self._refused_at) is None:
-                    self._refused_at += 1
+                    self.stats.local_only += 1
+                held.hold_refused(run.post, event)
 
     def _refusal_over(self, why: str) -> None:
-        self._refused_at = None
+        self._held.refused_at = None
         self._lost(why)
 
-    def _hold(self, post: Post, event: bytes, at: int | None = None) -> bool | None:
-        """Keep a message posted during an outage for Redis (at the end of what is held,
-        or at index ``at``), within --bus-outage-queue; past it the message stays this
-        instance's only (counted, logged)."""
-        stats = self.stats
-        self._local_only(False)
-        if stats.held_bytes + len(event) > self.outage_queue:
-            stats.held_lost += event.count(b"\n")
-            if stats.held_lost == 1 or stats.held_lost % _LOGGED_EVERY == 0:
-                log.error(
-                    "redis bus: %d MiB of messages wait for Redis (--bus-outage-queue); "
-                    "%d more delivered on this instance only so far",
-                    self.outage_queue >> 20,
-                    stats.held_lost,
-                )
-            return False
-        if at is None:
-            self._held.append((post, event))
-        else:
-            self._held.insert(at, (post, event))
-        stats.held += event.count(b"\n")
-        stats.held_bytes += len(event)
-        return None
-
-    def _post_held(self) -> None:
-        """Redis is back: post what was held, in order, while the connection lasts."""
-        held, stats = self._held, self.stats
-        if not held:
-            return
-        count = stats.held
-        while held:
-            post, event = held[0]
-            if post(event, True) is not True:
-                break  # lost again: the rest waits for the next reconnection
-            held.popleft()
-            stats.held -= event.count(b"\n")
-            stats.held_bytes -= len(event)
-        log.warning(
-            "redis bus: %d messages posted during the outage are shared now (%d still wait)",
-            count - stats.held,
-            stats.held,
-        )
+    def _hold(self, post: Post, event: bytes) -> bool | None:
+        self.stats.local_only += 1
+        return self._held.hold(post, event)
 
     def relay(self, room: RoomLink, event: bytes) -> None:
         """A v2-only event through the room's channel, behind its messages (V<event>);
@@ -1090,7 +963,7 @@ class RedisBus:
                 attempts,
             )
             self._posting = True
-            self._post_held()
+            self._held.post_all()
             return
 
     async def _restore(self) -> None:
