@@ -311,16 +311,22 @@ async def test_a_killed_instance_s_members_leave_within_the_lease(
             client.close()
 
 
+async def pair_and_one(one: Instance, two: Instance) -> tuple[ChatClient, ...]:
+    """alice and carol on ``one``, bob on ``two``, all in ROOM and all seeing bob there."""
+    alice, carol, bob = await one.client(), await one.client(), await two.client()
+    for client in (alice, carol, bob):
+        await join(client)
+    await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+    await wait_event(carol, RoomParticipation(ROOM, bob.user_id, "joined"))
+    return alice, carol, bob
+
+
 # -- faults -----------------------------------------------------------------------------
 
 
 async def test_redis_restart_local_delivery_then_recovery(redis_server: RedisServer) -> None:
     async with instances(2, "--bus", redis_server.url) as (one, two):
-        alice, carol, bob = await one.client(), await one.client(), await two.client()
-        for client in (alice, carol, bob):
-            await join(client)
-        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
-        await wait_event(carol, RoomParticipation(ROOM, bob.user_id, "joined"))
+        alice, carol, bob = await pair_and_one(one, two)
         mark = len(one.lines), len(two.lines)
         await asyncio.to_thread(redis_server.stop)
         await one.wait_for_log(LOST, after=mark[0])
@@ -520,11 +526,7 @@ async def test_messages_redis_refuses_at_maxmemory_arrive_once_it_takes_them(
     logs why and goes local; once Redis takes writes again they reach the other
     instance's members, in order, once (they reached nobody before)."""
     async with instances(2, "--bus", redis_server.url) as (one, two):
-        alice, carol, bob = await one.client(), await one.client(), await two.client()
-        for client in (alice, carol, bob):
-            await join(client)
-        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
-        await wait_event(carol, RoomParticipation(ROOM, bob.user_id, "joined"))
+        alice, carol, bob = await pair_and_one(one, two)
         await crosses(alice, bob)
         mark = len(one.lines)
         await asyncio.to_thread(redis_server.command, "CONFIG", "SET", "maxmemory", "1")
@@ -649,11 +651,7 @@ async def test_messages_posted_during_an_outage_reach_the_other_instances_afterw
     once Redis is back, in alice's order; carol does not get it a second time."""
     args = ("--bus", redis_server.url, "--bus-lease", "1")
     async with instances(2, *args) as (one, two):
-        alice, carol, bob = await one.client(), await one.client(), await two.client()
-        for client in (alice, carol, bob):
-            await join(client)
-        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
-        await wait_event(carol, RoomParticipation(ROOM, bob.user_id, "joined"))
+        alice, carol, bob = await pair_and_one(one, two)
         mark = len(one.lines), len(two.lines)
         assert redis_server.process is not None
         if fault == "restarted":
