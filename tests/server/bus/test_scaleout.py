@@ -311,6 +311,16 @@ async def test_a_killed_instance_s_members_leave_within_the_lease(
             client.close()
 
 
+async def sharing(one: Instance, two: Instance) -> tuple[ChatClient, ChatClient]:
+    """alice on ``one`` and bob on ``two`` in ROOM, alice's messages reaching bob."""
+    alice, bob = await one.client(), await two.client()
+    await join(alice)
+    await join(bob)
+    await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
+    await crosses(alice, bob)
+    return alice, bob
+
+
 async def pair_and_one(one: Instance, two: Instance) -> tuple[ChatClient, ...]:
     """alice and carol on ``one``, bob on ``two``, all in ROOM and all seeing bob there."""
     alice, carol, bob = await one.client(), await one.client(), await two.client()
@@ -483,11 +493,7 @@ async def test_a_flushed_script_cache_is_loaded_again(redis_server: RedisServer)
     join, the leave and the join behind it), with no outage: the other instance sees
     them in order, and a newcomer there finds the user in the room."""
     async with instances(2, "--bus", redis_server.url) as (one, two):
-        alice, bob = await one.client(), await two.client()
-        await join(alice)
-        await join(bob)
-        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
-        await crosses(alice, bob)
+        alice, bob = await sharing(one, two)
         mark = len(one.lines), len(two.lines)
         await asyncio.to_thread(redis_server.command, "SCRIPT", "FLUSH")
         await crosses(alice, bob)

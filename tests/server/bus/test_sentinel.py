@@ -16,14 +16,14 @@ from typing import cast
 import pytest
 
 from roomchat.client import ChatClient, connect
-from roomchat.protocol import RoomParticipation, UserMessage
+from roomchat.protocol import UserMessage
 from roomchat.server import ChatServer, ServerConfig
 from roomchat.server.bus import BusError
 from roomchat.server.bus.redis import RedisBus
 from tests.helpers import until
 from tests.instances import TIMEOUT, instances
 from tests.redis_servers import HOST, RedisSentinel, RedisSentinelSet
-from tests.server.bus.test_scaleout import BACK, ROOM, crosses, join, wait_event
+from tests.server.bus.test_scaleout import BACK, ROOM, crosses, join, sharing, wait_event
 from tests.server.test_community import peer
 from tests.server.test_history_lasts import history_of, say_all
 
@@ -57,11 +57,7 @@ async def test_instances_follow_the_promoted_replica(
     sentinel again, find the promoted replica and share rooms again; what alice posted
     in between reaches bob afterwards, in her order, and alice never twice."""
     async with instances(2, "--bus", sentinels.url, "--bus-lease", "1") as (one, two):
-        alice, bob = await one.client(), await two.client()
-        await join(alice)
-        await join(bob)
-        await wait_event(alice, RoomParticipation(ROOM, bob.user_id, "joined"))
-        await crosses(alice, bob)
+        alice, bob = await sharing(one, two)
         mark = len(one.lines), len(two.lines)
         if fault == "master killed":
             await asyncio.to_thread(sentinels.master.kill)
