@@ -40,7 +40,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-SCENARIOS = ("seed", "ceiling", "bigroom", "manyusers", "joinstorm", "scaleout", "websocket")
+SCENARIOS = (
+    "seed",
+    "limit",
+    "ceiling",
+    "bigroom",
+    "manyusers",
+    "joinstorm",
+    "scaleout",
+    "websocket",
+)
 P99_LIMIT_MS = 50.0
 TOOL_LAG_LIMIT_MS = 250.0  # a load tool further behind its schedule measures itself
 # A load tool busier than this (share of its CPUs over the step) delays its own reads and
@@ -174,16 +183,19 @@ class Server:
     log: Path | None = None
     data: str | None = None  # the SQLite store's directory
 
-    def start(self) -> None:
-        self.argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0"]
+    def command(self) -> list[str]:
+        argv = [str(BIN / "roomchat"), "serve", "--host", "127.0.0.1", "--port", "0"]
         if STORE == "sqlite":
             self.data = tempfile.mkdtemp(prefix="roomchat-bench-data-")
-            self.argv += ["--data-dir", self.data]
+            argv += ["--data-dir", self.data]
         else:
-            self.argv += ["--store", STORE]
+            argv += ["--store", STORE]
         # --flood-rate 0: the load scenarios send far above the default flood limit (up
         # to 10,000 messages/s on one connection); they measure the server, not the limit.
-        self.argv += ["--log-level", "info", "--flood-rate", "0", *self.extra]
+        return [*argv, "--log-level", "info", "--flood-rate", "0", *self.extra]
+
+    def start(self) -> None:
+        self.argv = self.command()
         fd, name = tempfile.mkstemp(prefix="roomchat-serve-", suffix=".log")
         self.log = Path(name)
         self.proc = subprocess.Popen(
@@ -224,6 +236,35 @@ class Server:
         return "\n".join(lines[:5]) + (f"\n... {len(lines) - 5} more" if len(lines) > 5 else "")
 
 
+LIMIT_SOURCE = ROOT / "benchmarks" / "limit" / "limit.c"
+
+
+def limit_binary() -> Path | None:
+    """benchmarks/limit/limit.c, built once into the virtual environment with the
+    system's C compiler (None without one: the limit is then not measured)."""
+    out = BIN.parent / "limit" / "limit"
+    if out.exists() and out.stat().st_mtime >= LIMIT_SOURCE.stat().st_mtime:
+        return out
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run([cc, "-O2", "-o", str(out), str(LIMIT_SOURCE)], check=True)
+    return out
+
+
+@dataclass
+class LimitServer(Server):
+    """The limit (benchmarks/limit/limit.c): a minimal single-threaded C server doing one
+    write per session per loop turn, in roomchat's place, to measure this machine's best
+    against the same load. Its rooms are room-0 .. room-255 (no room file)."""
+
+    def command(self) -> list[str]:
+        binary = limit_binary()
+        assert binary is not None, "no C compiler: the limit cannot be built"
+        return [str(binary), "--port", "0", "--rooms", "256"]
+
+
 # -- one measured step -----------------------------------------------------------------------
 
 
@@ -246,13 +287,15 @@ def run_step(
     server_args: tuple[str, ...] = (),
     instances: int = 1,
     redis: bool = False,
+    limit: bool = False,
 ) -> dict[str, Any]:
     """Start a server (or ``instances`` of them sharing a Redis of the bench's own, with
-    ``redis``), run one `roomchat stress steady` against it, measure the server (and
-    Redis)."""
+    ``redis``; or, with ``limit``, the limit in its place), run one `roomchat stress
+    steady` against it, measure the server (and Redis)."""
     redis_proc = RedisProc(opts.load_cpus) if redis else None
     extra = [*server_args, *(["--bus", redis_proc.url] if redis_proc else [])]
-    servers = [Server(opts.server_cpus, extra) for _ in range(instances)]
+    kind = LimitServer if limit else Server
+    servers = [kind(opts.server_cpus, extra) for _ in range(instances)]
     for one in servers:
         one.start()
     server = servers[0]
@@ -399,6 +442,48 @@ def seed(opts: Options) -> dict[str, Any]:
     args = ["--users", "48", "--rooms", "24", "--rooms-per-user", "1", "--rate", "200"]
     step = run_step(opts, "seed", [*args, "--duration", duration, "--warmup", "3"], 120)
     return {"scenario": "seed", "steps": [step]}
+
+
+def limit(opts: Options) -> dict[str, Any]:
+    """The seed on roomchat and on the limit (benchmarks/limit/limit.c), interleaved, in
+    one run: CPU per delivery side by side (issue 20: no more than the limit's)."""
+    if limit_binary() is None:
+        return {"scenario": "limit", "error": "no C compiler (cc): limit.c not built", "steps": []}
+    duration = "5" if opts.quick else "15"
+    args = ["--users", "48", "--rooms", "24", "--rooms-per-user", "1", "--rate", "200"]
+    args += ["--duration", duration, "--warmup", "3"]
+    steps = []
+    for round_ in range(1, (2 if opts.quick else 3) + 1):
+        for on_limit in (False, True):
+            name = f"seed-{'limit' if on_limit else 'roomchat'}-{round_}"
+            steps.append(run_step(opts, name, args, 120, limit=on_limit))
+    return {"scenario": "limit", "steps": steps}
+
+
+def limit_row(result: dict[str, Any]) -> tuple[str, str, str]:
+    """The seed's CPU per delivery, roomchat against the limit (medians of the rounds)."""
+    target = "roomchat ≤ the limit's CPU per delivery, p99 ≤ 5 ms"
+    scenario = "seed against the limit (interleaved, one run)"
+    if "error" in result:
+        return (scenario, result["error"], target)
+    per: dict[str, list[float]] = {"roomchat": [], "limit": []}
+    p99: dict[str, list[float]] = {"roomchat": [], "limit": []}
+    for step in result["steps"]:
+        if "error" in step or failure(step, None) is not None:
+            return (scenario, f"{step['name']}: {step.get('error') or failure(step, None)}", target)
+        kind = step["name"].split("-")[1]
+        per[kind].append(step["server_us_per_delivery"])
+        p99[kind].append(step["report"]["latency_ms"]["p99"])
+    ours, best = sorted(per["roomchat"]), sorted(per["limit"])
+    mid_ours, mid_best = ours[len(ours) // 2], best[len(best) // 2]
+    return (
+        scenario,
+        f"roomchat {', '.join(map(str, per['roomchat']))} µs/delivery (p99 "
+        f"{', '.join(map(str, p99['roomchat']))} ms); the limit "
+        f"{', '.join(map(str, per['limit']))} µs (p99 {', '.join(map(str, p99['limit']))} ms); "
+        f"median ratio {mid_ours / mid_best:.2f}",
+        target,
+    )
 
 
 def stepped(
@@ -634,6 +719,8 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
                     "≤ 11 µs/delivery, p99 ≤ 5 ms",
                 )
             )
+    if "limit" in results:
+        rows.append(limit_row(results["limit"]))
     ceilings = [
         ("ceiling", "small-room ceiling (p99 ≤ 50 ms, nothing lost)", "≥ 300,000 deliveries/s"),
         ("bigroom", "1,000-member room, nothing lost", "≥ 1,000,000 deliveries/s"),
@@ -735,6 +822,7 @@ def main() -> None:
     raise_own_open_files()
     runners = {
         "seed": seed,
+        "limit": limit,
         "ceiling": ceiling,
         "bigroom": bigroom,
         "manyusers": manyusers,
