@@ -14,7 +14,14 @@ from rich.text import Text
 
 from roomchat.client import parse_address, tls_context
 from roomchat.protocol import DEFAULT_PORT
-from roomchat.stress.config import DEFAULT_RAMP, Config, RampConfig, SteadyConfig, parse_steps
+from roomchat.stress.config import (
+    DEFAULT_RAMP,
+    ENGINES,
+    Config,
+    RampConfig,
+    SteadyConfig,
+    parse_steps,
+)
 from roomchat.stress.report import report_table
 from roomchat.stress.runner import StressError, run_in_processes
 from roomchat.stress.stats import Progress, Tally, merge_histograms
@@ -218,6 +225,16 @@ def command() -> None:
     help="Users arriving per second, spread evenly, each joining its rooms right after "
     "login (a reconnect wave); the report says how long joining took and whether it "
     "kept up. 0: connect in batches of --connect-batch.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="asyncio",
+    show_default=True,
+    help="asyncio: users run on the client library, each delivery a callback (checked, or "
+    "counted with --check-every). epoll: once joined, a process's users are raw sockets in "
+    "one epoll loop writing pre-built batches and counting deliveries undecoded, latency "
+    "sampled; several times the deliveries/s per core (plain-TCP v1, batch connecting).",
 )
 def steady(as_json: bool, quiet: bool, **kwargs: Any) -> None:
     """Everyone connects and joins (in batches, or arriving at --connect-rate), then all

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from roomchat.protocol import DEFAULT_PORT, NAME_MAX_LENGTH, valid_name
 
 __all__ = [
     "DEFAULT_RAMP",
+    "ENGINES",
     "Config",
+    "Engine",
     "LoadStep",
     "RampConfig",
     "RunConfig",
@@ -17,6 +19,10 @@ __all__ = [
     "parse_steps",
     "rooms_of_user",
 ]
+
+
+Engine = Literal["asyncio", "epoll"]
+ENGINES: tuple[Engine, ...] = ("asyncio", "epoll")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,12 @@ class SteadyConfig(RunConfig):
     #: Users per second arriving (each connects, then sends its joins at once), spread
     #: evenly: a reconnect wave. 0: connect in batches of ``connect_batch`` instead.
     connect_rate: float = 0.0
+    #: How the users run. "asyncio": through the client library, each delivery a
+    #: callback (checked or counted). "epoll": after connecting and joining, every user
+    #: of a process is a raw socket in one epoll loop that writes pre-built batches and
+    #: counts deliveries undecoded (roomchat.stress.rawload): far fewer CPU cycles per
+    #: delivery, for finding the server's ceiling rather than the tool's.
+    engine: Engine = "asyncio"
 
     mode: ClassVar[str] = "steady"
     #: Every member gets every measured message of its rooms: counts suffice.
@@ -149,6 +161,11 @@ class SteadyConfig(RunConfig):
             raise ValueError("check-every must be >= 1")
         if self.connect_rate < 0:
             raise ValueError("connect-rate must be >= 0")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+        if self.engine == "epoll" and (self.v2 or self.tls or self.connect_rate):
+            # Raw sockets: no TLS layer, no v2 pings to answer, users connect in batches.
+            raise ValueError("the epoll engine speaks plain-TCP v1, users connecting in batches")
 
     @property
     def message_rate(self) -> float:
@@ -201,6 +218,7 @@ class RampConfig(RunConfig):
     warmup: ClassVar[float] = 0.0
     check_every: ClassVar[int] = 1  # every user checks every delivery
     connect_rate: ClassVar[float] = 0.0  # arrivals follow the steps
+    engine: ClassVar[Engine] = "asyncio"
 
     def __post_init__(self) -> None:
         RunConfig.__post_init__(self)

@@ -9,10 +9,13 @@ from rich.table import Table
 from roomchat.stress.config import Config
 from roomchat.stress.stats import Tally, WorkerResult, merge_histograms
 
-__all__ = ["Latency", "Report", "build_report", "report_table"]
+__all__ = ["CPU_SATURATED_PCT", "Latency", "Report", "build_report", "report_table"]
 
 _LAG_NOTE_US = 50_000  # a sender this far behind its schedule is saturated
 _STALL_NOTE_US = 50_000  # a loop stopped this long delayed its users' reads: saturated
+#: The epoll engine sleeps when it has nothing to do, so a process this busy (share of
+#: one core over the load) has no headroom left: its figures are its own limit.
+CPU_SATURATED_PCT = 90.0
 
 
 class Latency(msgspec.Struct, frozen=True):
@@ -96,6 +99,16 @@ class Report(msgspec.Struct, frozen=True):
     names: str | None = None  # the users' names: "<prefix>0", ... (None: random ids)
     #: v2 ``error`` events received, by code (refused hellos included).
     errors_by_code: dict[str, int] = msgspec.field(default_factory=dict)
+    #: How the users ran: "asyncio" (the client library) or "epoll" (raw sockets,
+    #: pre-built batches, deliveries counted undecoded; roomchat.stress.rawload).
+    engine: str = "asyncio"
+    #: The load tool's own CPU while the load ran and drained, in % of one core per
+    #: process (averaged over processes); None when not measured (in-process runs of the
+    #: asyncio engine share their process). The epoll engine is saturated from 90 %.
+    load_tool_cpu_pct: float | None = None
+    #: epoll engine: messages not written because the server had stopped reading those
+    #: users (16 MB queued behind each): the server's limit, not the tool's.
+    send_blocked: int = 0
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
@@ -111,7 +124,22 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
     join_histogram = merge_histograms([r.join_histogram for r in results])
     warmup, window = float(cfg.warmup), float(cfg.duration)
     all_notes = list(notes)
-    check_every = cfg.check_every
+    engine = cfg.engine
+    check_every = 0 if engine == "epoll" else cfg.check_every
+    measured = [r for r in results if r.wall_s > 0]
+    cpu_pct = (
+        round(sum(100 * r.cpu_s / r.wall_s for r in measured) / len(measured), 1)
+        if measured
+        else None
+    )
+    if engine == "epoll":
+        all_notes.append(
+            "epoll engine: every user counted its deliveries undecoded (user_message tags),"
+            " warm-up included, so 'lost' counts any missing delivery and a surplus shows as"
+            " duplicated; order is not checked; latency is sampled"
+            f" ({int(histogram.get_total_count()):,} stamped deliveries: one message per user"
+            " per 10 ms carries its send time)"
+        )
     if check_every > 1:
         all_notes.append(
             f"1 user in {check_every} checked each delivery (latency, order, duplicates:"
@@ -144,10 +172,23 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
             " that long to be read, so latency (and any session the server cut as a slow"
             " consumer) includes the tool's own delay"
         )
+    cpu_bound = engine == "epoll" and cpu_pct is not None and cpu_pct >= CPU_SATURATED_PCT
+    if cpu_bound:
+        all_notes.append(
+            f"the load tool used {cpu_pct:g} % of its core while the load ran: it has no"
+            " headroom left, so its figures (rates, latency) are its own limit, not the"
+            " server's"
+        )
+    if tally.send_blocked:
+        all_notes.append(
+            f"{tally.send_blocked:,} messages were not sent because the server had stopped"
+            " reading those users (16 MB already queued behind each): the server's limit"
+        )
     saturated = (
         tally.skipped > 0
         or tally.max_send_lag_us > _LAG_NOTE_US
         or tally.max_loop_stall_us > _STALL_NOTE_US
+        or cpu_bound
     )
     if not all(r.drained for r in results):
         all_notes.append(
@@ -241,6 +282,9 @@ def build_report(cfg: Config, results: list[WorkerResult], notes: list[str], t0:
         protocol_version=version,
         names=None if cfg.name_prefix is None else f"{cfg.name_prefix}0, {cfg.name_prefix}1, ...",
         errors_by_code=dict(sorted(tally.errors_by_code.items())),
+        engine=engine,
+        load_tool_cpu_pct=cpu_pct,
+        send_blocked=tally.send_blocked,
     )
 
 
@@ -283,7 +327,11 @@ def report_table(report: Report) -> Table:
         ("users connected / failed", f"{report.connected:,} / {report.failed:,}"),
         ("rooms used / per user", f"{report.rooms} / {report.rooms_per_user}"),
         ("rate per user", f"{report.rate:g} msg/s, {report.payload} B content"),
-        ("users checking each delivery", f"1 in {report.check_every}"),
+        ("engine", report.engine),
+        (
+            "users checking each delivery",
+            f"1 in {report.check_every}" if report.check_every else "none (counted)",
+        ),
         ("users arriving", arrivals),
         ("users joined all their rooms", f"{report.users_joined:,} of {report.users:,}"),
         ("joining took (first connect to last join)", f"{report.join_s:g} s"),
@@ -315,6 +363,13 @@ def report_table(report: Report) -> Table:
         ("latency p99.9 / max", f"{lat.p999:g} / {lat.max:g} ms"),
         ("load tool max send lag", f"{report.max_send_lag_ms:g} ms"),
         ("load tool max loop stall", f"{report.max_loop_stall_ms:g} ms"),
+        (
+            "load tool CPU (of one core, per process)",
+            "not measured"
+            if report.load_tool_cpu_pct is None
+            else f"{report.load_tool_cpu_pct:g} %",
+        ),
+        ("not sent: the server stopped reading", f"{report.send_blocked:,}"),
         (
             "load tool kept up",
             "no: the figures are the tool's limit" if report.load_tool_saturated else "yes",

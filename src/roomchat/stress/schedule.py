@@ -105,12 +105,26 @@ class SteadySchedule:
             k = keep
         end = min(due, k + self.batch)
         batches: dict[tuple[int, bool], int] = {}
-        users, first_measured = self.users, self.first_measured
-        for i in range(k, end):
-            key = (i % users, i >= first_measured)
-            batches[key] = batches.get(key, 0) + 1
+        split = max(k, min(end, self.first_measured))
+        self._count(k, split, False, batches)  # the warm-up's, then the window's
+        self._count(split, end, True, batches)
         self.next = end
         return Turn(batches, lag, skipped, skipped_measured)
+
+    def _count(
+        self, first: int, end: int, measured: bool, batches: dict[tuple[int, bool], int]
+    ) -> None:
+        """Add messages ``first`` to ``end`` (excluded) to ``batches``: message i is user
+        slot i mod users', so each slot gets the same share, the first ``extra`` slots
+        from ``first``'s one more. O(users), not O(messages): a fast sender takes tens of
+        thousands of messages a turn. Keys come in the order of their first message."""
+        count, users = end - first, self.users
+        if count <= 0:
+            return
+        full, extra = divmod(count, users)
+        start = first % users
+        for j in range(min(count, users)):
+            batches[((start + j) % users, measured)] = full + (j < extra)
 
     def give_up(self) -> Turn:
         """Drop every message not sent yet (the run is over)."""

@@ -61,6 +61,9 @@ class Tally(msgspec.Struct):
     sent: int = 0  # every message written (warm-up included)
     sent_measured: int = 0
     send_failed: int = 0  # a message that could not be written (session closed)
+    #: epoll engine: messages not written because the server had stopped reading that
+    #: user (its socket full and a bound of bytes queued behind it): the server's limit.
+    send_blocked: int = 0
     skipped: int = 0  # messages not sent because the tool fell behind its schedule
     skipped_measured: int = 0  # ... of which due in the measured window
     scheduled_measured: int = 0  # messages due in the measured window, sent or not
@@ -113,6 +116,9 @@ class SentLog(msgspec.Struct):
 
     counts: list[int]
     stamps: list[list[int]] | None = None
+    #: The warm-up's messages per room: the epoll engine counts every delivery, warm-up
+    #: included, so its users expect those too (empty: not kept).
+    warmup: list[int] = msgspec.field(default_factory=list)
 
     @classmethod
     def empty(cls, rooms: int, with_stamps: bool) -> SentLog:
@@ -122,8 +128,11 @@ class SentLog(msgspec.Struct):
     def merge(cls, logs: list[SentLog]) -> SentLog:
         rooms = len(logs[0].counts)
         counts = [sum(log.counts[r] for log in logs) for r in range(rooms)]
+        warmup = [sum(log.warmup[r] for log in logs if log.warmup) for r in range(rooms)]
+        if not any(log.warmup for log in logs):
+            warmup = []
         if logs[0].stamps is None:
-            return cls(counts)
+            return cls(counts, warmup=warmup)
         stamps = [
             sorted(s for log in logs if log.stamps for s in log.stamps[r]) for r in range(rooms)
         ]
@@ -153,3 +162,7 @@ class WorkerResult(msgspec.Struct):
     rooms_used: list[str]
     login_histogram: str = ""  # encoded; per user, µs from connecting to login_successful
     join_histogram: str = ""  # encoded; per user, µs from connecting to every room joined
+    #: The worker's own CPU seconds, and the wall seconds they were spent over, while the
+    #: load ran and drained (0: not measured, e.g. sharing its process with a server).
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
