@@ -495,7 +495,50 @@ def limit(opts: Options) -> dict[str, Any]:
         for on_limit in (False, True):
             name = f"seed-{'limit' if on_limit else 'roomchat'}-{round_}"
             steps.append(run_step(opts, name, args, 120, limit=on_limit))
+    # Small rooms at the issue's three rates (48 users x rate x 2 members), epoll engine.
+    small = ["--users", "48", "--rooms", "24", "--rooms-per-user", "1", "--engine", "epoll"]
+    small += ["--duration", "3" if opts.quick else "6", "--warmup", "2"]
+    for rate in LIMIT_SMALL_RATES:
+        for on_limit in (False, True):
+            name = f"small-{'limit' if on_limit else 'roomchat'}-{rate * 96 / 1e6:g}M"
+            steps.append(run_step(opts, name, [*small, "--rate", str(rate)], 240, limit=on_limit))
     return {"scenario": "limit", "steps": steps}
+
+
+#: Messages/s per user of the small-room steps against the limit: 1.54, 3.07 and 6.14
+#: million deliveries/s asked (issue 20's table).
+LIMIT_SMALL_RATES = [16000, 32000, 64000]
+
+
+def limit_small_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Small rooms at each asked rate: delivered/s, p99 and server CPU, both servers."""
+    rows = []
+    for rate in LIMIT_SMALL_RATES:
+        asked = f"{rate * 96 / 1e6:g}M"
+        parts = []
+        for kind in ("roomchat", "limit"):
+            step = next((s for s in result["steps"] if s["name"] == f"small-{kind}-{asked}"), None)
+            if step is None:
+                continue
+            if "error" in step:
+                parts.append(f"{kind}: error")
+                continue
+            r = step["report"]
+            why = failure(step, P99_LIMIT_MS)
+            parts.append(
+                f"{kind} {r['deliveries_per_s']:,.0f}/s, lost {r['lost']:,}, p99 "
+                f"{r['latency_ms']['p99']} ms, server {step['server_cpu_pct']} % CPU, tool "
+                f"{r.get('load_tool_cpu_pct')} %" + (f" ({why})" if why else "")
+            )
+        if parts:
+            rows.append(
+                (
+                    f"small rooms, {rate * 96:,} deliveries/s asked, against the limit",
+                    "; ".join(parts),
+                    "held (nothing lost, p99 ≤ 50 ms) on one core",
+                )
+            )
+    return rows
 
 
 def limit_row(result: dict[str, Any]) -> tuple[str, str, str]:
@@ -507,6 +550,8 @@ def limit_row(result: dict[str, Any]) -> tuple[str, str, str]:
     per: dict[str, list[float]] = {"roomchat": [], "limit": []}
     p99: dict[str, list[float]] = {"roomchat": [], "limit": []}
     for step in result["steps"]:
+        if not step["name"].startswith("seed-"):
+            continue
         if "error" in step or failure(step, None) is not None:
             return (scenario, f"{step['name']}: {step.get('error') or failure(step, None)}", target)
         kind = step["name"].split("-")[1]
@@ -844,6 +889,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
             )
     if "limit" in results:
         rows.append(limit_row(results["limit"]))
+        rows += limit_small_rows(results["limit"])
     if "ceiling" in results:
         rows.append(ceiling_row(results["ceiling"]))
     ceilings = [
