@@ -502,7 +502,47 @@ def limit(opts: Options) -> dict[str, Any]:
         for on_limit in (False, True):
             name = f"small-{'limit' if on_limit else 'roomchat'}-{rate * 96 / 1e6:g}M"
             steps.append(run_step(opts, name, [*small, "--rate", str(rate)], 240, limit=on_limit))
+    # The big room and the 10,000-user shape (issue 20, item 6: parity).
+    big = ["--users", "1000", "--rooms", "1", "--rooms-per-user", "1", "--check-every", "20"]
+    big += ["--rate", "1.0", "--duration", "3" if opts.quick else "6", "--warmup", "2"]
+    big += ["--drain-timeout", "15"]
+    users = "2000" if opts.quick else "10000"
+    many = ["--users", users, "--rooms", "24", "--rooms-per-user", "5", "--check-every", "20"]
+    many += ["--rate", "0.1", "--duration", "10" if opts.quick else "30", "--warmup", "2"]
+    many += ["--connect-timeout", "30", "--settle-timeout", "400", "--drain-timeout", "15"]
+    many += ["--grace", "300"]
+    for shape, shape_args in (("bigroom", big), ("manyusers", many)):
+        for on_limit in (False, True):
+            name = f"{shape}-{'limit' if on_limit else 'roomchat'}"
+            steps.append(run_step(opts, name, shape_args, 1200, limit=on_limit))
     return {"scenario": "limit", "steps": steps}
+
+
+def limit_pair_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The big room at 1 M deliveries/s and the 10,000-user shape, both servers."""
+    rows = []
+    shapes = (("bigroom", "1,000-member room, 1 M deliveries/s asked, against the limit"),)
+    shapes += (("manyusers", "users x 5 of 24 rooms, 1 msg/10 s each, against the limit"),)
+    for shape, title in shapes:
+        parts = []
+        for kind in ("roomchat", "limit"):
+            step = next((s for s in result["steps"] if s["name"] == f"{shape}-{kind}"), None)
+            if step is None:
+                continue
+            if "error" in step:
+                parts.append(f"{kind}: error")
+                continue
+            r = step["report"]
+            why = failure(step, None)
+            parts.append(
+                f"{kind} {r['deliveries_per_s']:,.0f}/s, lost {r['lost']:,}, "
+                f"{step['server_us_per_delivery']} µs/delivery, p99 {r['latency_ms']['p99']} ms, "
+                f"{step['server_rss_per_connection_kb']} KB RSS/connection"
+                + (f" ({why})" if why else "")
+            )
+        if parts:
+            rows.append((title, "; ".join(parts), "parity (issue 20, item 6)"))
+    return rows
 
 
 #: Messages/s per user of the small-room steps against the limit: 1.54, 3.07 and 6.14
@@ -890,6 +930,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
     if "limit" in results:
         rows.append(limit_row(results["limit"]))
         rows += limit_small_rows(results["limit"])
+        rows += limit_pair_rows(results["limit"])
     if "ceiling" in results:
         rows.append(ceiling_row(results["ceiling"]))
     ceilings = [
