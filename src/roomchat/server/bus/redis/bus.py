@@ -602,16 +602,21 @@ class RedisBus:
 
         def reply(answer: Any) -> None:
             nonlocal tries
-            if (
-                type(answer) is ReplyError
-                and str(answer).startswith("NOSCRIPT")
-                and tries < _RELOADS
-                and self._nodes.get(node.address) is node
-            ):
-                tries += 1
-                self._reload(node, data, reply)
-            else:
+            current = self._nodes.get(node.address) is node
+            if type(answer) is ReplyError and str(answer).startswith("NOSCRIPT"):
+                if tries < _RELOADS and current:
+                    tries += 1
+                    self._reload(node, data, reply)
+                    return
+            elif current and node.reloading:
+                # A script sent behind one the node refused ran first: another client
+                # loaded the scripts in between. Their order is lost (a leave before
+                # the join it followed): re-assert presence and names from what this
+                # instance holds, as after an outage (the refused ones fail with it).
                 handler(answer)
+                self._lost("a script ran ahead of one Redis had refused (NOSCRIPT)")
+                return
+            handler(answer)
 
         return reply
 
