@@ -518,31 +518,36 @@ def limit(opts: Options) -> dict[str, Any]:
     return {"scenario": "limit", "steps": steps}
 
 
+def _both(result: dict[str, Any], name: str, describe: Callable[..., str]) -> list[str]:
+    """``describe(step, report)`` of the step ``name`` on roomchat and on the limit
+    (``name`` has ``{}`` where the server's name goes), each one there is."""
+    parts = []
+    for kind in ("roomchat", "limit"):
+        step = next((s for s in result["steps"] if s["name"] == name.format(kind)), None)
+        if step is not None:
+            parts.append(f"{kind}: error" if "error" in step else describe(step, step["report"]))
+    return parts
+
+
 def limit_pair_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The big room at 1 M deliveries/s and the 10,000-user shape, both servers."""
-    rows = []
+
+    def describe(step: dict[str, Any], r: dict[str, Any]) -> str:
+        why = failure(step, None)
+        return (
+            f"{step['name'].split('-')[1]} {r['deliveries_per_s']:,.0f}/s, lost {r['lost']:,}, "
+            f"{step['server_us_per_delivery']} µs/delivery, p99 {r['latency_ms']['p99']} ms, "
+            f"{step['server_rss_per_connection_kb']} KB RSS/connection"
+            + (f" ({why})" if why else "")
+        )
+
     shapes = (("bigroom", "1,000-member room, 1 M deliveries/s asked, against the limit"),)
     shapes += (("manyusers", "users x 5 of 24 rooms, 1 msg/10 s each, against the limit"),)
-    for shape, title in shapes:
-        parts = []
-        for kind in ("roomchat", "limit"):
-            step = next((s for s in result["steps"] if s["name"] == f"{shape}-{kind}"), None)
-            if step is None:
-                continue
-            if "error" in step:
-                parts.append(f"{kind}: error")
-                continue
-            r = step["report"]
-            why = failure(step, None)
-            parts.append(
-                f"{kind} {r['deliveries_per_s']:,.0f}/s, lost {r['lost']:,}, "
-                f"{step['server_us_per_delivery']} µs/delivery, p99 {r['latency_ms']['p99']} ms, "
-                f"{step['server_rss_per_connection_kb']} KB RSS/connection"
-                + (f" ({why})" if why else "")
-            )
-        if parts:
-            rows.append((title, "; ".join(parts), "parity (issue 20, item 6)"))
-    return rows
+    return [
+        (title, "; ".join(parts), "parity (issue 20, item 6)")
+        for shape, title in shapes
+        if (parts := _both(result, shape + "-{}", describe))
+    ]
 
 
 #: Messages/s per user of the small-room steps against the limit: 1.54, 3.07 and 6.14
@@ -552,33 +557,24 @@ LIMIT_SMALL_RATES = [16000, 32000, 64000]
 
 def limit_small_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Small rooms at each asked rate: delivered/s, p99 and server CPU, both servers."""
-    rows = []
-    for rate in LIMIT_SMALL_RATES:
-        asked = f"{rate * 96 / 1e6:g}M"
-        parts = []
-        for kind in ("roomchat", "limit"):
-            step = next((s for s in result["steps"] if s["name"] == f"small-{kind}-{asked}"), None)
-            if step is None:
-                continue
-            if "error" in step:
-                parts.append(f"{kind}: error")
-                continue
-            r = step["report"]
-            why = failure(step, P99_LIMIT_MS)
-            parts.append(
-                f"{kind} {r['deliveries_per_s']:,.0f}/s, lost {r['lost']:,}, p99 "
-                f"{r['latency_ms']['p99']} ms, server {step['server_cpu_pct']} % CPU, tool "
-                f"{r.get('load_tool_cpu_pct')} %" + (f" ({why})" if why else "")
-            )
-        if parts:
-            rows.append(
-                (
-                    f"small rooms, {rate * 96:,} deliveries/s asked, against the limit",
-                    "; ".join(parts),
-                    "held (nothing lost, p99 ≤ 50 ms) on one core",
-                )
-            )
-    return rows
+
+    def describe(step: dict[str, Any], r: dict[str, Any]) -> str:
+        why = failure(step, P99_LIMIT_MS)
+        return (
+            f"{step['name'].split('-')[1]} {r['deliveries_per_s']:,.0f}/s, lost {r['lost']:,}, "
+            f"p99 {r['latency_ms']['p99']} ms, server {step['server_cpu_pct']} % CPU, tool "
+            f"{r.get('load_tool_cpu_pct')} %" + (f" ({why})" if why else "")
+        )
+
+    return [
+        (
+            f"small rooms, {rate * 96:,} deliveries/s asked, against the limit",
+            "; ".join(parts),
+            "held (nothing lost, p99 ≤ 50 ms) on one core",
+        )
+        for rate in LIMIT_SMALL_RATES
+        if (parts := _both(result, f"small-{{}}-{rate * 96 / 1e6:g}M", describe))
+    ]
 
 
 def limit_row(result: dict[str, Any]) -> tuple[str, str, str]:

@@ -38,6 +38,7 @@ from roomchat.protocol import (
     encode,
     encode_head,
 )
+from roomchat.stress.rawload import drop_written
 
 __all__ = ["Mirror", "main"]
 
@@ -208,16 +209,8 @@ class Mirror:
             written = peer.sock.sendmsg(list(itertools.islice(peer.pending, 1024)))
         except OSError:  # full again, or closed (its read will see that)
             return
-        pending = peer.pending
         peer.pending_bytes -= written
-        while written:
-            first = pending[0]
-            if len(first) <= written:
-                written -= len(first)
-                pending.popleft()
-            else:
-                pending[0] = memoryview(first)[written:]
-                written = 0
+        drop_written(peer.pending, written)
         if not peer.pending:
             self.epoll.modify(peer.sock.fileno(), 0 if peer.paused else select.EPOLLIN)
         if peer.pending_bytes <= _BEHIND:

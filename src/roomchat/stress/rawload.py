@@ -60,7 +60,7 @@ from roomchat.stress.stats import (
 )
 from roomchat.stress.worker import StressError
 
-__all__ = ["STAMP_EVERY_NS", "TURN_BATCH", "TURN_NS", "EpollWorker"]
+__all__ = ["STAMP_EVERY_NS", "TURN_BATCH", "TURN_NS", "EpollWorker", "drop_written"]
 
 #: Turns of the sender come at most this often: each carries what fell due since the
 #: last, one write per user, so writes stay large at millions of messages a second and
@@ -83,6 +83,19 @@ _STAMP_DIGITS = 16
 _NEWLINE = b"\n"
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+
+
+def drop_written(pending: collections.deque[bytes | memoryview], written: int) -> None:
+    """Drop the first ``written`` bytes of the buffers a socket had not taken yet (the
+    last one cut, without copying)."""
+    while written:
+        first = pending[0]
+        if len(first) <= written:
+            written -= len(first)
+            pending.popleft()
+        else:
+            pending[0] = memoryview(first)[written:]
+            written = 0
 
 
 class _User:
@@ -366,16 +379,8 @@ class EpollWorker:
     @staticmethod
     def _written(user: _User, written: int) -> None:
         """Drop the first ``written`` bytes of what the user's socket had not taken."""
-        pending = user.pending
         user.pending_bytes -= written
-        while written:
-            first = pending[0]
-            if len(first) <= written:
-                written -= len(first)
-                pending.popleft()
-            else:
-                pending[0] = memoryview(first)[written:]
-                written = 0
+        drop_written(user.pending, written)
 
     def _sent(self, user: _User, count: int, measured: bool) -> None:
         rooms, per_cycle = user.rooms, len(user.rooms)
