@@ -146,31 +146,29 @@ class HeldPosts:
     is back (:meth:`post_all`). Runs of a transaction Redis refused go back ahead of
     what was held since, in the order they were posted (:meth:`hold_refused`)."""
 
-    __slots__ = ("_queue", "bound", "refused_at", "stats")
+    __slots__ = ("bound", "queue", "refused_at", "stats")
 
     def __init__(self, bound: int, stats: BusStats) -> None:
         self.bound = bound
         self.stats = stats
-        self._queue: deque[tuple[Post, bytes]] = deque()
+        #: (post, event) in posting order; read as a truth value on every post (in C).
+        self.queue: deque[tuple[Post, bytes]] = deque()
         #: Where the next refused run goes back (None: no refusal under way).
         self.refused_at: int | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self._queue)
 
     def hold(self, post: Post, event: bytes) -> bool | None:
         """Keep ``event`` at the end: None (held), or False past the bound (it stays
         this instance's only: counted, logged)."""
         if not self._fits(event):
             return False
-        self._queue.append((post, event))
+        self.queue.append((post, event))
         return None
 
     def hold_refused(self, post: Post, event: bytes) -> None:
         """Keep a refused run, behind the ones refused before it and ahead of the rest."""
         at = self.refused_at or 0
         if self._fits(event):
-            self._queue.insert(at, (post, event))
+            self.queue.insert(at, (post, event))
             self.refused_at = at + 1
 
     def _fits(self, event: bytes) -> bool:
@@ -191,7 +189,7 @@ class HeldPosts:
 
     def post_all(self) -> None:
         """Redis is back: post what was held, in order, while the connection lasts."""
-        queue, stats = self._queue, self.stats
+        queue, stats = self.queue, self.stats
         if not queue:
             return
         count = stats.held
