@@ -5,6 +5,7 @@ through the real server with a real SQLite on a full disk (a small tmpfs)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -71,6 +72,46 @@ async def test_runs_are_written_in_one_batch_per_turn(flaky: tuple[Flaky, Archiv
     ]
     assert store.writes == 1 and archive.written == 3
     assert (await store.rooms())["general"].last == 3
+
+
+class Gated(MemoryStore):
+    """The in-memory store, whose writes each wait for the test to let them finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = 0
+        self.gate = asyncio.Event()
+
+    async def write(self, batch: StoreBatch) -> None:
+        self.started += 1
+        await self.gate.wait()
+        await super().write(batch)
+
+
+async def test_what_arrives_during_a_write_waits_for_the_next_gathering() -> None:
+    """A write that takes a while is not followed at once by one of what arrived during
+    it: then every write would be as small as the last was slow (the seed wrote ~90
+    transactions/s instead of one per gathering)."""
+    store = Gated()
+    archive = Archive(store, sweep_every=3600, write_every=3600)
+    await archive.start()
+    try:
+        epoch, _ = archive.numbering("general")
+        archive.run("general", epoch, 1, 1, 10, line("alice", "one"))
+        first = asyncio.ensure_future(archive.flushed(TIMEOUT))  # a page: write now
+        await until(lambda: store.started == 1, "the first write began")
+        archive.run("general", epoch, 2, 1, 11, line("bob", "two"))
+        archive.run("general", epoch, 3, 1, 12, line("bob", "three"))
+        store.gate.set()
+        await first
+        assert store.started == 1 and archive.unwritten == 2  # gathering, not writing
+        await archive.flushed(TIMEOUT)  # someone waits: they go now, in one write
+        assert store.started == 2 and archive.unwritten == 0
+        page = await store.page("general", epoch, None, None, 10)
+        assert [m.content for m in page] == ["one", "two", "three"]
+    finally:
+        store.gate.set()
+        await archive.close()
 
 
 async def test_a_down_store_keeps_the_backlog_in_order_and_counts_what_it_loses(

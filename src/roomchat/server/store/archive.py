@@ -49,6 +49,8 @@ _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
 #: Most messages in one write (a backlog replayed after an outage goes in pieces).
 _BATCH_MAX = 20_000
+#: Runs decoded between two yields to the event loop (:func:`_decode`).
+_DECODE_SLICE = 128
 #: How long a page waits for what is being written before it reads.
 _PAGE_WAIT = 2.0
 #: Seconds the writer gathers hand-overs before a write (unless someone waits for it: a
@@ -218,13 +220,15 @@ class Archive:
         return self._pending + self._retry_messages + self._writing
 
     # -- writing -------------------------------------------------------------------------
-    def _take(self) -> tuple[StoreBatch, int] | None:
+    def _take(self) -> tuple[StoreBatch, int, list[Run]] | None:
         """The next write: what failed last time, then what was handed over since (at
-        most _BATCH_MAX messages of it); and how many messages it holds."""
+        most _BATCH_MAX messages of it); how many messages it holds; and the runs taken,
+        whose rows the batch does not hold yet (:func:`_decode` adds them)."""
         batch, messages = self._retry, self._retry_messages
         self._retry, self._retry_messages = None, 0
         if batch is None:
             batch = StoreBatch()
+        chosen: list[Run] = []
         if self._runs and messages < _BATCH_MAX:
             runs, taken = self._runs, 0
             cut = len(runs)
@@ -236,13 +240,12 @@ class Archive:
             chosen, self._runs = runs[:cut], runs[cut:]
             self._pending -= taken
             messages += taken
-            batch.messages += _rows(chosen)
         if len(self._other):
             batch.extend(self._other)
             self._other = StoreBatch()
-        if not len(batch):
+        if not len(batch) and not chosen:
             return None
-        return batch, messages
+        return batch, messages, chosen
 
     async def _gather(self) -> None:
         """Let hand-overs gather for ``write_every`` seconds, unless someone waits."""
@@ -265,8 +268,10 @@ class Archive:
                 if taken is None:
                     self._written(handed)
                     break
-                batch, messages = taken
+                batch, messages, runs = taken
+                whole = not self._runs and not len(self._other)  # all handed up to `handed`
                 self._writing, self._in_flight = messages, batch
+                await _decode(runs, batch.messages)
                 try:
                     await self.store.write(batch)
                 except StoreError as exc:
@@ -285,8 +290,13 @@ class Archive:
                         self.unwritten,
                     )
                     self._failing = None
-                if not self._runs and not len(self._other):
+                if whole:
                     self._written(handed)
+                if not (self._urgent.is_set() or self._closing or self._pending >= _BATCH_MAX):
+                    # What was handed over during this write waits for the next gathering:
+                    # writing it at once would make each write as small as the last was slow
+                    # (at the seed, ~90 transactions/s instead of 5).
+                    break
 
     def _failed(self, why: str) -> None:
         self.failures += 1
@@ -468,6 +478,15 @@ class Archive:
             Reading("store_pruned", "counter", "Messages deleted by retention.", self.pruned),
             Reading("store_bytes", "gauge", "Size of the store on disk.", self.bytes),
         )
+
+
+async def _decode(runs: list[Run], rows: list[tuple[str, str, int, int, str, str]]) -> None:
+    """Add the rows of ``runs`` to ``rows``, yielding to the loop between slices: a
+    gathering's ~2,000 messages decoded at once would hold it for 1-2 ms (the seed's p99)."""
+    for start in range(0, len(runs), _DECODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        rows += _rows(runs[start : start + _DECODE_SLICE])
 
 
 def _rows(runs: list[Run]) -> list[tuple[str, str, int, int, str, str]]:
