@@ -737,6 +737,38 @@ async def test_an_instance_cut_off_catches_up_on_what_the_others_posted(
         await two.stop(kill=True)
 
 
+async def test_a_room_left_during_an_outage_holds_no_ghost_afterwards(
+    redis_server: RedisServer,
+) -> None:
+    """alice, the only one of instance one in the room, leaves while one is cut off from
+    Redis: once one is back, bob on the other instance is told she left, and a newcomer
+    does not find her there (before, the room had no session of one left, so nothing of
+    it was asserted again and Redis listed her for good)."""
+    redis_server.command("ACL", "SETUSER", "one", "on", ">pw1", "~*", "&*", "+@all")
+    one = await Instance.start("--bus", redis_server.url.replace("redis://", "redis://one:pw1@"))
+    two = await Instance.start("--bus", redis_server.url)
+    try:
+        alice, bob = await sharing(one, two)
+        mark = len(one.lines)
+        redis_server.command("ACL", "SETUSER", "one", "off")
+        redis_server.command("CLIENT", "KILL", "USER", "one")
+        await one.wait_for_log(r"redis bus: .*rooms are local", after=mark)
+        await alice.leave(ROOM)
+        other = next(room.name for room in alice.rooms if room.name != ROOM)
+        await alice.join(other)  # answered after the leave: then the leave is done
+        await wait_event(alice, RoomParticipation(other, alice.user_id, "joined"))
+        redis_server.command("ACL", "SETUSER", "one", "on")
+        await one.wait_for_log(BACK, after=mark)
+        await wait_event(bob, RoomParticipation(ROOM, alice.user_id, "left"))
+        newcomer = await two.client()
+        assert (await join(newcomer)).users == (bob.user_id, newcomer.user_id)
+        for client in (alice, bob, newcomer):
+            client.close()
+    finally:
+        await one.stop(kill=True)
+        await two.stop(kill=True)
+
+
 async def test_a_turn_s_runs_of_one_room_are_posted_as_one(redis_server: RedisServer) -> None:
     """Runs posted into one room in the same turn (here two senders' and a third's,
     posted back to back) go to Redis as one INCRBY, RPUSH and PUBLISH: the room's

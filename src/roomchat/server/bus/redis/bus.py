@@ -995,7 +995,7 @@ class RedisBus:
                 if isinstance(outcome, BaseException):
                     raise ConnectionError(f"subscribing again failed: {outcome}")
             await asyncio.gather(*(self._catch_up(room) for room in local))
-            for room in self.presence.local_rooms():
+            for room in self.presence.rooms_to_assert():
                 await self.presence.reassert(room)
             await self.names.reassert()
             await self._renew_once()
@@ -1094,7 +1094,7 @@ class RedisBus:
         )
         node = self._registry_node()
         assert node.cmd is not None
-        for room in self.presence.local_rooms():
+        for room in self.presence.rooms_to_assert():
             await node.cmd.call("SADD", self._rooms_key, room.name)
             await self.presence.reassert(room)
         await self.names.reassert()

@@ -56,6 +56,13 @@ class RedisPresence:
         """The rooms this instance has sessions in (re-subscribed after an outage)."""
         return [room for room, sessions in self._local.items() if sessions]
 
+    def rooms_to_assert(self) -> list[RoomLink]:
+        """The rooms whose presence in Redis this instance asserts after an outage: those
+        it has sessions in, and those its last session left without Redis confirming it
+        (left during the outage, or the leave lost with the connection): there Redis may
+        still list a user who is gone."""
+        return list(self._local)
+
     def users(self, room: RoomLink) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self._local.get(room, {}).values()))
 
@@ -161,10 +168,17 @@ class RedisPresence:
     def _leave_reply(self, room: RoomLink, reply: Any) -> None:
         if isinstance(reply, ReplyError):
             self._bus.report_error(reply, f"leave of room {room.name!r}")
+        elif not isinstance(reply, Exception):
+            self._forget_if_empty(room)  # Redis holds nobody of this instance there
+
+    def _forget_if_empty(self, room: RoomLink) -> None:
+        if not self._local.get(room, True):
+            del self._local[room]
 
     async def reassert(self, room: RoomLink) -> None:
         """Make Redis hold exactly this instance's sessions of ``room`` (after an
-        outage); users who appear or disappear are announced to the other instances."""
+        outage; none: it had them all leave); users who appear or disappear are
+        announced to the other instances."""
         bus = self._bus
         keys = bus.room_keys(room)
         args: list[bytes | str] = []
@@ -178,6 +192,7 @@ class RedisPresence:
                 "assert", keys.script_keys, bus.instance_id, bus.publish_verb, origin, *args
             ),
         )
+        self._forget_if_empty(room)
 
     async def purge(self, room: RoomLink, instance: str) -> int:
         """Remove a dead instance's sessions from ``room``; how many there were."""
