@@ -264,12 +264,10 @@ class RedisBus:
             if node is None or node.cmd is None:
                 if replayed:  # it stays first of what is held
                     return None
-                fan_out(event)
-                return self._hold(post, event)
+                return self._hold(post, event, fan_out)
             if not replayed:
                 if held_queue:  # behind what waits from the outage, in order
-                    fan_out(event)
-                    return self._hold(post, event)
+                    return self._hold(post, event, fan_out)
                 if node.cmd.write_buffer > MAX_BACKLOG:
                     self._local_only(True)
                     fan_out(event)
@@ -341,8 +339,10 @@ class RedisBus:
             self._posting = False
             node = self._node_for_slot(batch.slot)
             why = f"Redis refused messages ({error}); holding them until it takes them"
-            if node is not None and node.cmd is not None:  # behind the replies in flight
-                node.cmd.send(command(b"PING"), lambda _: self._refusal_over(why))
+            if node is not None and node.cmd is not None:
+                # behind every transaction sent or queued this turn: once it answers,
+                # they all have (and those refused have joined the held ones, in order)
+                self._queue_on(node, command(b"PING"), lambda _: self._refusal_over(why))
             else:
                 self._refusal_over(why)
         for run, _ in batch.runs:
@@ -356,12 +356,15 @@ class RedisBus:
                 held.hold_refused(run.post, event)
 
     def _refusal_over(self, why: str) -> None:
-        self._held.refused_at = None
+        self._held.refusal_over()
         self._lost(why)
 
-    def _hold(self, post: Post, event: bytes) -> bool | None:
+    def _hold(self, post: Post, event: bytes, fan_out: Callable[[bytes], None]) -> bool | None:
+        """Deliver ``event`` on this instance only (HeldPosts.deliver) and hold it."""
         self.stats.local_only += 1
-        return self._held.hold(post, event)
+        held = self._held
+        held.deliver(fan_out, event)
+        return held.hold(post, event)
 
     def relay(self, room: RoomLink, event: bytes) -> None:
         """A v2-only event through the room's channel, behind its messages (V<event>);

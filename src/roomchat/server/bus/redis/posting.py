@@ -146,7 +146,7 @@ class HeldPosts:
     is back (:meth:`post_all`). Runs of a transaction Redis refused go back ahead of
     what was held since, in the order they were posted (:meth:`hold_refused`)."""
 
-    __slots__ = ("bound", "queue", "refused_at", "stats")
+    __slots__ = ("bound", "queue", "refused_at", "stats", "undelivered")
 
     def __init__(self, bound: int, stats: BusStats) -> None:
         self.bound = bound
@@ -155,6 +155,27 @@ class HeldPosts:
         self.queue: deque[tuple[Post, bytes]] = deque()
         #: Where the next refused run goes back (None: no refusal under way).
         self.refused_at: int | None = None
+        #: Posted while a refusal is under way: (a room's fan_out, event), delivered
+        #: here once the refusal is over (:meth:`deliver`).
+        self.undelivered: list[tuple[Callable[[bytes], None], bytes]] = []
+
+    def deliver(self, fan_out: Callable[[bytes], None], event: bytes) -> None:
+        """Deliver ``event`` to this instance's members: at once, or, while a refusal is
+        under way, once it is over (:meth:`refusal_over`). Transactions still in flight
+        may be refused in turn, and their messages, posted before this one, reach the
+        local members as their replies come in: this one must come after them."""
+        if self.refused_at is None:
+            fan_out(event)
+        else:
+            self.undelivered.append((fan_out, event))
+
+    def refusal_over(self) -> None:
+        """Every transaction in flight at the first refusal has answered: deliver, in
+        order, what was posted meanwhile."""
+        self.refused_at = None
+        undelivered, self.undelivered = self.undelivered, []
+        for fan_out, event in undelivered:
+            fan_out(event)
 
     def hold(self, post: Post, event: bytes) -> bool | None:
         """Keep ``event`` at the end: None (held), or False past the bound (it stays
