@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
-import pytest
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
@@ -66,9 +66,12 @@ async def test_restart_keeps_port_and_client_reconnects(redis_server: RedisServe
         assert await r.ping()
         await asyncio.to_thread(redis_server.kill)
         await asyncio.to_thread(redis_server.start)
-        with pytest.raises(aredis.ConnectionError):  # no retry: the dead socket's error
+        # The pooled socket died with the old process. Whether this command fails (no
+        # retry from from_url) or redis-py reconnects first depends on whether the dead
+        # socket's EOF has been read when the pool checks it: a race, not asserted.
+        with contextlib.suppress(aredis.ConnectionError):
             await r.ping()
-        assert await r.ping()  # the next command takes a new connection
+        assert await r.ping()  # after it, a command takes a new connection
     finally:
         await r.aclose()
 
