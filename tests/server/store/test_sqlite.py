@@ -4,13 +4,16 @@ file; then what is SQLite's own (the time's order as the prune's index)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from roomchat.server.core.ports import RoomRecord, StoreBatch, StoreError
-from roomchat.server.store.sqlite import SQLiteStore
+from roomchat.server.store.sqlite import WRITER_NICENESS, SQLiteStore
 from tests.server.store.test_postgres import (  # noqa: F401  (collected here too)
     put,
     rows,
@@ -82,3 +85,20 @@ async def test_a_file_from_an_older_schema_loses_its_time_index(tmp_path: Path) 
     with sqlite3.connect(path) as db:
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert "messages_by_time" not in names
+
+
+def _priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_writes_run_below_the_loop_and_reads_beside_it(store: SQLiteStore) -> None:
+    """Sharing a core, the loop's deliveries come before the writer's inserts (a store
+    behind keeps its backlog and counts the rest); a history page is a user waiting, so
+    the reader keeps the loop's priority."""
+    await put(store, epochs=[("lobby", "e1")], messages=rows("lobby", "e1", 1, 3))
+    loop = asyncio.get_running_loop()
+    writer = await loop.run_in_executor(store._writer, _priority)
+    reader = await loop.run_in_executor(store._reader, _priority)
+    assert writer == min(_priority() + WRITER_NICENESS, 19)
+    assert reader == _priority()
+    assert [m.seq for m in await store.page("lobby", "e1", None, None, 10)] == [1, 2, 3]
