@@ -11,6 +11,7 @@ from roomchat.protocol import (
     EventDecoder,
     RoomDetail,
     RoomParticipation,
+    SendMessage,
     UserJoinedRoom,
     UserMessage,
     encode,
@@ -274,6 +275,34 @@ def test_broadcast_reaches_everyone_including_sender_in_order() -> None:
     ]
     for member in (alice, bob, carol):
         assert member.events() == expected
+
+
+def test_history_holds_the_last_messages_of_runs_cut_anywhere() -> None:
+    """Runs of several messages are held as they came; a join's snapshot is the last
+    ``history`` messages, one entry each, however the runs fall across that edge."""
+    manager = Directory([RoomDetail(ROOM, "")], MemoryBus(), OUTBOX, OUTBOX.stats, history=5)
+    room = manager.rooms[ROOM]
+    alice = FakeMember("alice")
+    outcome: list[UserSessionHandle | RoomError] = []
+    manager.join_room(ROOM, alice.mailbox, outcome.append)
+    handle = outcome[0]
+    assert isinstance(handle, UserSessionHandle)
+    texts = [f"m{seq}" for seq in range(1, 12)]
+    handle.send_message(texts[0])
+    for start, end in ((1, 4), (4, 5), (5, 9), (9, 11)):  # runs of 3, 1, 4 and 2
+        handle.send_messages([SendMessage(ROOM, text) for text in texts[start:end]])
+    snapshot = room.snapshot()
+    assert snapshot.seq == 11
+    assert [seq for seq, _, _ in snapshot.entries] == [7, 8, 9, 10, 11]
+    for seq, _, line in snapshot.entries:
+        assert line.rstrip(b"\r\n") == encode(UserMessage(ROOM, "alice", f"m{seq}"))[:-2]
+    assert room.held(8) == ("alice", "m8", snapshot.entries[1][1])
+    assert room.held(12) is None
+    room.forget()
+    assert room.snapshot().entries == ()
+    assert room.held(10) is None
+    handle.send_message("after")
+    assert [seq for seq, _, _ in room.snapshot().entries] == [12]
 
 
 def test_broadcast_hands_same_bytes_to_every_member() -> None:

@@ -46,7 +46,11 @@ tail), and kept in a second list of the turn's events (``_turn2``). Every messag
 the room's next sequence number where its order is decided: in :meth:`ChatRoom.fan_out`
 in-process (the memory bus's publisher *is* ``fan_out``), in Redis with the Redis bus
 (which hands the number over through :meth:`ChatRoom.deliver`). The last ``history``
-messages are kept as ``(seq, ts, v1 line)`` (history.py). A v2 join gets ``history``
+messages are kept as the last ``history`` runs they came in, ``(first seq, count, ts, v1
+lines)``: one append per run on the hot path, split into ``(seq, ts, v1 line)`` entries
+(history.py) only when a join asks, and then kept until the next run. A run is one
+sender's messages of one read, so a busy room holds more than ``history`` messages (at
+most ``history`` reads' worth); a room of people, runs of one. A v2 join gets ``history``
 between ``user_joined_room`` and what was held back for it, taken at the join's place in
 the room's order (the :class:`~roomchat.server.core.history.Snapshot` given with the reply).
 """
@@ -112,6 +116,8 @@ _CHANGED = b'{"_et":"message_'
 _content = operator.attrgetter("content")
 _time_ns = time.time_ns
 _TAIL_LENGTH = len(MESSAGE_TAIL)
+#: A run of messages held for history: (first seq, count, ts, its v1 lines).
+HeldRun = tuple[int, int, int, bytes]
 
 #: Members per room (local members of rooms with at least one), for /metrics.
 ROOM_MEMBER_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000)
@@ -182,6 +188,7 @@ class ChatRoom:
         "_bytes_counted",
         "_changes",
         "_counted",
+        "_entries",
         "_held",
         "_history",
         "_joining",
@@ -237,8 +244,13 @@ class ChatRoom:
         self._counted = 0  # seq up to which the deliveries are in the stats
         self._bytes_counted = 0  # fanned_bytes + turn_bytes up to which bytes out are
         self.history_size = history
-        # The last messages, (seq, ts, v1 line); None: no history kept (seq still counts).
-        self._history: deque[Entry] | None = deque(maxlen=history) if history > 0 else None
+        # The last ``history`` runs, (first seq, count, ts, v1 lines), oldest first: at
+        # least the last ``history`` messages, bounded in C (maxlen). None: no history
+        # kept (seq still counts).
+        self._history: deque[HeldRun] | None = deque(maxlen=history) if history > 0 else None
+        # The last ``history`` messages as entries (:meth:`entries`) and the seq they
+        # were taken at: (-1, ()) until asked for (and after preload and forget).
+        self._entries: tuple[int, tuple[Entry, ...]] = (-1, ())
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
         self._publish: Callable[[bytes], bool | None] = self.fan_out  # set by the bus
         self._numbered_here = True  # the bus's publisher is fan_out (the in-process bus)
@@ -351,10 +363,26 @@ class ChatRoom:
         """The history this instance holds, at this moment of the room's order."""
         return Snapshot(
             self.seq,
-            tuple(self._history) if self._history is not None else (),
+            self.entries(),
             self.epoch,
             dict(self._changes),
         )
+
+    def entries(self) -> tuple[Entry, ...]:
+        """The last ``history`` messages held, oldest first: (seq, ts, v1 line), the line
+        with its CRLF for a run of one, without for the lines of a longer run."""
+        seq, entries = self._entries
+        if seq != self.seq:  # a run since (every run moves seq on)
+            held: list[Entry] = []
+            for first, count, ts, event in self._history or ():
+                if count == 1:
+                    held.append((first, ts, event))
+                else:
+                    lines = event.split(b"\r\n")[:count]
+                    held += zip(range(first, first + count), repeat(ts), lines)
+            entries = tuple(held[-self.history_size :])
+            self._entries = (self.seq, entries)
+        return entries
 
     def preload(self, stored: Iterable[StoredMessage]) -> None:
         """Hold the store's last messages again (at start-up, before anyone joins), so
@@ -368,18 +396,20 @@ class ChatRoom:
                 + _encode_json(message.content or "")
                 + MESSAGE_TAIL
             )
-            history.append((message.seq, message.ts, line))
+            history.append((message.seq, 1, message.ts, line))
             if message.content is None or message.edited is not None:
                 self._changes[message.seq] = (message.content, message.edited or message.ts)
+        self._entries = (-1, ())
 
     def held(self, seq: int) -> tuple[str, str | None, int] | None:
         """Message ``seq`` as this instance holds it: (sender, content, time), the
         content None once deleted; None if it is not held here."""
         history = self._history
-        if not history or seq < history[0][0] or seq > history[-1][0]:
+        if not history or seq < history[0][0] or seq >= history[-1][0] + history[-1][1]:
             return None
-        for number, ts, line in history:
-            if number == seq:
+        for first, count, ts, event in history:
+            if first <= seq < first + count:
+                line = event if count == 1 else event.split(b"\r\n")[seq - first]
                 try:
                     message = _decode_message(line)
                 except msgspec.DecodeError:
@@ -406,6 +436,7 @@ class ChatRoom:
         the numbering goes on."""
         if self._history is not None:
             self._history.clear()
+            self._entries = (-1, ())
         self._changes.clear()
 
     def relay(self, event: bytes) -> None:
@@ -493,19 +524,19 @@ class ChatRoom:
         self._queued(len(event))
 
     def _keep(self, first: int, count: int, ts: int, event: bytes) -> None:
-        """v2's part of a fan-out: the history entries, and the numbered lines for the
-        v2 members (per message, but in C where possible)."""
-        if count == 1:
-            entries: list[Entry] = [(first, ts, event)]
-        else:
-            lines = event.split(b"\r\n")[:count]
-            entries = list(zip(range(first, first + count), repeat(ts), lines))
-        if self._history is not None:
-            self._history.extend(entries)
+        """v2's part of a fan-out: the run held for history, and the numbered lines for
+        the v2 members (per message, but in C where possible)."""
+        history = self._history
+        if history is not None:
+            history.append((first, count, ts, event))
         members2 = self._members2
         if members2:
+            lines = [event] if count == 1 else event.split(b"\r\n")[:count]
             event2 = b"".join(
-                [line[: line.rindex(b"}")] + encode_tail_v2(seq, ts) for seq, ts, line in entries]
+                [
+                    line[: line.rindex(b"}")] + encode_tail_v2(seq, ts)
+                    for seq, line in enumerate(lines, first)
+                ]
             )
             self._turn2.append(event2)
             self._stats.sent += len(event2) * len(members2)
