@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from roomchat.protocol import (
@@ -31,6 +31,7 @@ from roomchat.protocol import (
     encode_user_joined_room,
     encode_users,
 )
+from roomchat.protocol.codec import lines_within
 
 Result = Message | BadLine | LineTooLong
 AnyDecoder = LineDecoder[Command] | LineDecoder[Event]
@@ -498,3 +499,17 @@ def test_a_user_list_kept_encoded_gives_the_same_bytes(room: str, users: list[st
     assert encode_user_joined_room(room, encode_users(users)) == expected
     grown = b",".join(encode_user(user) for user in users)
     assert encode_user_joined_room(room, grown) == expected
+
+
+@given(
+    lines=st.lists(st.integers(min_value=0, max_value=40), max_size=30),
+    limit=st.integers(min_value=1, max_value=25),
+)
+def test_lines_within_is_the_longest_line_against_the_limit(lines: list[int], limit: int) -> None:
+    """The fast path's check on a read longer than one line may be: the same answer as
+    splitting every line, for lines of any lengths (blank ones and "\\r" included)."""
+    data = b"".join(b"x" * (length - 1) + b"\r\n" if length else b"\n" for length in lines)
+    end = data.rfind(b"\n")
+    assume(end >= 0)
+    expected = max(map(len, data[:end].split(b"\n"))) <= limit
+    assert lines_within(data, end, limit) is expected

@@ -194,6 +194,21 @@ class LineTooLong:
 T = TypeVar("T", Command, Event)
 
 
+def lines_within(data: bytes, end: int, limit: int) -> bool:
+    """Whether every line of ``data[:end]`` (split at ``\\n``) is at most ``limit``
+    bytes long: ``max(map(len, data[:end].split(b"\\n"))) <= limit``, without making
+    the lines (a read of 256 KiB holds thousands): one ``rfind`` per window of
+    ``limit + 1`` bytes. A window with a newline holds only lines that fit, and the
+    next one starts after its last newline; a window without one is a line too long."""
+    start = 0
+    while end - start > limit:
+        newline = data.rfind(b"\n", start, start + limit + 1)
+        if newline < 0:
+            return False
+        start = newline + 1
+    return True
+
+
 class LineDecoder(Generic[T]):
     """Turns a byte stream into messages of one direction, line by line.
 
@@ -258,7 +273,7 @@ class LineDecoder(Generic[T]):
         # is bad, blank-but-spaces or too long makes it fail as a whole; then the lines
         # are taken one by one below, with their exact outcomes.
         complete = data[:end]
-        if end <= self._max or max(map(len, complete.split(b"\n"))) <= self._max:
+        if end <= self._max or lines_within(data, end, self._max):
             try:
                 decoded = self._decode_lines(complete)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
