@@ -305,6 +305,25 @@ def test_history_holds_the_last_messages_of_runs_cut_anywhere() -> None:
     assert [seq for seq, _, _ in room.snapshot().entries] == [12]
 
 
+def test_history_after_numbers_start_again_is_the_new_runs() -> None:
+    """A Redis that lost its counter numbers a room from 1 again (a new epoch): a join
+    at the same number as one before gets what is held now, not what was then."""
+    manager = Directory([RoomDetail(ROOM, "")], MemoryBus(), OUTBOX, OUTBOX.stats, history=5)
+    room = manager.rooms[ROOM]
+
+    def line(text: str) -> bytes:
+        return encode(UserMessage(ROOM, "alice", text))
+
+    room.deliver(1, 10, line("old 1") + line("old 2"))
+    before = room.snapshot()
+    assert [entry[0] for entry in before.entries] == [1, 2]
+    room.deliver(1, 20, line("new 1"))
+    room.deliver(2, 20, line("new 2"))
+    after = room.snapshot()
+    assert after.seq == before.seq == 2
+    assert [entry[1] for entry in after.entries[-2:]] == [20, 20]
+
+
 def test_broadcast_hands_same_bytes_to_every_member() -> None:
     room = make_room()
     alice, bob = FakeMember("alice"), FakeMember("bob")

@@ -248,9 +248,9 @@ class ChatRoom:
         # least the last ``history`` messages, bounded in C (maxlen). None: no history
         # kept (seq still counts).
         self._history: deque[HeldRun] | None = deque(maxlen=history) if history > 0 else None
-        # The last ``history`` messages as entries (:meth:`entries`) and the seq they
-        # were taken at: (-1, ()) until asked for (and after preload and forget).
-        self._entries: tuple[int, tuple[Entry, ...]] = (-1, ())
+        # The last ``history`` messages as entries (:meth:`entries`) and the newest run
+        # held when they were taken (None: none was).
+        self._entries: tuple[HeldRun | None, tuple[Entry, ...]] = (None, ())
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
         self._publish: Callable[[bytes], bool | None] = self.fan_out  # set by the bus
         self._numbered_here = True  # the bus's publisher is fan_out (the in-process bus)
@@ -371,17 +371,21 @@ class ChatRoom:
     def entries(self) -> tuple[Entry, ...]:
         """The last ``history`` messages held, oldest first: (seq, ts, v1 line), the line
         with its CRLF for a run of one, without for the lines of a longer run."""
-        seq, entries = self._entries
-        if seq != self.seq:  # a run since (every run moves seq on)
+        history = self._history or ()
+        newest = history[-1] if history else None
+        taken_at, entries = self._entries
+        # Every run held is a new tuple, kept alive here while it is the one compared:
+        # "is" tells any change (a run, a purge, a preload, numbers that start again).
+        if taken_at is not newest:
             held: list[Entry] = []
-            for first, count, ts, event in self._history or ():
+            for first, count, ts, event in history:
                 if count == 1:
                     held.append((first, ts, event))
                 else:
                     lines = event.split(b"\r\n")[:count]
                     held += zip(range(first, first + count), repeat(ts), lines)
             entries = tuple(held[-self.history_size :])
-            self._entries = (self.seq, entries)
+            self._entries = (newest, entries)
         return entries
 
     def preload(self, stored: Iterable[StoredMessage]) -> None:
@@ -399,7 +403,6 @@ class ChatRoom:
             history.append((message.seq, 1, message.ts, line))
             if message.content is None or message.edited is not None:
                 self._changes[message.seq] = (message.content, message.edited or message.ts)
-        self._entries = (-1, ())
 
     def held(self, seq: int) -> tuple[str, str | None, int] | None:
         """Message ``seq`` as this instance holds it: (sender, content, time), the
@@ -436,7 +439,6 @@ class ChatRoom:
         the numbering goes on."""
         if self._history is not None:
             self._history.clear()
-            self._entries = (-1, ())
         self._changes.clear()
 
     def relay(self, event: bytes) -> None:
