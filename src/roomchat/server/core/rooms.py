@@ -119,6 +119,13 @@ _TAIL_LENGTH = len(MESSAGE_TAIL)
 #: A run of messages held for history: (first seq, count, ts, its v1 lines).
 HeldRun = tuple[int, int, int, bytes]
 
+
+def _lines(event: bytes, count: int) -> list[bytes]:
+    """The ``count`` v1 lines of a run: a run of one as it is (with its CRLF), the lines
+    of a longer one without theirs."""
+    return [event] if count == 1 else event.split(b"\r\n")[:count]
+
+
 #: Members per room (local members of rooms with at least one), for /metrics.
 ROOM_MEMBER_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 #: Rooms listed by name in roomchat_room_members_top (bounded cardinality).
@@ -379,11 +386,7 @@ class ChatRoom:
         if taken_at is not newest:
             held: list[Entry] = []
             for first, count, ts, event in history:
-                if count == 1:
-                    held.append((first, ts, event))
-                else:
-                    lines = event.split(b"\r\n")[:count]
-                    held += zip(range(first, first + count), repeat(ts), lines)
+                held += zip(range(first, first + count), repeat(ts), _lines(event, count))
             entries = tuple(held[-self.history_size :])
             self._entries = (newest, entries)
         return entries
@@ -412,7 +415,7 @@ class ChatRoom:
             return None
         for first, count, ts, event in history:
             if first <= seq < first + count:
-                line = event if count == 1 else event.split(b"\r\n")[seq - first]
+                line = _lines(event, count)[seq - first]
                 try:
                     message = _decode_message(line)
                 except msgspec.DecodeError:
@@ -533,11 +536,10 @@ class ChatRoom:
             history.append((first, count, ts, event))
         members2 = self._members2
         if members2:
-            lines = [event] if count == 1 else event.split(b"\r\n")[:count]
             event2 = b"".join(
                 [
                     line[: line.rindex(b"}")] + encode_tail_v2(seq, ts)
-                    for seq, line in enumerate(lines, first)
+                    for seq, line in enumerate(_lines(event, count), first)
                 ]
             )
             self._turn2.append(event2)
