@@ -1,10 +1,11 @@
 """v2 history: what a room keeps of its last messages, and the ``history`` event built
 from it for a join (docs/protocol.md, "History and catch-up").
 
-A room holds its last messages as ``(seq, ts, v1 line)`` entries, appended once per
-message (a C-level deque append: the v1 line is the bytes every v1 member got anyway).
-Only a v2 join reads them: it decodes the lines it sends (at most HISTORY_MAX) and
-encodes one ``history`` line with the protocol module.
+A room holds its last runs of messages as they were fanned out (one C-level deque
+append per run: the v1 lines are the bytes every v1 member got anyway) and gives a join
+its last messages as ``(seq, ts, v1 line)`` entries (``ChatRoom.entries``). Only a v2
+join reads them: it decodes the lines it sends (at most HISTORY_MAX) and encodes one
+``history`` line with the protocol module.
 
 With the Redis bus the entries come from the room's stream in Redis, read by the join
 script atomically with the join's marker; the same :class:`Snapshot` shape carries them.
