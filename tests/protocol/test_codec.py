@@ -27,6 +27,8 @@ from roomchat.protocol import (
     UserJoinedRoom,
     UserMessage,
     encode,
+    encode_head,
+    encode_messages,
     encode_user,
     encode_user_joined_room,
     encode_users,
@@ -513,3 +515,18 @@ def test_lines_within_is_the_longest_line_against_the_limit(lines: list[int], li
     assume(end >= 0)
     expected = max(map(len, data[:end].split(b"\n"))) <= limit
     assert lines_within(data, end, limit) is expected
+
+
+@given(
+    room=st.text(max_size=20),
+    user=st.text(max_size=12),
+    contents=st.lists(st.text(), min_size=1, max_size=20),
+)
+def test_a_run_of_messages_encoded_at_once_is_each_message_encoded(
+    room: str, user: str, contents: list[str]
+) -> None:
+    """A sender's run is encoded in one call (newlines, quotes, backslashes, control
+    characters and any Unicode included): the same bytes as each line written alone."""
+    head = encode_head(UserMessage(room, user, ""))
+    expected = b"".join(encode(UserMessage(room, user, content)) for content in contents)
+    assert encode_messages(head, contents) == expected

@@ -35,6 +35,7 @@ __all__ = [
     "LineTooLong",
     "encode",
     "encode_head",
+    "encode_messages",
     "encode_tail_v2",
     "encode_ts_tail_v2",
     "encode_user",
@@ -49,6 +50,7 @@ __all__ = [
 DEFAULT_MAX_LINE_LENGTH = 64 * 1024
 
 _encoder = msgspec.json.Encoder()
+_encode_lines = _encoder.encode_lines
 
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
@@ -112,6 +114,15 @@ def encode_head(message: Message) -> bytes:
     if not line.endswith(empty_last):
         raise ValueError(f"{type(message).__name__} does not end with an empty string field")
     return line[: -len(empty_last)]
+
+
+def encode_messages(head: bytes, contents: list[str]) -> bytes:
+    """The ``user_message`` lines of ``contents`` under one :func:`encode_head`: exactly
+    ``b"".join(head + <JSON of content> + MESSAGE_TAIL for each)``, in one encoding call.
+    msgspec writes each content's JSON on its own line, and a JSON string cannot hold
+    a newline (it is escaped): each newline is where a tail and the next head go."""
+    encoded = _encode_lines(contents)
+    return head + encoded[:-1].replace(b"\n", MESSAGE_TAIL + head) + MESSAGE_TAIL
 
 
 def encode_tail_v2(seq: int, timestamp: int) -> bytes:

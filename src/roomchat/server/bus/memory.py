@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from roomchat.server.core.ports import Archiving, Presence, RoomLink
+from roomchat.server.core.ports import Archiving, Presence, Publisher, RoomLink
 from roomchat.server.core.presence import MemoryPresence
 from roomchat.server.core.stats import Reading
 
@@ -32,7 +32,7 @@ class MemoryBus:
     def presence(self) -> Presence:
         return self._presence
 
-    def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
+    def publisher(self, room: RoomLink) -> Publisher:
         return room.fan_out
 
     def relay(self, room: RoomLink, event: bytes) -> None:

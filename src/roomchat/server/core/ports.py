@@ -38,6 +38,7 @@ __all__ = [
     "MessageStore",
     "Participant",
     "Presence",
+    "Publisher",
     "RoomLink",
     "RoomRecord",
     "SharedNames",
@@ -46,6 +47,12 @@ __all__ = [
     "StoredMessage",
     "Wakeups",
 ]
+
+
+#: How a room posts a run of messages through its bus (Bus.publisher): the run's
+#: ``user_message`` lines and how many they are. True or None: posted (or held for the
+#: bus); False: it reached this instance's members only.
+Publisher = Callable[[bytes, int], "bool | None"]
 
 
 class BusError(Exception):
@@ -89,8 +96,9 @@ class RoomLink(Protocol):
         """Whether ``member`` is in the room or joining it."""
         ...
 
-    def fan_out(self, event: bytes) -> None:
-        """A run of messages numbered here (in process, or locally during an outage)."""
+    def fan_out(self, event: bytes, count: int | None = None) -> None:
+        """A run of ``count`` messages numbered here (in process, or locally during an
+        outage); None: count its lines."""
 
     def deliver(self, seq: int, ts: int, event: bytes) -> None:
         """A run of messages numbered elsewhere; ``seq`` is its first's number."""
@@ -207,11 +215,12 @@ class Bus(Protocol):
         """The user names of every instance on this bus (None: this process's only)."""
         ...
 
-    def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
-        """The function that posts one of ``room``'s runs of messages. Called once per
-        run: must not block (a remote bus queues and writes once per turn). It returns
-        False when the run reached this instance's members only and never will the
-        others' (Redis away and the outage queue full); anything else: it is posted."""
+    def publisher(self, room: RoomLink) -> Publisher:
+        """The function that posts one of ``room``'s runs of messages (its lines, and
+        how many: the sender knows). Called once per run: must not block (a remote
+        bus queues and writes once per turn). It returns False when the run reached
+        this instance's members only and never will the others' (Redis away and the
+        outage queue full); anything else: it is posted."""
         ...
 
     def relay(self, room: RoomLink, event: bytes) -> None:

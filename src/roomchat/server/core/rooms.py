@@ -57,7 +57,6 @@ the room's order (the :class:`~roomchat.server.core.history.Snapshot` given with
 
 from __future__ import annotations
 
-import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -75,6 +74,7 @@ from roomchat.protocol import (
     SendMessage,
     UserMessage,
     encode_head,
+    encode_messages,
     encode_tail_v2,
     encode_ts_tail_v2,
     encode_user_joined_room,
@@ -91,7 +91,7 @@ from roomchat.server.core.history import (
     history_event,
 )
 from roomchat.server.core.outbox import FLUSH_AT, Mailbox
-from roomchat.server.core.ports import Participant
+from roomchat.server.core.ports import Participant, Publisher
 from roomchat.server.core.stats import ServerStats
 
 __all__ = [
@@ -113,7 +113,6 @@ _decode_change = msgspec.json.Decoder(MessageEdited | MessageDeleted).decode
 #: How the events that change a held message begin (message_edited, message_deleted).
 _CHANGED = b'{"_et":"message_'
 
-_content = operator.attrgetter("content")
 _time_ns = time.time_ns
 _TAIL_LENGTH = len(MESSAGE_TAIL)
 #: A run of messages held for history: (first seq, count, ts, its v1 lines).
@@ -259,7 +258,7 @@ class ChatRoom:
         # held when they were taken (None: none was).
         self._entries: tuple[HeldRun | None, tuple[Entry, ...]] = (None, ())
         self._joining: dict[str, _Joining] = {}  # member key -> its join in progress
-        self._publish: Callable[[bytes], bool | None] = self.fan_out  # set by the bus
+        self._publish: Publisher = self.fan_out  # set by the bus
         self._numbered_here = True  # the bus's publisher is fan_out (the in-process bus)
         #: Whether a message needs a check before it is posted (a mute, slow mode, a
         #: direct message not open on both sides): the Directory keeps it.
@@ -286,7 +285,7 @@ class ChatRoom:
     def __repr__(self) -> str:
         return f"<room {self.name!r}: {self.member_count} local members>"
 
-    def connect(self, publish: Callable[[bytes], bool | None], numbered_here: bool) -> None:
+    def connect(self, publish: Publisher, numbered_here: bool) -> None:
         """The bus says how this room posts (the Directory wires it). Messages numbered
         elsewhere (Redis) are counted as they are posted; the in-process bus's publisher
         is fan_out, and ``seq`` counts them."""
@@ -296,9 +295,9 @@ class ChatRoom:
             return
         stats = self._stats
 
-        def publish_counted(event: bytes) -> bool | None:
-            stats.messages += event.count(b"\n")
-            return publish(event)
+        def publish_counted(event: bytes, count: int) -> bool | None:
+            stats.messages += count
+            return publish(event, count)
 
         self._publish = publish_counted
 
@@ -464,19 +463,21 @@ class ChatRoom:
         self._turns.room_active(self)  # v2 bytes only: turn_bytes (v1's) stays
 
     # -- posting and fanning out ---------------------------------------------------------
-    def post(self, event: bytes) -> bool | None:
-        """Send an encoded event to every member of the room, on every instance. False:
-        it reached this instance's members only, and never will the others (the bus)."""
-        return self._publish(event)
+    def post(self, event: bytes, count: int = 1) -> bool | None:
+        """Send an encoded run of ``count`` messages (``user_message`` lines) to every
+        member of the room, on every instance. False: it reached this instance's
+        members only, and never will the others (the bus)."""
+        return self._publish(event, count)
 
-    def fan_out(self, event: bytes) -> None:
+    def fan_out(self, event: bytes, count: int | None = None) -> None:
         """A run of messages (one or more v1 ``user_message`` lines, from one sender)
         whose place in the room's order is decided here (the in-process bus): number
         them, queue them for every local member, keep them. The hot path: one append to
         the turn's events (nothing per member until the turn ends: :meth:`distribute`),
-        and nothing counted (``seq`` is)."""
+        and nothing counted (``seq`` is). ``count``: how many (None: its lines)."""
         self._turn.append(event)
-        count = event.count(b"\n")
+        if count is None:
+            count = event.count(b"\n")
         first = self.seq + 1
         self.seq += count
         archive, keep = self._archive, self._history is not None or self._members2
@@ -804,6 +805,6 @@ class UserSessionHandle:
     def send_messages(self, messages: Sequence[SendMessage]) -> bool | None:
         """Several messages at once: their events, in order, posted as one piece (each
         still its own line), so that every member gets one append for all of them."""
-        contents = map(_encode_json, map(_content, messages))
-        head = self._head or self._encode_head()  # then the tail and the head between two
-        return self.room.post(head + (MESSAGE_TAIL + head).join(contents) + MESSAGE_TAIL)
+        contents = [message.content for message in messages]
+        head = self._head or self._encode_head()
+        return self.room.post(encode_messages(head, contents), len(contents))

@@ -70,7 +70,7 @@ from roomchat.server.bus.redis.presence import RedisPresence
 from roomchat.server.bus.redis.resp import ReplyError, RespConnection, command, reply_future
 from roomchat.server.bus.redis.stats import BusStats
 from roomchat.server.bus.redis.url import parse_redis_url
-from roomchat.server.core.ports import Archiving, BusError, RoomLink, Wakeups
+from roomchat.server.core.ports import Archiving, BusError, Publisher, RoomLink, Wakeups
 from roomchat.server.core.stats import Reading
 
 __all__ = ["MAX_BACKLOG", "RedisBus"]
@@ -239,7 +239,7 @@ class RedisBus:
         (POST's reply): each is written once, by the instance it was posted on."""
         self._archive = archive
 
-    def publisher(self, room: RoomLink) -> Callable[[bytes], bool | None]:
+    def publisher(self, room: RoomLink) -> Publisher:
         """Posting a run of messages is one step of a transaction (scripts.py): INCRBY
         of the room's counter, RPUSH to its recent runs and PUBLISH of ``M<ts>\\n<lines>``
         (every instance numbers it by counting: _on_push). During an outage (or while
@@ -256,9 +256,10 @@ class RedisBus:
         held_queue = self._held.queue  # tested on every post: a deque's truth, in C
         posts = 0  # runs posted here, for the LTRIM every TRIM_EVERY
 
-        def post(event: bytes, replayed: bool = False) -> bool | None:
-            """Post ``event`` (held before, if ``replayed``): True, posted to Redis;
-            None, held for later; False, delivered on this instance only."""
+        def post(event: bytes, count: int, replayed: bool = False) -> bool | None:
+            """Post ``event``, a run of ``count`` messages (held before, if
+            ``replayed``): True, posted to Redis; None, held for later; False,
+            delivered on this instance only."""
             nonlocal posts
             node = self._node_for(keys) if self._posting or replayed else None
             if node is None or node.cmd is None:
@@ -270,14 +271,14 @@ class RedisBus:
                     return self._hold(post, event, fan_out)
                 if node.cmd.write_buffer > MAX_BACKLOG:
                     self._local_only(True)
-                    fan_out(event)
+                    fan_out(event, count)
                     return False
             elif self._subscribed.get(room) is True:  # its channel will bring it back
                 room.replayed(event)  # and its local members saw it when it was posted
             batch = node.batch
             if batch is None or batch.slot != slot:
                 batch = self._open_batch(node, slot)
-            run = batch.add(posting, post, room, event, event.count(b"\n"), replayed)
+            run = batch.add(posting, post, room, event, count, replayed)
             posts += 1
             if trim and posts % TRIM_EVERY == 0:
                 run.trim = True

@@ -37,7 +37,7 @@ _LOGGED_EVERY = 1000  # "past the bound" log lines: the first, then every 1000th
 
 #: A room's publisher (RedisBus.publisher): post a run (True: posted; None: held;
 #: False: delivered on this instance only), or, with True, post again one held.
-Post = Callable[[bytes, bool], bool | None]
+Post = Callable[[bytes, int, bool], bool | None]
 
 
 class Poster(Protocol):
@@ -216,10 +216,11 @@ class HeldPosts:
         count = stats.held
         while queue:
             post, event = queue[0]
-            if post(event, True) is not True:
+            lines = event.count(b"\n")
+            if post(event, lines, True) is not True:
                 break  # lost again: the rest waits for the next reconnection
             queue.popleft()
-            stats.held -= event.count(b"\n")
+            stats.held -= lines
             stats.held_bytes -= len(event)
         log.warning(
             "redis bus: %d messages posted during the outage are shared now (%d still wait)",
