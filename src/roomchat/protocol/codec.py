@@ -121,8 +121,10 @@ def encode_messages(head: bytes, contents: list[str]) -> bytes:
     ``b"".join(head + <JSON of content> + MESSAGE_TAIL for each)``, in one encoding call.
     msgspec writes each content's JSON on its own line, and a JSON string cannot hold
     a newline (it is escaped): each newline is where a tail and the next head go."""
-    encoded = _encode_lines(contents)
-    return head + encoded[:-1].replace(b"\n", MESSAGE_TAIL + head) + MESSAGE_TAIL
+    # Every newline becomes a tail and a head: the last one's head is cut, and the run
+    # copied once (a run is a whole read's worth: each copy counts).
+    lines = _encode_lines(contents).replace(b"\n", MESSAGE_TAIL + head)
+    return b"".join((head, memoryview(lines)[: -len(head)]))
 
 
 def encode_tail_v2(seq: int, timestamp: int) -> bytes:
@@ -204,6 +206,9 @@ class LineTooLong:
 
 T = TypeVar("T", Command, Event)
 
+#: From how many bytes of complete lines a read is decoded through a memoryview.
+_VIEW_FROM = 4096
+
 
 def lines_within(data: bytes, end: int, limit: int) -> bool:
     """Whether every line of ``data[:end]`` (split at ``\\n``) is at most ``limit``
@@ -283,8 +288,10 @@ class LineDecoder(Generic[T]):
         # (its decode_lines keeps lines apart: a string cannot span two). Any line that
         # is bad, blank-but-spaces or too long makes it fail as a whole; then the lines
         # are taken one by one below, with their exact outcomes.
-        complete = data[:end]
         if end <= self._max or lines_within(data, end, self._max):
+            # A big read is decoded through a view, not copied (msgspec copies what it
+            # keeps); a small one is copied, which costs less than making a view.
+            complete = data[:end] if end < _VIEW_FROM else memoryview(data)[:end]
             try:
                 decoded = self._decode_lines(complete)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

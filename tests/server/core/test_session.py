@@ -161,6 +161,24 @@ def test_runs_of_messages_to_rooms_keep_each_rooms_order_of_the_read(world: Worl
             assert [e for e in events if e.room == room] == [e for e in expected if e.room == room]
 
 
+def test_a_run_that_is_the_rest_of_the_read_after_other_commands(world: World) -> None:
+    # The rest of a read to one room is taken at once (Session._handle): after a message
+    # to another room and a leave, and not when a different room's message ends it.
+    alice, bob = world.client("alice"), world.client("bob")
+    in_room(world, "general", alice, bob)
+    in_room(world, "random", alice, bob)
+    rest = [SendMessage("general", f"g{n}") for n in range(5)]
+    alice.feed(SendMessage("random", "r"), LeaveRoom("random"), *rest)
+    expected = [said("random", "alice", "r"), *[said("general", "alice", m.content) for m in rest]]
+    assert alice.events() == expected
+    assert bob.events() == [expected[0], left("random", "alice"), *expected[1:]]
+    alice.feed(*rest[:3], SendMessage("random", "not joined"), SendMessage("general", "last"))
+    expected = [*[said("general", "alice", m.content) for m in rest[:3]]]
+    expected.append(said("general", "alice", "last"))
+    assert alice.events() == expected
+    assert bob.events() == expected
+
+
 def test_one_write_per_session_per_turn(world: World) -> None:
     alice, bob = world.client("alice"), world.client("bob")
     in_room(world, "general", alice, bob)

@@ -805,6 +805,9 @@ class UserSessionHandle:
     def send_messages(self, messages: Sequence[SendMessage]) -> bool | None:
         """Several messages at once: their events, in order, posted as one piece (each
         still its own line), so that every member gets one append for all of them."""
-        contents = [message.content for message in messages]
+        return self.send_contents([message.content for message in messages])
+
+    def send_contents(self, contents: list[str]) -> bool | None:
+        """:meth:`send_messages`, given the messages' contents."""
         head = self._head or self._encode_head()
         return self.room.post(encode_messages(head, contents), len(contents))

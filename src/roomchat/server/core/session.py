@@ -164,6 +164,15 @@ _HELD = Phase.HELD
 _CLOSED = Phase.CLOSED
 
 
+def _contents_of_run(items: list[_Item], start: int, room: str) -> list[str] | None:
+    """The contents of ``items[start:]`` if every one is a message to ``room`` (a busy
+    sender's read is one such run): one comprehension, not a step per message; else
+    None."""
+    rest = items if start == 0 else items[start:]
+    contents = [m.content for m in rest if type(m) is SendMessage and m.room == room]
+    return contents if len(contents) == len(rest) else None
+
+
 def new_session_id() -> str:
     """21 URL-safe random characters, like the original's nanoid."""
     return secrets.token_urlsafe(16)[:21]
@@ -500,9 +509,19 @@ class Session:
                 # A run of messages to one room (a busy client's read holds many) is
                 # encoded and posted as one event: the members get one append for all.
                 room = item.room
-                end = index
-                while end < count and type(run := items[end]) is SendMessage and run.room == room:
-                    end += 1
+                end, contents = index, None
+                if end < count:
+                    if type(items[-1]) is SendMessage:  # the rest of the read, often
+                        contents = _contents_of_run(items, index - 1, room)
+                    if contents is not None:
+                        end = count
+                    else:
+                        while (
+                            end < count
+                            and type(run := items[end]) is SendMessage
+                            and run.room == room
+                        ):
+                            end += 1
                 handle = self._handles.get(room)
                 if handle is not None and not self._shutting_down:
                     if handle.room.behind is not None:  # a member is behind: wait for it
@@ -512,6 +531,9 @@ class Session:
                         self._send_restricted(handle, items[index - 1 : end])
                     elif end == index:
                         if handle.send_message(item.content) is False:
+                            self._unshared(items[index - 1 : end])
+                    elif contents is not None:
+                        if handle.send_contents(contents) is False:
                             self._unshared(items[index - 1 : end])
                     else:
                         sent = cast("list[SendMessage]", items[index - 1 : end])
