@@ -520,7 +520,7 @@ def test_lines_within_is_the_longest_line_against_the_limit(lines: list[int], li
 @given(
     room=st.text(max_size=20),
     user=st.text(max_size=12),
-    contents=st.lists(st.text(), min_size=1, max_size=20),
+    contents=st.lists(st.text(), max_size=20),
 )
 def test_a_run_of_messages_encoded_at_once_is_each_message_encoded(
     room: str, user: str, contents: list[str]

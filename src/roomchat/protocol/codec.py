@@ -123,6 +123,8 @@ def encode_messages(head: bytes, contents: list[str]) -> bytes:
     a newline (it is escaped): each newline is where a tail and the next head go."""
     # Every newline becomes a tail and a head: the last one's head is cut, and the run
     # copied once (a run is a whole read's worth: each copy counts).
+    if not contents:
+        return b""
     lines = _encode_lines(contents).replace(b"\n", MESSAGE_TAIL + head)
     return b"".join((head, memoryview(lines)[: -len(head)]))
 
