@@ -74,6 +74,31 @@ async def test_runs_are_written_in_one_batch_per_turn(flaky: tuple[Flaky, Archiv
     assert (await store.rooms())["general"].last == 3
 
 
+async def test_a_run_that_cannot_be_read_is_left_out_and_the_others_are_kept(
+    flaky: tuple[Flaky, Archive], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The runs of a write are decoded in one call; one bad run (an ill-typed line, or a
+    # count that is not its lines) sends them run by run: that one logged, not kept.
+    store, archive = flaky
+    epoch, _ = archive.numbering("general")
+    archive.run("general", epoch, 1, 1, 10, line("alice", "one"))
+    archive.run(
+        "general", epoch, 2, 1, 11, b'{"_et":"user_message","r":"general","u":5,"c":""}\r\n'
+    )
+    archive.run("general", epoch, 3, 2, 12, line("bob", "two") + line("bob", "three"))
+    archive.run("general", epoch, 5, 2, 13, line("carol", "only one line"))
+    archive.run("general", epoch, 7, 1, 14, line("dave", "last"))
+    await archive.flushed(TIMEOUT)
+    page = await store.page("general", epoch, None, None, 10)
+    assert [(m.seq, m.user, m.content, m.ts) for m in page] == [
+        (1, "alice", "one", 10),
+        (3, "bob", "two", 12),
+        (4, "bob", "three", 12),
+        (7, "dave", "last", 14),
+    ]
+    assert caplog.text.count("could not be read") == 2
+
+
 class Gated(MemoryStore):
     """The in-memory store, whose writes each wait for the test to let them finish."""
 
