@@ -182,8 +182,12 @@ async def test_numbering_goes_on_from_the_store_and_a_new_room_gets_a_new_epoch(
         await again.close()
 
 
-async def test_edits_deletes_markers_and_retention_reach_the_store(tmp_path: Path) -> None:
-    archive = Archive(SQLiteStore(tmp_path / FILE_NAME), sweep_every=3600, keep_messages=3)
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_edits_deletes_markers_and_retention_reach_the_store(
+    tmp_path: Path, kind: str
+) -> None:
+    store = SQLiteStore(tmp_path / FILE_NAME) if kind == "sqlite" else MemoryStore()
+    archive = Archive(store, sweep_every=3600, keep_messages=3)
     await archive.start()
     try:
         epoch, _ = archive.numbering("general")
