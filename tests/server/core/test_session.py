@@ -24,6 +24,7 @@ from roomchat.protocol import (
     UserMessage,
     encode,
 )
+from roomchat.server.core import session as session_module
 from roomchat.server.core.rooms import RoomError
 from tests.session_harness import MAX_LINE, Client, LatePresence, World
 
@@ -177,6 +178,33 @@ def test_a_run_that_is_the_rest_of_the_read_after_other_commands(world: World) -
     expected.append(said("general", "alice", "last"))
     assert alice.events() == expected
     assert bob.events() == expected
+
+
+def test_a_read_alternating_rooms_is_scanned_for_one_run_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looking for "the rest of the read is one run" is tried once per read: a read that
+    # alternates rooms must not cost a pass over the rest for each of its runs.
+    alice, bob = world.client("alice"), world.client("bob")
+    in_room(world, "general", alice, bob)
+    in_room(world, "random", alice, bob)
+    scans = []
+    scan = session_module._contents_of_run
+
+    def counted(items: list[object], start: int, room: str) -> list[str] | None:
+        scans.append(start)
+        return scan(items, start, room)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session_module, "_contents_of_run", counted)
+    names = ["general", "general", "random", "random"] * 50
+    alice.feed(*[SendMessage(room, f"{n}") for n, room in enumerate(names)])
+    assert scans == [0]
+    for client in (alice, bob):
+        events = client.events()
+        for room in ("general", "random"):
+            assert [e.content for e in events if e.room == room] == [
+                f"{n}" for n, name in enumerate(names) if name == room
+            ]
 
 
 def test_one_write_per_session_per_turn(world: World) -> None:

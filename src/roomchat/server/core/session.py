@@ -498,6 +498,10 @@ class Session:
         the one place that decides (before each command: a join may begin a wait)."""
         index, count = 0, len(items)
         ready = _READY
+        # Whether the rest of the read may still be one run: tried once per call (by the
+        # first run of several messages), so that a read alternating rooms costs one
+        # pass, not one per run.
+        whole = True
         while index < count:
             if self._phase is not ready:  # a wait began, or the session ended
                 if self._phase is not _CLOSED:
@@ -511,7 +515,8 @@ class Session:
                 room = item.room
                 end, contents = index, None
                 if end < count:
-                    if type(items[-1]) is SendMessage:  # the rest of the read, often
+                    if whole and type(items[-1]) is SendMessage:  # the rest, often
+                        whole = False
                         contents = _contents_of_run(items, index - 1, room)
                     if contents is not None:
                         end = count
