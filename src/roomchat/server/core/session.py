@@ -514,19 +514,16 @@ class Session:
                 # encoded and posted as one event: the members get one append for all.
                 room = item.room
                 end, contents = index, None
-                if end < count:
-                    if whole and type(items[-1]) is SendMessage:  # the rest, often
-                        whole = False
-                        contents = _contents_of_run(items, index - 1, room)
-                    if contents is not None:
-                        end = count
-                    else:
-                        while (
-                            end < count
-                            and type(run := items[end]) is SendMessage
-                            and run.room == room
-                        ):
-                            end += 1
+                if whole and end < count and type(items[-1]) is SendMessage:  # often
+                    whole = False
+                    contents = _contents_of_run(items, index - 1, room)
+                if contents is not None:  # the rest of the read
+                    end = count
+                else:
+                    while (
+                        end < count and type(run := items[end]) is SendMessage and run.room == room
+                    ):
+                        end += 1
                 handle = self._handles.get(room)
                 if handle is not None and not self._shutting_down:
                     if handle.room.behind is not None:  # a member is behind: wait for it

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Iterable
 
 import msgspec
 
-from roomchat.protocol import UserMessage
 from roomchat.server.core.ports import (
     Done,
     MessageStore,
@@ -41,8 +40,6 @@ from roomchat.server.core.stats import Reading
 __all__ = ["Archive", "new_epoch"]
 
 log = logging.getLogger("roomchat.server.store")
-
-_decode_run = msgspec.json.Decoder(list[UserMessage]).decode
 
 
 class _Said(msgspec.Struct, gc=False, tag_field="_et", tag="user_message"):
@@ -501,13 +498,31 @@ async def _decode(runs: list[Run], rows: list[tuple[str, str, int, int, str, str
 
 def _rows(runs: list[Run]) -> list[tuple[str, str, int, int, str, str]]:
     """The message rows of runs of v1 ``user_message`` lines (decoded here, off the hot
-    path): every run's lines in one decoder call; if any is unreadable, run by run."""
+    path): every run's lines in one decoder call; if any is unreadable, run by run,
+    and a run that cannot be read (or whose count is not its lines) is logged and left
+    out."""
+    said = _said(b"".join([run[5] for run in runs]))
+    if said is not None and len(said) == sum([run[3] for run in runs]):
+        return _numbered(runs, said)
+    rows: list[tuple[str, str, int, int, str, str]] = []
+    for run in runs:
+        said = _said(run[5])
+        if said is None or len(said) != run[3]:
+            log.error("message store: a run of room %r could not be read; not kept", run[0])
+        else:
+            rows += _numbered([run], said)
+    return rows
+
+
+def _said(lines: bytes) -> list[_Said] | None:
     try:
-        said = _decode_said(b"".join([run[5] for run in runs]))
+        return _decode_said(lines)
     except msgspec.DecodeError:
-        return _rows_of_each(runs)
-    if len(said) != sum([run[3] for run in runs]):  # a run's count is not its lines
-        return _rows_of_each(runs)
+        return None
+
+
+def _numbered(runs: list[Run], said: list[_Said]) -> list[tuple[str, str, int, int, str, str]]:
+    """The rows of ``runs``, whose messages, in order, are ``said``."""
     rows: list[tuple[str, str, int, int, str, str]] = []
     append = rows.append
     at = 0
@@ -515,23 +530,4 @@ def _rows(runs: list[Run]) -> list[tuple[str, str, int, int, str, str]]:
         for seq, message in enumerate(said[at : at + count], first):
             append((room, epoch, seq, ts, message.user, message.content))
         at += count
-    return rows
-
-
-def _rows_of_each(runs: list[Run]) -> list[tuple[str, str, int, int, str, str]]:
-    """:func:`_rows` run by run: a run that cannot be read is logged and left out."""
-    rows: list[tuple[str, str, int, int, str, str]] = []
-    append = rows.append
-    for room, epoch, first, count, ts, event in runs:
-        if count == 1:
-            text = b"[" + event.rstrip(b"\r\n") + b"]"
-        else:
-            text = b"[" + b",".join(event.split(b"\r\n")[:count]) + b"]"
-        try:
-            messages = _decode_run(text)
-        except msgspec.DecodeError:
-            log.error("message store: a run of room %r could not be read; not kept", room)
-            continue
-        for offset, message in enumerate(messages):
-            append((room, epoch, first + offset, ts, message.user_id, message.content))
     return rows

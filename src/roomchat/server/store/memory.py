@@ -82,12 +82,12 @@ class MemoryStore:
         for name, epoch, seq, content, ts in batch.edits:
             found = self._room(name, epoch)
             row = found.rows.get(seq) if found else None
-            if found is not None and row is not None and row[2] is not None:
+            if found and row and row[2] is not None:
                 found.rows[seq] = (row[0], row[1], content, ts)
         for name, epoch, seq, ts in batch.deletes:
             found = self._room(name, epoch)
             row = found.rows.get(seq) if found else None
-            if found is not None and row is not None:
+            if found and row:
                 found.rows[seq] = (row[0], row[1], None, ts)
         for user, name, epoch, seq in batch.markers:
             mine = self._markers.setdefault(user, {})
